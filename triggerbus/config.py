@@ -1,0 +1,87 @@
+"""Settings, read once from an explicit mapping.
+
+This module is the only reader of ``TRIGGERBUS_*``; everything below it takes plain arguments,
+so tests pass a dict instead of touching the real environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from triggerbus.errors import ConfigurationError
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """How a process reaches NATS and names its subjects.
+
+    Attributes:
+        nats_url: Comma-separated server URLs; ``None`` starts an embedded server.
+        prefix: First token of every subject and part of every stream name.
+        token, user, password, creds_file, nkey_seed_file: Credentials, at most one kind.
+        tls_ca_file, tls_cert_file, tls_key_file: TLS material; a CA alone enables TLS.
+        embedded_store_dir: Where an embedded server keeps JetStream data; a temp dir if unset.
+        nats_server_bin: Path to a nats-server binary for the embedded server.
+        connect_name: Client name shown by the server's monitoring.
+    """
+
+    nats_url: str | None = None
+    prefix: str = "tb"
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    creds_file: str | None = None
+    nkey_seed_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    embedded_store_dir: str | None = None
+    nats_server_bin: str | None = None
+    connect_name: str = "triggerbus"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ConfigurationError(
+                f"subject prefix {self.prefix!r} must be letters, digits, '_' or '-' "
+                "(it is one subject token and part of stream names)"
+            )
+        if (self.user is None) != (self.password is None):
+            raise ConfigurationError("set both TRIGGERBUS_NATS_USER and TRIGGERBUS_NATS_PASSWORD")
+        if self.tls_cert_file and not self.tls_key_file:
+            raise ConfigurationError("TRIGGERBUS_NATS_TLS_CERT needs TRIGGERBUS_NATS_TLS_KEY")
+
+    @property
+    def embedded(self) -> bool:
+        """True when no URL is configured and the process should start its own server."""
+        return self.nats_url is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``TRIGGERBUS_*`` variables (``os.environ`` by default)."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(f"TRIGGERBUS_{name}")
+            return value if value else None
+
+        return cls(
+            nats_url=get("NATS_URL"),
+            prefix=get("PREFIX") or "tb",
+            token=get("NATS_TOKEN"),
+            user=get("NATS_USER"),
+            password=get("NATS_PASSWORD"),
+            creds_file=get("NATS_CREDS"),
+            nkey_seed_file=get("NATS_NKEY_SEED"),
+            tls_ca_file=get("NATS_TLS_CA"),
+            tls_cert_file=get("NATS_TLS_CERT"),
+            tls_key_file=get("NATS_TLS_KEY"),
+            embedded_store_dir=get("STORE_DIR"),
+            nats_server_bin=get("NATS_SERVER_BIN"),
+            connect_name=get("CONNECT_NAME") or "triggerbus",
+        )

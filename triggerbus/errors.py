@@ -1,0 +1,146 @@
+"""Every error triggerbus raises, rooted in one class so one ``except`` catches them all.
+
+    TriggerbusError
+    ├── ConfigurationError          bad settings or a missing nats-server binary
+    ├── BusError                    talking to NATS failed
+    │   ├── BusUnavailableError     no server reachable at the configured URL
+    │   ├── ServerTooOldError       the server lacks a feature we need (JetStream, version)
+    │   ├── ProvisioningDriftError  an existing stream/consumer/bucket differs from ours
+    │   └── RevisionConflictError   a compare-and-set write lost the race; retry from the new state
+    ├── ContractError               a wire message failed strict decoding
+    │   └── UnsupportedVersionError a message from a newer writer than this reader
+    ├── ValueNotSerializableError   a chunk produced a value msgspec cannot encode
+    ├── FlowDefinitionError         the builder was used wrongly
+    ├── FingerprintMismatchError    a process built a different graph than the execution's
+    ├── ExecutionError              an execution could not do what was asked
+    │   ├── ExecutionNotFoundError
+    │   ├── ExecutionClosedError
+    │   └── ChunkFailedError        a chunk raised; carries the remote type, message, traceback
+    └── LifecycleError              a handle or host used out of order (closed, started twice)
+
+This module imports nothing of the project, so any layer may raise these.
+"""
+
+from __future__ import annotations
+
+
+class TriggerbusError(Exception):
+    """Root of every triggerbus error."""
+
+
+class ConfigurationError(TriggerbusError):
+    """Settings are invalid, or something the configuration needs is missing."""
+
+
+class BusError(TriggerbusError):
+    """A NATS operation failed; ``subject`` names where, when known."""
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class BusUnavailableError(BusError):
+    """No NATS server answered at ``url``."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServerTooOldError(BusError):
+    """The server is missing a feature triggerbus refuses to run without."""
+
+
+class ProvisioningDriftError(BusError):
+    """An existing stream, consumer or bucket has a configuration that differs from ours."""
+
+    def __init__(self, message: str, *, name: str, differences: dict[str, tuple[object, object]]):
+        super().__init__(message)
+        self.name = name
+        self.differences = differences
+
+
+class RevisionConflictError(BusError):
+    """A compare-and-set write found a newer revision; reload and retry."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ContractError(TriggerbusError):
+    """A wire message did not decode against its contract."""
+
+    def __init__(self, message: str, *, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.subject = subject
+
+
+class UnsupportedVersionError(ContractError):
+    """The message's schema version is newer than this reader understands."""
+
+
+class ValueNotSerializableError(TriggerbusError):
+    """A value that must cross the bus cannot be encoded as JSON by msgspec."""
+
+    def __init__(self, message: str, *, chunk: str | None = None, type_name: str = "") -> None:
+        super().__init__(message)
+        self.chunk = chunk
+        self.type_name = type_name
+
+
+class FlowDefinitionError(TriggerbusError):
+    """The flow builder was called in a way that cannot describe a flow."""
+
+
+class FingerprintMismatchError(TriggerbusError):
+    """This process built a different flow graph than the one the execution runs."""
+
+    def __init__(self, message: str, *, flow: str, expected: str, actual: str) -> None:
+        super().__init__(message)
+        self.flow = flow
+        self.expected = expected
+        self.actual = actual
+
+
+class ExecutionError(TriggerbusError):
+    """An execution could not do what was asked."""
+
+    def __init__(self, message: str, *, flow: str = "", execution_id: str = "") -> None:
+        super().__init__(message)
+        self.flow = flow
+        self.execution_id = execution_id
+
+
+class ExecutionNotFoundError(ExecutionError):
+    """No snapshot exists for the execution."""
+
+
+class ExecutionClosedError(ExecutionError):
+    """The execution is closed and accepts nothing more."""
+
+
+class ChunkFailedError(ExecutionError):
+    """A chunk raised; the remote exception's type, message and traceback travel with it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        flow: str = "",
+        execution_id: str = "",
+        chunk: str,
+        error_type: str,
+        error_message: str,
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message, flow=flow, execution_id=execution_id)
+        self.chunk = chunk
+        self.error_type = error_type
+        self.error_message = error_message
+        self.remote_traceback = remote_traceback
+
+
+class LifecycleError(TriggerbusError):
+    """An object was used out of order: started twice, or used after it was closed."""
