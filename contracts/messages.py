@@ -1,0 +1,216 @@
+"""Every message that crosses the bus.
+
+Subjects (see bus/subjects.py for the only place they are spelled):
+
+- execution mailbox ``<p>.<flow>.exec.<execution_id>``: the ``MailboxMessage`` union, tagged by
+  ``kind``; the execution actor is its only consumer.
+- chunk invocations ``<p>.<flow>.run.<chunk>``: ``InvokeChunk``.
+- runtime stream ``<p>.<flow>.stream.<execution_id>``: ``StreamItem`` and ``StreamEnded``.
+- close notifications ``<p>.<flow>.closed.<execution_id>``: ``ExecutionClosed``.
+- replies to ``reply_to`` subjects: ``Reply``.
+- dead letters ``<p>.<flow>.dlq.<chunk|exec>``: ``DeadLetter``.
+
+Values (``value``, ``result``, state) are any JSON value. Ids are deterministic,
+``<execution>:<step>:<n>``, and double as ``Nats-Msg-Id`` so duplicates are dropped twice over:
+by JetStream's window and by the execution actor's applied-id set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from triggerbus.contracts._base import Wire
+from triggerbus.contracts.graph import TriggerType
+
+StateOp = Literal["set", "append", "delete"]
+
+
+# --- execution mailbox ---------------------------------------------------------------------
+
+
+class StartExecution(Wire, tag="start"):
+    """Create and start an execution. ``fingerprint`` may be empty for publishers that do not
+    know the graph (another language); the host then uses its own."""
+
+    id: str
+    execution_id: str
+    value: Any = None
+    fingerprint: str = ""
+    concurrency: int | None = None
+    auto_close: bool = True
+    auto_close_timeout: float | None = 10.0
+    skip_exceptions: bool = False
+    resources: dict[str, Any] = {}
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class ChunkCompleted(Wire, tag="chunk_completed"):
+    """A chunk attempt returned ``result``."""
+
+    id: str
+    execution_id: str
+    step: int
+    result: Any = None
+    sent_at: float = 0.0
+
+
+class ChunkFailed(Wire, tag="chunk_failed"):
+    """A chunk attempt raised, and will not be retried."""
+
+    id: str
+    execution_id: str
+    step: int
+    error_type: str
+    message: str
+    traceback: str = ""
+    sent_at: float = 0.0
+
+
+class EmitEvent(Wire, tag="emit"):
+    """Emit an event into the execution. With ``reply_to`` the sender awaits the cascade and is
+    answered with the handlers' results; ``step`` names the chunk step that emitted, if any."""
+
+    id: str
+    execution_id: str
+    event: str
+    value: Any = None
+    trigger_type: TriggerType = "event"
+    step: int | None = None
+    layers: tuple[str, ...] = ()
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class StateWritten(Wire, tag="state"):
+    """A chunk or client changed execution state; ``emit`` fires ``runtime_data`` listeners."""
+
+    id: str
+    execution_id: str
+    op: StateOp
+    key: str
+    value: Any = None
+    emit: bool = True
+    step: int | None = None
+    layers: tuple[str, ...] = ()
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class CloseExecution(Wire, tag="close"):
+    """Seal the execution, let in-flight work finish, then close it."""
+
+    id: str
+    execution_id: str
+    reason: str = "manual"
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class TimerFired(Wire, tag="timer"):
+    """A timer the actor asked for has expired; ``generation`` tells a stale one apart."""
+
+    id: str
+    execution_id: str
+    timer: str
+    generation: int
+    sent_at: float = 0.0
+
+
+MailboxMessage = StartExecution | ChunkCompleted | ChunkFailed | EmitEvent | StateWritten | (
+    CloseExecution | TimerFired
+)
+
+
+# --- chunk invocation ------------------------------------------------------------------------
+
+
+class InvokeChunk(Wire, tag="invoke"):
+    """Run one chunk once. ``state`` is the execution state as of dispatch."""
+
+    id: str
+    flow: str
+    execution_id: str
+    fingerprint: str
+    chunk: str
+    step: int
+    value: Any = None
+    trigger_event: str = ""
+    trigger_type: TriggerType = "event"
+    layers: tuple[str, ...] = ()
+    state: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    sent_at: float = 0.0
+
+
+# --- runtime stream --------------------------------------------------------------------------
+
+
+class StreamItem(Wire, tag="item"):
+    """One product event a chunk put into the runtime stream."""
+
+    id: str
+    execution_id: str
+    value: Any = None
+
+
+class StreamEnded(Wire, tag="end"):
+    """No more items will follow: ``stop_stream`` was called or the execution closed."""
+
+    id: str
+    execution_id: str
+    reason: str = "stopped"
+
+
+StreamMessage = StreamItem | StreamEnded
+
+
+# --- notifications and replies ---------------------------------------------------------------
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A failure as it travels: which chunk, the original type and message, the traceback."""
+
+    chunk: str = ""
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+class ExecutionClosed(Wire, tag="closed"):
+    """The execution closed; ``snapshot`` is its close snapshot (state plus ``$final_result``)."""
+
+    execution_id: str
+    status: str
+    snapshot: dict[str, Any]
+    error: ErrorInfo | None = None
+
+
+class Reply(Wire, tag="reply"):
+    """An answer on a ``reply_to`` subject: a value, or an error to raise at the caller."""
+
+    ok: bool
+    value: Any = None
+    error: ErrorInfo | None = None
+
+
+class DeadLetter(Wire, tag="dead_letter"):
+    """A message that could not be handled, kept with the reason so nothing vanishes."""
+
+    subject: str
+    reason: str
+    data: str
+    headers: dict[str, str] = {}
+    execution_id: str = ""
+    chunk: str = ""
+
+
+# --- decoders, built once --------------------------------------------------------------------
+
+mailbox_decoder = msgspec.json.Decoder(MailboxMessage)
+invoke_decoder = msgspec.json.Decoder(InvokeChunk)
+stream_decoder = msgspec.json.Decoder(StreamMessage)
+closed_decoder = msgspec.json.Decoder(ExecutionClosed)
+reply_decoder = msgspec.json.Decoder(Reply)
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)

@@ -1,0 +1,95 @@
+"""The execution snapshot: everything needed to continue an execution, stored in KV.
+
+The execution actor is its single writer. In-flight work is a tree of nodes: an emission's
+children are the handlers it triggered; a chunk node finishes only when the emission of its
+result has finished. An awaited emit is answered when its node finishes, which is what makes
+``await data.async_emit(...)`` return the whole cascade's results, as TriggerFlow does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from triggerbus.contracts.graph import TriggerType
+from triggerbus.contracts.messages import ErrorInfo
+from triggerbus.contracts.outbox import StoredOutbox
+
+Status = Literal["created", "running", "waiting", "completed", "failed", "cancelled"]
+Lifecycle = Literal["open", "sealed", "closed"]
+NodeKind = Literal["emission", "chunk", "operator"]
+
+
+class Node(msgspec.Struct, frozen=True, kw_only=True):
+    """One unit of in-flight work.
+
+    ``slots`` holds the results of finished children in handler order; ``pending`` counts the
+    children still running. ``ready`` is false while a chunk node waits for its chunk to return,
+    and while a fan-out operator still has branches to release.
+    """
+
+    id: int
+    kind: NodeKind
+    parent: int | None = None
+    slot: int = 0
+    pending: int = 0
+    ready: bool = True
+    slots: list[Any] = []
+    result: Any = None
+    operator: str = ""
+    chunk: str = ""
+    reply_to: str | None = None
+    reply_id: str = ""
+    started: bool = False
+    layers: tuple[str, ...] = ()
+    queued: list[Any] = []
+
+
+class QueuedInvocation(msgspec.Struct, frozen=True, kw_only=True):
+    """A chunk invocation held back by the execution's concurrency cap."""
+
+    node: int
+    operator: str
+    value: Any = None
+    trigger_event: str = ""
+    trigger_type: TriggerType = "event"
+    layers: tuple[str, ...] = ()
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """The state of one execution, versioned by ``v``."""
+
+    v: int = 1
+    flow: str
+    execution_id: str
+    fingerprint: str
+    status: Status = "created"
+    lifecycle: Lifecycle = "open"
+    state: dict[str, Any] = {}
+    result: Any = None
+    has_result: bool = False
+    error: ErrorInfo | None = None
+    next_node: int = 1
+    nodes: dict[int, Node] = {}
+    joins: dict[str, Any] = {}
+    applied: list[str] = []
+    concurrency: int | None = None
+    running: list[int] = []
+    queue: list[QueuedInvocation] = []
+    auto_close: bool = True
+    auto_close_timeout: float | None = 10.0
+    skip_exceptions: bool = False
+    timer_generation: int = 0
+    close_requested: bool = False
+    close_reason: str = ""
+    close_waiters: list[str] = []
+    stream_ended: bool = False
+    resources: dict[str, Any] = {}
+    created_at: float = 0.0
+    started_at: float = 0.0
+    closed_at: float = 0.0
+    start_reply_to: str | None = None
+    outbox: StoredOutbox = StoredOutbox()
+
+
+snapshot_decoder = msgspec.json.Decoder(Snapshot)
