@@ -1,0 +1,95 @@
+"""The one place where nats-py exceptions become triggerbus exceptions.
+
+Every call into nats-py from ``bus/`` runs inside :func:`translate_nats_errors`, so no nats type
+escapes the bus layer and callers above it catch only the tree in :mod:`triggerbus.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import nats.errors
+import nats.js.errors
+
+from triggerbus.errors import BusError, BusUnavailableError, RevisionConflictError
+
+# JetStream API codes for a failed compare-and-set ("wrong last sequence"); nats-py turns them
+# into KeyWrongLastSequenceError only for KV calls, a stream publish with an expected-sequence
+# header raises a plain APIError.
+_WRONG_LAST_SEQUENCE_CODES = frozenset({10071, 10164})
+
+# Errors that mean the connection cannot carry the call right now, rather than that the call
+# itself was wrong.
+_UNAVAILABLE = (
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+)
+
+
+@contextmanager
+def translate_nats_errors(
+    *,
+    subject: str | None = None,
+    key: str | None = None,
+    url: str | None = None,
+) -> Iterator[None]:
+    """Re-raise nats-py errors raised inside the block as triggerbus errors.
+
+    A sync context manager so that it wraps awaits inside coroutines without an ``async with``;
+    it never touches ``asyncio.CancelledError`` or the builtin ``TimeoutError`` raised by a
+    caller's ``asyncio.timeout``: only ``nats.errors.Error`` subclasses are translated.
+
+    Args:
+        subject: The subject, stream or bucket the call addressed, for the error message.
+        key: The KV key of a compare-and-set write, carried by ``RevisionConflictError``.
+        url: The server URL(s), carried by ``BusUnavailableError``.
+
+    Raises:
+        RevisionConflictError: A compare-and-set write found a newer revision.
+        BusUnavailableError: The connection is closed, draining, reconnecting or has no server.
+        BusError: Any other NATS failure, timeouts included.
+    """
+    try:
+        yield
+    except nats.errors.Error as exc:
+        raise _translate(exc, subject=subject, key=key, url=url) from exc
+
+
+def _translate(
+    exc: nats.errors.Error, *, subject: str | None, key: str | None, url: str | None
+) -> BusError:
+    where = _describe(subject=subject, key=key)
+    if _is_wrong_last_sequence(exc):
+        return RevisionConflictError(
+            f"revision conflict{where}: another writer changed it first; reload and retry",
+            key=key or "",
+        )
+    if isinstance(exc, _UNAVAILABLE):
+        target = url or "the configured NATS server"
+        return BusUnavailableError(
+            f"NATS is unavailable at {target}{where}: {exc}; check that the server is running "
+            "and TRIGGERBUS_NATS_URL points at it",
+            url=url or "",
+        )
+    if isinstance(exc, nats.errors.TimeoutError):
+        return BusError(f"NATS did not answer in time{where}: {exc}", subject=subject)
+    return BusError(f"NATS call failed{where}: {exc}", subject=subject)
+
+
+def _is_wrong_last_sequence(exc: nats.errors.Error) -> bool:
+    if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
+        return True
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE_CODES
+
+
+def _describe(*, subject: str | None, key: str | None) -> str:
+    parts = []
+    if subject:
+        parts.append(f"subject {subject!r}")
+    if key:
+        parts.append(f"key {key!r}")
+    return f" on {', '.join(parts)}" if parts else ""
