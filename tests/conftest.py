@@ -1,0 +1,33 @@
+"""Fixtures shared by every test: a private NATS server per test and a unique subject prefix.
+
+Each test gets its own server (and its own store directory under ``tmp_path``), so tests run in
+parallel under pytest-xdist without seeing each other's streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from triggerbus.testing import NatsServerHandle, unique_prefix
+from triggerbus.testing import nats_server as start_nats_server
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> Iterator[NatsServerHandle]:
+    """A JetStream-enabled nats-server for this test only."""
+    with start_nats_server(store_dir=str(tmp_path / "nats")) as server:
+        yield server
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServerHandle) -> str:
+    """The client URL of this test's server."""
+    return nats_server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A subject prefix no other test uses."""
+    return unique_prefix()
