@@ -83,7 +83,9 @@ def _translate(
 def _is_wrong_last_sequence(exc: nats.errors.Error) -> bool:
     if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
         return True
-    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in _WRONG_LAST_SEQUENCE_CODES
+    return isinstance(exc, nats.js.errors.APIError) and (
+        getattr(exc, "err_code", None) in _WRONG_LAST_SEQUENCE_CODES
+    )
 
 
 def _describe(*, subject: str | None, key: str | None) -> str:

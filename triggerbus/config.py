@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from triggerbus.errors import ConfigurationError
 
@@ -28,6 +28,10 @@ class Settings:
         embedded_store_dir: Where an embedded server keeps JetStream data; a temp dir if unset.
         nats_server_bin: Path to a nats-server binary for the embedded server.
         connect_name: Client name shown by the server's monitoring.
+        local_chunks: Chunks this process hosts when it uses a flow; ``None`` hosts all of
+            them, an empty set none (a pure client, or a process whose chunks run elsewhere).
+        host_executions: Whether this process hosts execution actors for the flows it uses.
+        chunk_concurrency: Invocations of one chunk running at once in this process.
     """
 
     nats_url: str | None = None
@@ -43,7 +47,9 @@ class Settings:
     embedded_store_dir: str | None = None
     nats_server_bin: str | None = None
     connect_name: str = "triggerbus"
-    extra: dict[str, str] = field(default_factory=dict)
+    local_chunks: frozenset[str] | None = None
+    host_executions: bool = True
+    chunk_concurrency: int = 16
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -84,4 +90,38 @@ class Settings:
             embedded_store_dir=get("STORE_DIR"),
             nats_server_bin=get("NATS_SERVER_BIN"),
             connect_name=get("CONNECT_NAME") or "triggerbus",
+            local_chunks=_chunk_set(env.get("TRIGGERBUS_LOCAL_CHUNKS")),
+            host_executions=_flag(get("HOST_EXECUTIONS"), default=True),
+            chunk_concurrency=_positive_int(get("CHUNK_CONCURRENCY"), "CHUNK_CONCURRENCY", 16),
         )
+
+
+def _chunk_set(value: str | None) -> frozenset[str] | None:
+    """``*`` or unset: every chunk; ``-`` or empty: none; else a comma-separated list."""
+    if value is None or value.strip() == "*":
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip() and name.strip() != "-"]
+    return frozenset(names)
+
+
+def _flag(value: str | None, *, default: bool) -> bool:
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"expected a boolean (1/0, true/false), got {value!r}")
+
+
+def _positive_int(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigurationError(f"TRIGGERBUS_{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise ConfigurationError(f"TRIGGERBUS_{name} must be at least 1, got {number}")
+    return number

@@ -1,0 +1,461 @@
+"""The chunk actor's host: competing consumers on each chunk's durable pull consumer.
+
+Stateless: every replica in every process binds to the same durable consumer, so adding a
+process adds capacity. An invocation is acked only after everything the handler did (state
+writes, emits, stream items, and finally its result or error) is stored on the bus; a process
+that dies mid-chunk leaves the invocation to be redelivered to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from structlog.contextvars import bound_contextvars
+from triggerbus.actors.hosted import HostedFlow
+from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
+from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
+from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.replies import ReplyRouter
+from triggerbus.contracts.codec import NotSerializable, WireError, decode, encode
+from triggerbus.contracts.messages import (
+    ChunkCompleted,
+    ChunkFailed,
+    DeadLetter,
+    EmitEvent,
+    InvokeChunk,
+    StateWritten,
+    StreamEnded,
+    StreamItem,
+    invoke_decoder,
+    reply_decoder,
+)
+
+from triggerbus.errors import ChunkFailedError, LifecycleError
+
+log = structlog.get_logger()
+
+FINGERPRINT_MISMATCH_REDELIVERIES = 20
+"""How often a mismatched process hands an invocation back before dead-lettering it."""
+
+
+@dataclass(frozen=True)
+class ChunkHostStatistics:
+    in_flight: int
+    completed: int
+    failed: int
+    dead_lettered: int
+    redeliveries: int
+
+
+class ChunkHost:
+    """Hosts replicas of chosen chunks of one flow until shut down.
+
+    Args:
+        bus: An open bus.
+        flow: The flow whose chunks to host.
+        replies: The process's reply router, for awaited emits.
+        chunks: Names of the chunks to host; ``None`` hosts every chunk.
+        concurrency: How many invocations of each chunk run at once in this process.
+        consumer_policy: Ack wait, redelivery bound and backoff of the chunk consumers.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        flow: HostedFlow,
+        replies: ReplyRouter,
+        *,
+        chunks: list[str] | None = None,
+        concurrency: int = 16,
+        consumer_policy: ConsumerPolicy | None = None,
+    ) -> None:
+        unknown = sorted(set(chunks or []) - set(flow.handlers))
+        if unknown:
+            raise LifecycleError(
+                f"flow {flow.name!r} has no chunk named {', '.join(map(repr, unknown))}; "
+                f"its chunks are {sorted(flow.handlers)}"
+            )
+        self._bus = bus
+        self._flow = flow
+        self._replies = replies
+        self._chunks = list(flow.handlers) if chunks is None else list(chunks)
+        self._concurrency = max(1, concurrency)
+        self._policy = consumer_policy or ConsumerPolicy()
+        self._ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._in_flight = 0
+        self._completed = 0
+        self._failed = 0
+        self._dead_lettered = 0
+        self._redeliveries = 0
+        self._started = False
+
+    @property
+    def chunks(self) -> list[str]:
+        return list(self._chunks)
+
+    def statistics(self) -> ChunkHostStatistics:
+        return ChunkHostStatistics(
+            in_flight=self._in_flight,
+            completed=self._completed,
+            failed=self._failed,
+            dead_lettered=self._dead_lettered,
+            redeliveries=self._redeliveries,
+        )
+
+    async def wait_ready(self) -> None:
+        """Wait until every consumer is bound and fetching."""
+        await self._ready.wait()
+
+    def shutdown(self) -> None:
+        """Stop fetching; invocations already running finish. Idempotent."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Consume until ``shutdown()``; then let running invocations finish."""
+        if self._started:
+            raise LifecycleError("ChunkHost.run() was already called; create a new host")
+        self._started = True
+        consumers = [await self._bind(chunk) for chunk in self._chunks]
+        self._ready.set()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk, consumer in zip(self._chunks, consumers, strict=True):
+                    group.create_task(self._consume(chunk, consumer, group))
+        finally:
+            for consumer in consumers:
+                await consumer.close()
+
+    async def _bind(self, chunk: str) -> PullConsumer:
+        spec = self._flow.index.chunks[chunk]
+        subjects = self._bus.subjects
+        return await self._bus.pull_consumer(
+            stream=subjects.run_stream,
+            durable=subjects.run_consumer(self._flow.name, spec.token),
+            filter_subject=subjects.run(self._flow.name, spec.token),
+            policy=self._policy,
+        )
+
+    async def _consume(self, chunk: str, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
+        permits = asyncio.Semaphore(self._concurrency)
+        while not self._stopping.is_set():
+            await permits.acquire()
+            free = 1
+            while free < self._concurrency and not permits.locked():
+                await permits.acquire()
+                free += 1
+            deliveries = await self._fetch(consumer, free)
+            for _ in range(free - len(deliveries)):
+                permits.release()
+            for delivery in deliveries:
+                group.create_task(self._handle_then_release(chunk, delivery, permits))
+
+    async def _fetch(self, consumer: PullConsumer, batch: int) -> list[Delivery]:
+        stop = asyncio.ensure_future(self._stopping.wait())
+        fetch = asyncio.ensure_future(consumer.fetch(batch, wait=5.0))
+        try:
+            await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fetch.done():
+            return fetch.result()
+        # Stopping: a fetch already under way may still deliver; hand those back at once.
+        fetch.cancel()
+        return []
+
+    async def _handle_then_release(
+        self, chunk: str, delivery: Delivery, permits: asyncio.Semaphore
+    ) -> None:
+        self._in_flight += 1
+        try:
+            await self._handle(chunk, delivery)
+        except Exception:
+            # One message fails alone: it stays unacked and is redelivered after ack_wait.
+            log.exception("chunk_delivery_crashed", chunk=chunk, subject=delivery.subject)
+        finally:
+            self._in_flight -= 1
+            permits.release()
+
+    async def _handle(self, chunk: str, delivery: Delivery) -> None:
+        try:
+            invocation = decode(invoke_decoder, delivery.data)
+        except WireError as exc:
+            await self._dead_letter(delivery, chunk, exc.reason)
+            await delivery.ack()
+            return
+        if delivery.num_delivered > 1:
+            self._redeliveries += 1
+        with bound_contextvars(
+            flow=self._flow.name,
+            execution_id=invocation.execution_id,
+            chunk=invocation.chunk,
+            step=invocation.step,
+            attempt=delivery.num_delivered,
+        ):
+            if invocation.fingerprint != self._flow.fingerprint or invocation.chunk != chunk:
+                await self._refuse_mismatch(chunk, delivery, invocation)
+                return
+            await self._run(invocation, delivery)
+
+    async def _run(self, invocation: InvokeChunk, delivery: Delivery) -> None:
+        port = _Port(self._bus, self._replies, self._flow.name)
+        resources = {**invocation.resources, **self._flow.local_resources(invocation.execution_id)}
+        data = TriggerFlowRuntimeData(invocation, port, resources=resources)
+        handler = self._flow.handlers[invocation.chunk]
+        started = time.perf_counter()
+        log.debug("chunk_attempt_started")
+        async with _heartbeat(delivery, self._policy.ack_wait):
+            outcome = await _call(handler, data, port)
+            await port.drain()
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+        mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
+        message = _outcome_message(invocation, outcome)
+        await self._bus.publish(mailbox, encode(message), msg_id=message.id)
+        await delivery.ack()
+        if isinstance(message, ChunkCompleted):
+            self._completed += 1
+            log.info("chunk_attempt_succeeded", duration_ms=elapsed_ms)
+        else:
+            self._failed += 1
+            log.warning(
+                "chunk_attempt_failed",
+                duration_ms=elapsed_ms,
+                error_type=message.error_type,
+                error=message.message,
+            )
+
+    async def _refuse_mismatch(
+        self, chunk: str, delivery: Delivery, invocation: InvokeChunk
+    ) -> None:
+        log.error(
+            "fingerprint_mismatch",
+            expected=invocation.fingerprint,
+            actual=self._flow.fingerprint,
+            hint="this process defines the flow differently from the process that started the "
+            "execution; deploy the same flow module everywhere",
+        )
+        if delivery.num_delivered < FINGERPRINT_MISMATCH_REDELIVERIES:
+            await delivery.nak(delay=0.2)
+            return
+        await self._dead_letter(delivery, chunk, "fingerprint mismatch")
+        failed = ChunkFailed(
+            id=f"{invocation.execution_id}:{invocation.step}:done",
+            execution_id=invocation.execution_id,
+            step=invocation.step,
+            error_type="FingerprintMismatchError",
+            message=f"no process with flow fingerprint {invocation.fingerprint} took the chunk",
+        )
+        mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
+        await self._bus.publish(mailbox, encode(failed), msg_id=failed.id)
+        await delivery.ack()
+
+    async def _dead_letter(self, delivery: Delivery, chunk: str, reason: str) -> None:
+        self._dead_lettered += 1
+        log.error("invocation_dead_lettered", chunk=chunk, reason=reason, subject=delivery.subject)
+        letter = DeadLetter(
+            subject=delivery.subject,
+            reason=reason,
+            data=delivery.data.decode("utf-8", errors="replace"),
+            headers=delivery.headers,
+            chunk=chunk,
+        )
+        token = self._flow.index.chunks[chunk].token if chunk in self._flow.index.chunks else chunk
+        subject = self._bus.subjects.dead_letter(self._flow.name, token)
+        await self._bus.publish(subject, encode(letter))
+
+
+# --- running a handler ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Returned:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Raised:
+    error_type: str
+    message: str
+    traceback: str
+
+
+async def _call(
+    handler: Callable[..., Any], data: TriggerFlowRuntimeData, port: _Port
+) -> _Returned | _Raised:
+    try:
+        if inspect.iscoroutinefunction(handler):
+            value = await handler(data)
+        else:
+            value = await asyncio.to_thread(handler, data)
+            if inspect.isawaitable(value):
+                value = await value
+        encode(value)
+    except NotSerializable as exc:
+        return _Raised(
+            "ValueNotSerializableError",
+            f"chunk {data.chunk_name!r} returned a value of type {type(value).__name__} that "
+            f"cannot be sent over the bus ({exc}); return JSON-able data (dict, list, str, "
+            "numbers, bool, None, dataclasses, msgspec Structs)",
+            "",
+        )
+    except Exception as exc:
+        return _Raised(type(exc).__name__, str(exc), traceback.format_exc())
+    return _Returned(value)
+
+
+def _outcome_message(
+    invocation: InvokeChunk, outcome: _Returned | _Raised
+) -> ChunkCompleted | ChunkFailed:
+    done_id = f"{invocation.execution_id}:{invocation.step}:done"
+    if isinstance(outcome, _Returned):
+        return ChunkCompleted(
+            id=done_id,
+            execution_id=invocation.execution_id,
+            step=invocation.step,
+            result=outcome.value,
+            sent_at=time.time(),
+        )
+    return ChunkFailed(
+        id=done_id,
+        execution_id=invocation.execution_id,
+        step=invocation.step,
+        error_type=outcome.error_type,
+        message=outcome.message,
+        traceback=outcome.traceback,
+        sent_at=time.time(),
+    )
+
+
+class _heartbeat:
+    """Tells JetStream the invocation is still being worked on, so a slow chunk is not
+    redelivered while its worker is alive."""
+
+    def __init__(self, delivery: Delivery, ack_wait: float) -> None:
+        self._delivery = delivery
+        self._interval = max(0.5, ack_wait / 3)
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._beat())
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._delivery.in_progress()
+            except Exception:
+                log.warning("heartbeat_failed", subject=self._delivery.subject)
+
+
+# --- the port: a handler's effects, in order ------------------------------------------------------
+
+Outgoing = EmitEvent | StateWritten | StreamItem | StreamEnded
+
+
+class _Port:
+    """Sends a handler's effects in the order it made them.
+
+    Sync calls from an async handler cannot wait, so they go into a chain that later awaited
+    sends and the final result queue behind; ``drain()`` waits for the whole chain.
+    """
+
+    def __init__(self, bus: Bus, replies: ReplyRouter, flow: str) -> None:
+        self._bus = bus
+        self._replies = replies
+        self._flow = flow
+        self._loop = asyncio.get_running_loop()
+        self._tail: asyncio.Future[None] | None = None
+
+    @property
+    def on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def run_blocking(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def send_nowait(self, message: Outgoing) -> None:
+        self._chain(self._prepare(message))
+
+    async def send(self, message: Outgoing) -> None:
+        await self._chain(self._prepare(message))
+
+    async def request(self, message: EmitEvent | StateWritten) -> Any:
+        reply_to, future = self._replies.open()
+        addressed = _with_reply(message, reply_to)
+        try:
+            await self._chain(self._prepare(addressed))
+            reply = decode(reply_decoder, await future)
+        finally:
+            self._replies.discard(reply_to)
+        if not reply.ok and reply.error is not None:
+            raise ChunkFailedError(
+                f"the execution failed while this emit was in flight: chunk "
+                f"{reply.error.chunk!r} raised {reply.error.error_type}: {reply.error.message}",
+                flow=self._flow,
+                execution_id=message.execution_id,
+                chunk=reply.error.chunk,
+                error_type=reply.error.error_type,
+                error_message=reply.error.message,
+                remote_traceback=reply.error.traceback,
+            )
+        return reply.value
+
+    async def drain(self) -> None:
+        if self._tail is not None:
+            await self._tail
+
+    def _prepare(self, message: Outgoing) -> Callable[[], Awaitable[None]]:
+        """Encode now, so a value that cannot travel raises inside the handler that made it."""
+        try:
+            payload = encode(message)
+        except NotSerializable as exc:
+            raise TypeError(
+                f"{type(message).__name__} carries a value of type "
+                f"{exc.type_name or 'unknown'} that cannot be sent over the bus: {exc}"
+            ) from exc
+        subjects = self._bus.subjects
+        if isinstance(message, StreamItem | StreamEnded):
+            subject = subjects.stream(self._flow, message.execution_id)
+        else:
+            subject = subjects.mailbox(self._flow, message.execution_id)
+
+        async def publish() -> None:
+            await self._bus.publish(subject, payload, msg_id=message.id)
+
+        return publish
+
+    def _chain(self, send: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        previous = self._tail
+
+        async def after_previous() -> None:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await send()
+
+        # Owned by this port: drain() awaits the tail, and every link awaits the one before.
+        self._tail = asyncio.ensure_future(after_previous(), loop=self._loop)
+        return self._tail
+
+
+def _with_reply(message: EmitEvent | StateWritten, reply_to: str) -> EmitEvent | StateWritten:
+    import msgspec
+
+    return msgspec.structs.replace(message, reply_to=reply_to)

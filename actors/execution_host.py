@@ -1,0 +1,423 @@
+"""The execution actor's host: mailbox consumer, per-execution lanes, KV compare-and-set, outbox.
+
+Messages of one execution run one at a time in a lane; different executions run side by side.
+Each transition is stored with compare-and-set on the revision the host last saw, so a second
+host working on the same execution fails its write, reloads and applies again. The outbox is
+performed only after the write, and re-performed (same message ids) by whoever later finds a
+stored outbox it cannot vouch for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from structlog.contextvars import bound_contextvars
+from triggerbus.actors.execution import Transition, apply
+from triggerbus.actors.hosted import HostedFlow
+from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
+from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.subjects import MAILBOX_DLQ
+from triggerbus.contracts.codec import WireError, decode, encode
+from triggerbus.contracts.messages import (
+    DeadLetter,
+    ErrorInfo,
+    MailboxMessage,
+    Reply,
+    StartExecution,
+    TimerFired,
+    mailbox_decoder,
+)
+from triggerbus.contracts.outbox import (
+    AppendStream,
+    Invoke,
+    NotifyClosed,
+    Observe,
+    OutboxCommand,
+    ScheduleTimer,
+    SendReply,
+)
+from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
+
+from triggerbus.errors import LifecycleError, RevisionConflictError
+
+log = structlog.get_logger()
+
+MAX_CAS_RETRIES = 16
+MISMATCH_REDELIVERIES = 20
+CACHE_SIZE = 10_000
+_loose = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True)
+class ExecutionHostStatistics:
+    in_flight: int
+    cached_snapshots: int
+    applied: int
+    conflicts: int
+    dead_lettered: int
+    timers: int
+
+
+ObserveHook = Callable[[str, str, dict[str, Any]], None]
+
+
+class ExecutionHost:
+    """Hosts the execution actors of one flow.
+
+    Args:
+        bus: An open bus.
+        flow: The flow whose executions to host.
+        capacity: Mailbox messages in flight in this host at once.
+        clock: Wall-clock seconds; injected so tests control time.
+        on_observe: Receives the actor's observation events (the Event Center hook).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        flow: HostedFlow,
+        *,
+        capacity: int = 256,
+        clock: Callable[[], float] = time.time,
+        on_observe: ObserveHook | None = None,
+        consumer_policy: ConsumerPolicy | None = None,
+    ) -> None:
+        self._bus = bus
+        self._flow = flow
+        self._capacity = capacity
+        self._clock = clock
+        self._on_observe = on_observe
+        self._policy = consumer_policy or ConsumerPolicy(ack_wait=30.0, max_deliver=-1)
+        self._cache: OrderedDict[str, tuple[Snapshot, int]] = OrderedDict()
+        self._lanes: dict[str, asyncio.Queue[Delivery]] = {}
+        self._ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._started = False
+        self._in_flight = 0
+        self._applied = 0
+        self._conflicts = 0
+        self._dead_lettered = 0
+        self._timers = 0
+        self._timer_tasks: set[asyncio.Task[None]] = set()
+
+    def statistics(self) -> ExecutionHostStatistics:
+        return ExecutionHostStatistics(
+            in_flight=self._in_flight,
+            cached_snapshots=len(self._cache),
+            applied=self._applied,
+            conflicts=self._conflicts,
+            dead_lettered=self._dead_lettered,
+            timers=self._timers,
+        )
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
+    def shutdown(self) -> None:
+        """Stop fetching; messages already taken finish. Idempotent."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if self._started:
+            raise LifecycleError("ExecutionHost.run() was already called; create a new host")
+        self._started = True
+        subjects = self._bus.subjects
+        consumer = await self._bus.pull_consumer(
+            stream=subjects.exec_stream,
+            durable=subjects.exec_consumer(self._flow.name),
+            filter_subject=subjects.mailboxes(self._flow.name),
+            policy=self._policy,
+        )
+        self._ready.set()
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                await self._consume(consumer, group)
+                # Stopping: pending timers are abandoned (an execution whose timer is lost
+                # closes on its next message or by an explicit close); lanes drain by themselves.
+                for task in list(self._timer_tasks):
+                    task.cancel()
+        finally:
+            self._group = None
+            await consumer.close()
+
+    async def _consume(self, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
+        permits = asyncio.Semaphore(self._capacity)
+        while not self._stopping.is_set():
+            await permits.acquire()
+            free = 1
+            while free < self._capacity and not permits.locked():
+                await permits.acquire()
+                free += 1
+            deliveries = await _fetch_until_stopped(consumer, free, self._stopping)
+            for _ in range(free - len(deliveries)):
+                permits.release()
+            for delivery in deliveries:
+                self._enqueue(delivery, group, permits)
+
+    def _enqueue(
+        self, delivery: Delivery, group: asyncio.TaskGroup, permits: asyncio.Semaphore
+    ) -> None:
+        execution_id = self._bus.subjects.execution_id_of(delivery.subject)
+        lane = self._lanes.get(execution_id)
+        if lane is None:
+            lane = asyncio.Queue()
+            self._lanes[execution_id] = lane
+            group.create_task(self._run_lane(execution_id, lane, permits))
+        lane.put_nowait(delivery)
+
+    async def _run_lane(
+        self, execution_id: str, lane: asyncio.Queue[Delivery], permits: asyncio.Semaphore
+    ) -> None:
+        try:
+            while not lane.empty():
+                delivery = lane.get_nowait()
+                self._in_flight += 1
+                try:
+                    with bound_contextvars(flow=self._flow.name, execution_id=execution_id):
+                        await self._handle(execution_id, delivery)
+                except Exception:
+                    # One message fails alone: unacked, it comes back after ack_wait.
+                    log.exception("mailbox_message_crashed", subject=delivery.subject)
+                finally:
+                    self._in_flight -= 1
+                    permits.release()
+        finally:
+            self._lanes.pop(execution_id, None)
+
+    # --- one message ---------------------------------------------------------------------------
+
+    async def _handle(self, execution_id: str, delivery: Delivery) -> None:
+        try:
+            message = decode(mailbox_decoder, delivery.data)
+        except WireError as exc:
+            await self._refuse(delivery, exc.reason, reply_to=_loose_reply_to(delivery.data))
+            return
+        if message.execution_id != execution_id:
+            await self._refuse(
+                delivery,
+                f"execution_id {message.execution_id!r} does not match the subject's "
+                f"{execution_id!r}",
+                reply_to=getattr(message, "reply_to", None),
+            )
+            return
+        if isinstance(message, StartExecution) and message.fingerprint not in (
+            "",
+            self._flow.fingerprint,
+        ):
+            await self._mismatch(delivery, message, message.fingerprint)
+            return
+        for _ in range(MAX_CAS_RETRIES):
+            loaded = await self._snapshot(execution_id)
+            snapshot, revision = loaded if loaded else (None, None)
+            if snapshot is not None and snapshot.fingerprint != self._flow.fingerprint:
+                await self._mismatch(delivery, message, snapshot.fingerprint)
+                return
+            transition = apply(self._flow.index, snapshot, message, now=self._clock())
+            if transition.rejected:
+                await self._refuse(
+                    delivery, transition.rejected, reply_to=getattr(message, "reply_to", None)
+                )
+                return
+            if transition.duplicate:
+                await self._on_duplicate(message, snapshot)
+                await delivery.ack()
+                return
+            try:
+                await self._store(execution_id, transition, revision)
+            except RevisionConflictError:
+                self._conflicts += 1
+                self._cache.pop(execution_id, None)
+                continue
+            await self._perform(execution_id, transition.outbox)
+            await delivery.ack()
+            self._applied += 1
+            return
+        raise RevisionConflictError(
+            f"gave up after {MAX_CAS_RETRIES} conflicting writes", key=execution_id
+        )
+
+    async def _snapshot(self, execution_id: str) -> tuple[Snapshot, int] | None:
+        cached = self._cache.get(execution_id)
+        if cached is not None:
+            self._cache.move_to_end(execution_id)
+            return cached
+        key = self._bus.subjects.execution_key(self._flow.name, execution_id)
+        loaded = await self._bus.load(key)
+        if loaded is None:
+            return None
+        snapshot = decode(snapshot_decoder, loaded[0])
+        # Cold load: the last writer may have died before publishing its outbox. Publishing
+        # again is safe: every message keeps its id.
+        if snapshot.outbox.commands:
+            await self._perform(execution_id, snapshot.outbox.commands, replay=True)
+        self._remember(execution_id, snapshot, loaded[1])
+        return snapshot, loaded[1]
+
+    async def _store(self, execution_id: str, transition: Transition, revision: int | None) -> None:
+        assert transition.snapshot is not None
+        key = self._bus.subjects.execution_key(self._flow.name, execution_id)
+        new_revision = await self._bus.store(key, encode(transition.snapshot), revision=revision)
+        if transition.snapshot.lifecycle == "closed":
+            self._cache.pop(execution_id, None)
+        else:
+            self._remember(execution_id, transition.snapshot, new_revision)
+
+    def _remember(self, execution_id: str, snapshot: Snapshot, revision: int) -> None:
+        self._cache[execution_id] = (snapshot, revision)
+        self._cache.move_to_end(execution_id)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    async def _on_duplicate(self, message: MailboxMessage, snapshot: Snapshot | None) -> None:
+        log.debug("duplicate_message", message_id=message.id)
+        if snapshot is not None and snapshot.outbox.message_id == message.id:
+            await self._perform(snapshot.execution_id, snapshot.outbox.commands, replay=True)
+        reply_to = getattr(message, "reply_to", None)
+        if isinstance(message, StartExecution) and reply_to:
+            await self._reply(reply_to, Reply(ok=True, value=message.execution_id))
+
+    # --- the outbox ----------------------------------------------------------------------------
+
+    async def _perform(
+        self, execution_id: str, commands: list[OutboxCommand], *, replay: bool = False
+    ) -> None:
+        subjects = self._bus.subjects
+        flow = self._flow.name
+        stored: list[Any] = []
+        after: list[OutboxCommand] = []
+        for command in commands:
+            match command:
+                case Invoke(chunk_token=token, message=invoke):
+                    stored.append(
+                        self._bus.publish(
+                            subjects.run(flow, token), encode(invoke), msg_id=invoke.id
+                        )
+                    )
+                case AppendStream(message=item):
+                    stored.append(
+                        self._bus.publish(
+                            subjects.stream(flow, execution_id), encode(item), msg_id=item.id
+                        )
+                    )
+                case _:
+                    after.append(command)
+        if stored:
+            await asyncio.gather(*stored)
+        for command in after:
+            match command:
+                case SendReply(reply_to=reply_to, message=reply):
+                    await self._reply(reply_to, reply)
+                case NotifyClosed(message=closed):
+                    await self._bus.publish_core(
+                        subjects.closed(flow, execution_id), encode(closed)
+                    )
+                case ScheduleTimer():
+                    self._schedule(execution_id, command)
+                case Observe(name=name, attributes=attributes):
+                    if not replay:
+                        self._observe(execution_id, name, attributes)
+
+    async def _reply(self, reply_to: str, reply: Reply) -> None:
+        await self._bus.publish_core(reply_to, encode(reply))
+
+    def _observe(self, execution_id: str, name: str, attributes: dict[str, Any]) -> None:
+        log.debug(name, **attributes)
+        if self._on_observe is not None:
+            self._on_observe(name, execution_id, attributes)
+
+    def _schedule(self, execution_id: str, command: ScheduleTimer) -> None:
+        if self._group is None:
+            return
+        self._timers += 1
+        task = self._group.create_task(self._fire_later(execution_id, command))
+        self._timer_tasks.add(task)
+        task.add_done_callback(self._timer_tasks.discard)
+
+    async def _fire_later(self, execution_id: str, command: ScheduleTimer) -> None:
+        try:
+            await asyncio.sleep(command.delay)
+            fired = TimerFired(
+                id=f"{execution_id}:timer:{command.timer}:{command.generation}",
+                execution_id=execution_id,
+                timer=command.timer,
+                generation=command.generation,
+            )
+            subject = self._bus.subjects.mailbox(self._flow.name, execution_id)
+            await self._bus.publish(subject, encode(fired), msg_id=fired.id)
+        finally:
+            self._timers -= 1
+
+    # --- refusals --------------------------------------------------------------------------------
+
+    async def _refuse(self, delivery: Delivery, reason: str, *, reply_to: str | None) -> None:
+        """Bad input: answer where someone waits, dead-letter it with the reason, settle it."""
+        self._dead_lettered += 1
+        log.error("mailbox_message_refused", reason=reason, subject=delivery.subject)
+        if reply_to:
+            error = ErrorInfo(error_type="ContractError", message=reason)
+            await self._reply(reply_to, Reply(ok=False, error=error))
+        letter = DeadLetter(
+            subject=delivery.subject,
+            reason=reason,
+            data=delivery.data.decode("utf-8", errors="replace"),
+            headers=delivery.headers,
+            execution_id=self._bus.subjects.execution_id_of(delivery.subject),
+        )
+        await self._bus.publish(
+            self._bus.subjects.dead_letter(self._flow.name, MAILBOX_DLQ), encode(letter)
+        )
+        await delivery.ack()
+
+    async def _mismatch(self, delivery: Delivery, message: MailboxMessage, expected: str) -> None:
+        log.error(
+            "fingerprint_mismatch",
+            expected=expected,
+            actual=self._flow.fingerprint,
+            hint="this process defines the flow differently from the execution's; deploy the "
+            "same flow module everywhere",
+        )
+        if delivery.num_delivered < MISMATCH_REDELIVERIES:
+            await delivery.nak(delay=0.2)
+            return
+        await self._refuse(
+            delivery,
+            f"flow fingerprint mismatch: execution has {expected}, this host {self._flow.fingerprint}",
+            reply_to=getattr(message, "reply_to", None),
+        )
+
+
+async def _fetch_until_stopped(
+    consumer: PullConsumer, batch: int, stopping: asyncio.Event
+) -> list[Delivery]:
+    stop = asyncio.ensure_future(stopping.wait())
+    fetch = asyncio.ensure_future(consumer.fetch(batch, wait=5.0))
+    try:
+        await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if fetch.done():
+        return fetch.result()
+    fetch.cancel()
+    return []
+
+
+def _loose_reply_to(data: bytes) -> str | None:
+    """Find a reply subject in a message too broken to decode, so its sender hears why."""
+    try:
+        value = _loose.decode(data)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(value, dict):
+        reply_to = value.get("reply_to")
+        if isinstance(reply_to, str) and reply_to and " " not in reply_to:
+            return reply_to
+    return None

@@ -1,0 +1,40 @@
+"""What a host needs to know about a flow, as plain data: no builder, no API objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from triggerbus.actors.graph_index import GraphIndex
+from triggerbus.contracts.graph import FlowGraph
+
+
+def _no_resources(execution_id: str) -> Mapping[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class HostedFlow:
+    """A compiled flow plus the local pieces that cannot travel: handlers and live resources.
+
+    ``local_resources`` returns the runtime resources the creating process registered for an
+    execution (database clients and the like); remote processes see only the serialisable ones
+    that rode in the start message.
+    """
+
+    graph: FlowGraph
+    handlers: Mapping[str, Callable[..., Any]]
+    local_resources: Callable[[str], Mapping[str, Any]] = _no_resources
+    index: GraphIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", GraphIndex.build(self.graph))
+
+    @property
+    def name(self) -> str:
+        return self.graph.flow
+
+    @property
+    def fingerprint(self) -> str:
+        return self.graph.fingerprint

@@ -1,0 +1,257 @@
+"""What a chunk handler receives: TriggerFlow's runtime data, backed by messages.
+
+Every effect a handler has travels as a message through a ``ChunkPort`` (the chunk host
+implements it): state writes and emits to the execution mailbox, stream items to the runtime
+stream. The handler reads state as of its dispatch plus its own writes.
+
+Message ids are ``<execution>:<step>:<n>`` with ``n`` counting this attempt's effects, so a
+retried attempt that does the same things sends the same ids and the actor applies them once.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from triggerbus.actors.state_paths import apply_state_op
+from triggerbus.contracts.graph import TriggerType
+from triggerbus.contracts.messages import (
+    EmitEvent,
+    InvokeChunk,
+    StateWritten,
+    StreamEnded,
+    StreamItem,
+)
+
+_MISSING: Any = object()
+
+
+class ChunkPort(Protocol):
+    """The I/O a handler's effects go through; sends keep their order."""
+
+    def send_nowait(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
+        """Queue a message behind everything sent before it, without waiting."""
+
+    async def send(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
+        """Send in order and wait until the bus has stored it."""
+
+    async def request(self, message: EmitEvent | StateWritten) -> Any:
+        """Send in order and wait for the actor's reply (the cascade's results)."""
+
+    def run_blocking(self, coroutine: Any) -> Any:
+        """From a sync handler's thread: run ``coroutine`` on the host loop and wait for it."""
+
+    @property
+    def on_loop(self) -> bool:
+        """True when called from the host's event loop (an async handler)."""
+
+
+class StateView:
+    """``data.state``: reads see dispatch-time state plus this chunk's own writes."""
+
+    def __init__(self, data: TriggerFlowRuntimeData) -> None:
+        self._data = data
+
+    def get(self, key: str | None = None, default: Any = None) -> Any:
+        return self._data.get_state(key, default)
+
+    def set(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._data.set_state(key, value, emit=emit)
+
+    def append(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._data.append_state(key, value, emit=emit)
+
+    def delete(self, key: str, *, emit: bool = True) -> None:
+        self._data.del_state(key, emit=emit)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._data.get_state(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._data.get_state(key, _MISSING) is not _MISSING
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data._state)
+
+
+class TriggerFlowRuntimeData:
+    """The ``data`` argument of a chunk handler (TriggerFlow's name and surface)."""
+
+    def __init__(
+        self,
+        invocation: InvokeChunk,
+        port: ChunkPort,
+        *,
+        resources: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._invocation = invocation
+        self._port = port
+        self._state = copy.deepcopy(invocation.state)
+        self._resources = dict(resources or {})
+        self._sequence = 0
+        self.state = StateView(self)
+
+    # --- what triggered this chunk --------------------------------------------------------
+
+    @property
+    def value(self) -> Any:
+        return self._invocation.value
+
+    @property
+    def trigger_event(self) -> str:
+        return self._invocation.trigger_event
+
+    @property
+    def event(self) -> str:
+        return self._invocation.trigger_event
+
+    @property
+    def trigger_type(self) -> TriggerType:
+        return self._invocation.trigger_type
+
+    @property
+    def execution_id(self) -> str:
+        return self._invocation.execution_id
+
+    @property
+    def chunk_name(self) -> str:
+        return self._invocation.chunk
+
+    # --- resources --------------------------------------------------------------------------
+
+    @property
+    def runtime_resources(self) -> dict[str, Any]:
+        return self._resources
+
+    def get_resource(self, key: str, default: Any = None) -> Any:
+        return self._resources.get(key, default)
+
+    def require_resource(self, key: str) -> Any:
+        if key not in self._resources:
+            raise KeyError(
+                f"runtime resource {key!r} is not available to chunk {self.chunk_name!r}; pass "
+                "it in runtime_resources= (objects that cannot be serialised reach only chunks "
+                "hosted in the process that created the execution)"
+            )
+        return self._resources[key]
+
+    # --- state ------------------------------------------------------------------------------
+
+    def get_state(self, key: str | None = None, default: Any = None) -> Any:
+        if key is None:
+            return copy.deepcopy(self._state)
+        return copy.deepcopy(self._state.get(key, default))
+
+    def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._write("set", key, value, emit=emit, wait=False)
+
+    def append_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._write("append", key, value, emit=emit, wait=False)
+
+    def del_state(self, key: str, *, emit: bool = True) -> None:
+        self._write("delete", key, None, emit=emit, wait=False)
+
+    async def async_set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._write("set", key, value, emit=emit, wait=True)
+
+    async def async_append_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._write("append", key, value, emit=emit, wait=True)
+
+    async def async_del_state(self, key: str, *, emit: bool = True) -> None:
+        await self._write("delete", key, None, emit=emit, wait=True)
+
+    def _write(self, op: str, key: str, value: Any, *, emit: bool, wait: bool) -> Any:
+        apply_state_op(self._state, op, key, copy.deepcopy(value))
+        message = StateWritten(
+            id=self._next_id(),
+            execution_id=self.execution_id,
+            op=op,  # type: ignore[arg-type]
+            key=key,
+            value=value,
+            emit=emit,
+            step=self._invocation.step,
+            layers=self._invocation.layers,
+        )
+        if wait:
+            return self._port.request(message) if emit else self._port.send(message)
+        self._send_sync(message)
+        return None
+
+    # --- events -----------------------------------------------------------------------------
+
+    async def async_emit(self, event: str, value: Any = None, **_: Any) -> list[Any]:
+        """Emit ``event`` and wait for the whole cascade; returns its handlers' results."""
+        result = await self._port.request(self._emit_message(event, value, awaited=True))
+        return list(result or [])
+
+    def emit(self, event: str, value: Any = None, **_: Any) -> list[Any] | None:
+        """From a sync handler: like ``async_emit``. From an async handler: sends in order and
+        returns at once (the loop cannot block); use ``await data.async_emit`` for results."""
+        if self._port.on_loop:
+            self._port.send_nowait(self._emit_message(event, value, awaited=False))
+            return None
+        return self._port.run_blocking(self.async_emit(event, value))
+
+    async def async_emit_nowait(self, event: str, value: Any = None) -> None:
+        await self._port.send(self._emit_message(event, value, awaited=False))
+
+    def emit_nowait(self, event: str, value: Any = None) -> None:
+        self._send_sync(self._emit_message(event, value, awaited=False))
+
+    def _emit_message(self, event: str, value: Any, *, awaited: bool) -> EmitEvent:
+        return EmitEvent(
+            id=self._next_id(),
+            execution_id=self.execution_id,
+            event=event,
+            value=value,
+            step=self._invocation.step if awaited else None,
+            layers=self._invocation.layers,
+        )
+
+    # --- runtime stream -----------------------------------------------------------------------
+
+    def put_into_stream(self, item: Any) -> None:
+        self._send_sync(self._stream_item(item))
+
+    async def async_put_into_stream(self, item: Any) -> None:
+        await self._port.send(self._stream_item(item))
+
+    def stop_stream(self) -> None:
+        self._send_sync(self._stream_end())
+
+    async def async_stop_stream(self) -> None:
+        await self._port.send(self._stream_end())
+
+    def _stream_item(self, item: Any) -> StreamItem:
+        return StreamItem(id=self._next_id(), execution_id=self.execution_id, value=item)
+
+    def _stream_end(self) -> StreamEnded:
+        return StreamEnded(
+            id=f"{self.execution_id}:stream:end", execution_id=self.execution_id, reason="stopped"
+        )
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _send_sync(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
+        if self._port.on_loop:
+            self._port.send_nowait(message)
+        else:
+            self._port.run_blocking(self._port.send(message))
+
+    def _next_id(self) -> str:
+        self._sequence += 1
+        return f"{self.execution_id}:{self._invocation.step}:{self._sequence}"
+
+    def __repr__(self) -> str:
+        return (
+            f"<TriggerFlowRuntimeData chunk={self.chunk_name!r} "
+            f"execution={self.execution_id!r} trigger={self.trigger_event!r}>"
+        )
+
+
+TriggerFlowEventData = TriggerFlowRuntimeData
+"""TriggerFlow's older name for the same object."""

@@ -1,0 +1,287 @@
+"""The I/O seam above nats-py: publish, KV compare-and-set, pull deliveries, subscriptions.
+
+Everything above ``bus/`` talks to NATS through ``Bus``; no nats type and no nats error leaves
+this module (errors go through ``translate_nats_errors``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+from triggerbus.bus._errors import translate_nats_errors
+from triggerbus.bus.connection import ConnectOptions, connect
+from triggerbus.bus.provision import (
+    ConsumerPolicy,
+    StoragePolicy,
+    ensure_consumer,
+    provision,
+)
+from triggerbus.bus.subjects import Subjects
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@dataclass
+class Delivery:
+    """One message from a durable consumer, with the calls that settle it."""
+
+    _msg: Msg
+
+    @property
+    def subject(self) -> str:
+        return self._msg.subject
+
+    @property
+    def data(self) -> bytes:
+        return self._msg.data
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._msg.headers or {})
+
+    @property
+    def num_delivered(self) -> int:
+        return self._msg.metadata.num_delivered
+
+    @property
+    def stream_sequence(self) -> int:
+        return self._msg.metadata.sequence.stream
+
+    async def ack(self) -> None:
+        with translate_nats_errors(subject=self.subject):
+            await self._msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        with translate_nats_errors(subject=self.subject):
+            await self._msg.nak(delay=delay)
+
+    async def in_progress(self) -> None:
+        with translate_nats_errors(subject=self.subject):
+            await self._msg.in_progress()
+
+    async def term(self) -> None:
+        with translate_nats_errors(subject=self.subject):
+            await self._msg.term()
+
+
+class PullConsumer:
+    """A bound durable pull consumer: ``fetch`` returns what is ready, waiting up to ``wait``."""
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, name: str) -> None:
+        self._sub = sub
+        self.name = name
+
+    async def fetch(self, batch: int, wait: float) -> list[Delivery]:
+        try:
+            with translate_nats_errors(subject=self.name):
+                msgs = await self._sub.fetch(batch, timeout=wait)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []  # nothing arrived within ``wait``: the normal idle case
+        except Exception as exc:
+            if isinstance(exc.__cause__, nats.errors.TimeoutError):
+                return []
+            raise
+        return [Delivery(msg) for msg in msgs]
+
+    async def pending(self) -> int:
+        """Messages not yet delivered: the backlog an autoscaler would read."""
+        with translate_nats_errors(subject=self.name):
+            info = await self._sub.consumer_info()
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error:
+            pass
+
+
+class Subscription:
+    """A core NATS subscription read one message at a time."""
+
+    def __init__(self, sub: nats.aio.subscription.Subscription) -> None:
+        self._sub = sub
+
+    async def next(self) -> tuple[bytes, dict[str, str]]:
+        """Wait for the next message; the caller bounds the wait with ``asyncio.timeout``."""
+        with translate_nats_errors(subject=self._sub.subject):
+            msg = await self._sub.next_msg(timeout=None)  # type: ignore[arg-type]
+        return msg.data, dict(msg.headers or {})
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except nats.errors.Error:
+            pass
+
+
+class Bus:
+    """One NATS connection, its JetStream context and the executions bucket."""
+
+    def __init__(self, nc: Client, subjects: Subjects) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.subjects = subjects
+        self._kv: KeyValue | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        options: ConnectOptions,
+        subjects: Subjects,
+        *,
+        storage: StoragePolicy | None = None,
+    ) -> Bus:
+        """Connect, check the server, and provision streams and bucket idempotently."""
+        nc = await connect(options)
+        bus = cls(nc, subjects)
+        try:
+            await provision(bus.js, subjects, storage)
+            with translate_nats_errors(subject=subjects.executions_bucket):
+                bus._kv = await bus.js.key_value(subjects.executions_bucket)
+        except BaseException:
+            await bus.close()
+            raise
+        return bus
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except nats.errors.Error:
+            await self.nc.close()
+
+    @property
+    def url(self) -> str:
+        server = self.nc.connected_url
+        return server.geturl() if server else ""
+
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> int:
+        """Publish into a stream and wait for the store's ack; returns the stream sequence."""
+        all_headers = dict(headers or {})
+        if msg_id:
+            all_headers[MSG_ID_HEADER] = msg_id
+        with translate_nats_errors(subject=subject):
+            ack = await self.js.publish(subject, payload, headers=all_headers or None)
+        return int(ack.seq)
+
+    async def publish_core(
+        self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Fire-and-forget publish; used for replies and close notifications."""
+        with translate_nats_errors(subject=subject):
+            await self.nc.publish(subject, payload, headers=dict(headers) if headers else None)
+
+    async def flush(self) -> None:
+        with translate_nats_errors():
+            await self.nc.flush()
+
+    # --- the executions bucket -----------------------------------------------------------------
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "Bus.open() provisions the bucket"
+        return self._kv
+
+    async def load(self, key: str) -> tuple[bytes, int] | None:
+        """The value and revision at ``key``, or ``None``."""
+        try:
+            with translate_nats_errors(key=key):
+                entry = await self.kv.get(key)
+        except Exception as exc:
+            if isinstance(exc.__cause__, nats.js.errors.KeyNotFoundError):
+                return None
+            raise
+        if entry.value is None:
+            return None
+        return entry.value, int(entry.revision or 0)
+
+    async def store(self, key: str, payload: bytes, *, revision: int | None) -> int:
+        """Write ``key`` if its revision is still ``revision`` (``None``: if absent).
+
+        Raises:
+            RevisionConflictError: somebody else wrote first.
+        """
+        with translate_nats_errors(key=key):
+            if revision is None:
+                return int(await self.kv.create(key, payload))
+            return int(await self.kv.update(key, payload, last=revision))
+
+    # --- consuming ----------------------------------------------------------------------------
+
+    async def pull_consumer(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        policy: ConsumerPolicy | None = None,
+    ) -> PullConsumer:
+        """Ensure the durable consumer exists, then bind to it."""
+        await ensure_consumer(
+            self.js, stream=stream, durable=durable, filter_subject=filter_subject, policy=policy
+        )
+        with translate_nats_errors(subject=f"{stream}/{durable}"):
+            sub = await self.js.pull_subscribe_bind(durable, stream)
+        return PullConsumer(sub, f"{stream}/{durable}")
+
+    async def subscribe(self, subject: str) -> Subscription:
+        with translate_nats_errors(subject=subject):
+            sub = await self.nc.subscribe(subject)
+        return Subscription(sub)
+
+    def new_inbox(self) -> str:
+        return self.nc.new_inbox()
+
+    async def read_stream(
+        self, subject: str, *, start_sequence: int = 0
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Replay then follow one subject of a limits stream, in order, as (sequence, data).
+
+        Uses an ephemeral ordered consumer: never a durable one per execution.
+        """
+        with translate_nats_errors(subject=subject):
+            if start_sequence > 0:
+                sub = await self.js.subscribe(
+                    subject,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    config=_start_at(start_sequence),
+                )
+            else:
+                sub = await self.js.subscribe(
+                    subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+                )
+        try:
+            while True:
+                with translate_nats_errors(subject=subject):
+                    msg = await sub.next_msg(timeout=None)  # type: ignore[arg-type]
+                yield msg.metadata.sequence.stream, msg.data
+        finally:
+            try:
+                await sub.unsubscribe()
+            except (nats.errors.Error, asyncio.CancelledError):
+                pass
+
+
+def _start_at(sequence: int) -> nats.js.api.ConsumerConfig:
+    return nats.js.api.ConsumerConfig(opt_start_seq=sequence)

@@ -1,0 +1,190 @@
+"""Idempotent provisioning of the streams, consumers and bucket of ARCHITECTURE §3.
+
+Creating what is missing is safe to repeat from every process at start-up. What exists with a
+different configuration is drift: it is reported, never silently overwritten, because another
+deployment (or an operator) may depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import nats.js.errors
+import structlog
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from triggerbus.bus._errors import translate_nats_errors
+from triggerbus.bus.subjects import Subjects
+
+from triggerbus.errors import ProvisioningDriftError
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoragePolicy:
+    """Retention and durability knobs an operator may tune."""
+
+    replicas: int = 1
+    stream_max_age: float = 24 * 3600.0
+    dead_letter_max_age: float = 7 * 24 * 3600.0
+    duplicate_window: float = 120.0
+    memory: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumerPolicy:
+    """Delivery knobs of a durable pull consumer."""
+
+    ack_wait: float = 30.0
+    max_deliver: int = -1
+    max_ack_pending: int = 10_000
+    backoff: tuple[float, ...] = ()
+
+
+def stream_configs(subjects: Subjects, policy: StoragePolicy) -> list[StreamConfig]:
+    storage = StorageType.MEMORY if policy.memory else StorageType.FILE
+    common: dict[str, Any] = {
+        "storage": storage,
+        "num_replicas": policy.replicas,
+        "duplicate_window": policy.duplicate_window,
+    }
+    return [
+        StreamConfig(
+            name=subjects.run_stream,
+            subjects=[subjects.all_runs()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.exec_stream,
+            subjects=[subjects.all_mailboxes()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.stream_stream,
+            subjects=[subjects.all_streams()],
+            retention=RetentionPolicy.LIMITS,
+            max_age=policy.stream_max_age,
+            allow_direct=True,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.dlq_stream,
+            subjects=[subjects.all_dead_letters()],
+            retention=RetentionPolicy.LIMITS,
+            max_age=policy.dead_letter_max_age,
+            **common,
+        ),
+    ]
+
+
+_COMPARED_STREAM_FIELDS = ("subjects", "retention", "storage", "num_replicas", "max_age")
+_COMPARED_CONSUMER_FIELDS = ("filter_subject", "ack_policy", "max_deliver")
+
+
+async def provision(
+    js: JetStreamContext, subjects: Subjects, policy: StoragePolicy | None = None
+) -> None:
+    """Create the streams and the executions bucket, or check that they match."""
+    policy = policy or StoragePolicy()
+    for config in stream_configs(subjects, policy):
+        await _ensure_stream(js, config)
+    await _ensure_bucket(js, subjects, policy)
+
+
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
+    name = wanted.name or ""
+    with translate_nats_errors(subject=name):
+        try:
+            info = await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(wanted)
+                log.info("stream_created", stream=name)
+                return
+            except nats.js.errors.BadRequestError:
+                # Another process created it between our look and our add: check theirs.
+                info = await js.stream_info(name)
+    _check_drift(name, wanted, info.config, _COMPARED_STREAM_FIELDS)
+
+
+async def _ensure_bucket(js: JetStreamContext, subjects: Subjects, policy: StoragePolicy) -> None:
+    bucket = subjects.executions_bucket
+    with translate_nats_errors(subject=bucket):
+        try:
+            await js.key_value(bucket)
+            return
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                storage=StorageType.MEMORY if policy.memory else StorageType.FILE,
+                replicas=policy.replicas,
+                direct=True,
+            )
+        )
+    log.info("bucket_created", bucket=bucket)
+
+
+async def ensure_consumer(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    durable: str,
+    filter_subject: str,
+    policy: ConsumerPolicy | None = None,
+) -> None:
+    """Create a durable pull consumer shared by every replica, or check the existing one."""
+    policy = policy or ConsumerPolicy()
+    wanted = ConsumerConfig(
+        durable_name=durable,
+        filter_subject=filter_subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=policy.ack_wait,
+        max_deliver=policy.max_deliver,
+        max_ack_pending=policy.max_ack_pending,
+        backoff=list(policy.backoff) or None,
+    )
+    with translate_nats_errors(subject=f"{stream}/{durable}"):
+        try:
+            info = await js.consumer_info(stream, durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(stream, wanted)
+            log.info("consumer_created", stream=stream, consumer=durable)
+            return
+    _check_drift(durable, wanted, info.config, _COMPARED_CONSUMER_FIELDS)
+
+
+def _check_drift(name: str, wanted: Any, actual: Any, fields: tuple[str, ...]) -> None:
+    differences: dict[str, tuple[object, object]] = {}
+    for field_name in fields:
+        want = getattr(wanted, field_name, None)
+        have = getattr(actual, field_name, None)
+        if want is None:
+            continue
+        if field_name == "max_age" and have is not None and abs(float(have) - float(want)) < 1e-3:
+            continue
+        if want != have:
+            differences[field_name] = (want, have)
+    if differences:
+        detail = ", ".join(f"{k}: want {w!r}, found {h!r}" for k, (w, h) in differences.items())
+        raise ProvisioningDriftError(
+            f"{name} exists with a different configuration ({detail}); remove it or align "
+            "the settings (another deployment may be using the same prefix)",
+            name=name,
+            differences=differences,
+        )

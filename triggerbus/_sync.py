@@ -1,0 +1,72 @@
+"""Sync twins of the async API run on one background event loop owned by the process.
+
+A sync call cannot borrow the caller's loop (there is none, or it is busy waiting on us), and
+the runtime it uses (connection, hosted chunks) must outlive the call, so every sync call goes
+to the same long-lived loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from triggerbus.errors import LifecycleError
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="triggerbus-sync-loop", daemon=True
+            )
+            thread.start()
+            _loop = loop
+        return _loop
+
+
+def _refuse_inside_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise LifecycleError(
+        f"{what} is the sync form and would block the running event loop; "
+        "use its async_ twin with await"
+    )
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on the background loop and wait for its result."""
+    try:
+        _refuse_inside_loop(getattr(coroutine, "__qualname__", "this call"))
+    except LifecycleError:
+        coroutine.close()
+        raise
+    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+
+
+def iterate_sync(iterator: AsyncIterator[T]) -> Iterator[T]:
+    """Drive an async iterator from sync code, one item per round trip to the loop."""
+    _refuse_inside_loop("get_runtime_stream()")
+    loop = _background_loop()
+
+    async def next_item() -> tuple[bool, T | None]:
+        try:
+            return True, await iterator.__anext__()
+        except StopAsyncIteration:
+            return False, None
+
+    while True:
+        more, item = asyncio.run_coroutine_threadsafe(next_item(), loop).result()
+        if not more:
+            return
+        yield item  # type: ignore[misc]

@@ -1,0 +1,418 @@
+"""The Execution handle: start, emit into, stream from and close one execution.
+
+The handle holds no execution state of its own beyond what it has been told: the execution
+actor (wherever it runs) is the single writer, and the handle talks to it through the mailbox,
+reply subjects, the runtime stream and the close notification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from triggerbus._runtime import (
+    LocalRuntime,
+    forget_resources,
+    get_runtime,
+    register_resources,
+)
+from triggerbus._sync import iterate_sync, run_sync
+from triggerbus.contracts.codec import NotSerializable, decode, encode
+from triggerbus.contracts.messages import (
+    CloseExecution,
+    EmitEvent,
+    ErrorInfo,
+    ExecutionClosed,
+    Reply,
+    StartExecution,
+    StateWritten,
+    StreamEnded,
+    closed_decoder,
+    reply_decoder,
+    stream_decoder,
+)
+from triggerbus.contracts.snapshot import snapshot_decoder
+from triggerbus.errors import (
+    ChunkFailedError,
+    ExecutionClosedError,
+    ExecutionError,
+    ExecutionNotFoundError,
+    ValueNotSerializableError,
+)
+
+if TYPE_CHECKING:
+    from triggerbus.flow import TriggerFlow
+
+
+class ExecutionResult:
+    """``execution.result``: what is known about the outcome, as TriggerFlow exposes it."""
+
+    def __init__(self, execution: Execution) -> None:
+        self._execution = execution
+
+    def get_meta(self) -> dict[str, Any]:
+        e = self._execution
+        return {
+            "execution_id": e.id,
+            "flow_name": e.flow_name,
+            "status": e.get_status(),
+            "lifecycle_state": e.get_lifecycle_state(),
+            "created_at": e._created_at,
+            "started_at": e._started_at,
+            "closed_at": e._closed_at,
+            "close_reason": e._close_reason,
+        }
+
+    def get_state(self, key: str | None = None, default: Any = None) -> Any:
+        snapshot = self._execution._close_snapshot or {}
+        if key is None:
+            return dict(snapshot)
+        return snapshot.get(key, default)
+
+    def get_result(self) -> Any:
+        return (self._execution._close_snapshot or {}).get("$final_result")
+
+
+class Execution:
+    """One run of a flow. Created by ``flow.create_execution()``; nothing is sent until start."""
+
+    def __init__(
+        self,
+        flow: TriggerFlow,
+        *,
+        execution_id: str | None = None,
+        skip_exceptions: bool = False,
+        concurrency: int | None = None,
+        runtime_resources: dict[str, Any] | None = None,
+        auto_close: bool = True,
+        auto_close_timeout: float | None = 10.0,
+    ) -> None:
+        self._flow = flow
+        self.id = execution_id or uuid.uuid4().hex
+        self._skip_exceptions = skip_exceptions
+        self._concurrency = concurrency
+        self._resources = dict(runtime_resources or {})
+        self._auto_close = auto_close
+        self._auto_close_timeout = auto_close_timeout
+        self._status = "created"
+        self._lifecycle = "open"
+        self._created_at = time.time()
+        self._started_at: float | None = None
+        self._closed_at: float | None = None
+        self._close_reason: str | None = None
+        self._close_snapshot: dict[str, Any] | None = None
+        self._error: ErrorInfo | None = None
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self.result = ExecutionResult(self)
+
+    # --- identity and local view --------------------------------------------------------------
+
+    @property
+    def execution_id(self) -> str:
+        return self.id
+
+    @property
+    def flow_name(self) -> str:
+        return self._flow.name
+
+    def get_status(self) -> str:
+        """``created``, ``running``, ``completed``, ``failed`` or ``cancelled`` as last seen."""
+        return self._status
+
+    def get_lifecycle_state(self) -> str:
+        return self._lifecycle
+
+    def is_closed(self) -> bool:
+        return self._lifecycle == "closed"
+
+    def started(self) -> bool:
+        return self._started
+
+    def get_runtime_resources(self) -> dict[str, Any]:
+        return dict(self._resources)
+
+    # --- start ----------------------------------------------------------------------------------
+
+    async def async_start(
+        self,
+        initial_value: Any = None,
+        *,
+        wait_for_result: bool = True,
+        timeout: float | None = None,
+    ) -> Any:
+        """Start the execution.
+
+        With ``auto_close`` (the default) this waits until the execution closes and returns the
+        close snapshot; otherwise it returns this handle once the start's cascade has run.
+
+        Raises:
+            ChunkFailedError: a chunk raised and exceptions are not skipped.
+        """
+        if timeout is not None:
+            self._auto_close_timeout = timeout
+        runtime = await self._runtime()
+        closed_subject = runtime.subjects.closed(self.flow_name, self.id)
+        closed_sub = await runtime.bus.subscribe(closed_subject)
+        try:
+            reply = await self._start(runtime, initial_value)
+            if not reply.ok:
+                self._raise(reply.error)
+            if not self._auto_close or not wait_for_result:
+                return self if not self._auto_close else None
+            data, _ = await closed_sub.next()
+        finally:
+            await closed_sub.close()
+        closed = decode(closed_decoder, data)
+        return self._on_closed(closed)
+
+    def start(self, initial_value: Any = None, **options: Any) -> Any:
+        """Sync twin of ``async_start``."""
+        return run_sync(self.async_start(initial_value, **options))
+
+    async def _start(self, runtime: LocalRuntime, initial_value: Any) -> Reply:
+        register_resources(self.id, self._resources)
+        message = StartExecution(
+            id=f"{self.id}:start",
+            execution_id=self.id,
+            value=initial_value,
+            fingerprint=self._flow.graph().fingerprint,
+            concurrency=self._concurrency,
+            auto_close=self._auto_close,
+            auto_close_timeout=self._auto_close_timeout,
+            skip_exceptions=self._skip_exceptions,
+            resources=_serialisable(self._resources),
+            sent_at=time.time(),
+        )
+        self._started = True
+        self._status = "running"
+        self._started_at = self._started_at or time.time()
+        try:
+            return await self._request(runtime, message)
+        except NotSerializable as exc:
+            raise ValueNotSerializableError(
+                f"the start value of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
+                type_name=exc.type_name,
+            ) from exc
+
+    # --- emits and state ------------------------------------------------------------------------
+
+    async def async_emit(self, event: str, value: Any = None) -> list[Any]:
+        """Emit ``event`` into the running execution and wait for its cascade's results."""
+        runtime = await self._runtime()
+        message = EmitEvent(
+            id=f"{self.id}:emit:{uuid.uuid4().hex}",
+            execution_id=self.id,
+            event=event,
+            value=value,
+        )
+        reply = await self._request(runtime, message)
+        if not reply.ok:
+            self._raise(reply.error)
+        return list(reply.value or [])
+
+    def emit(self, event: str, value: Any = None) -> list[Any]:
+        return run_sync(self.async_emit(event, value))
+
+    async def async_emit_nowait(self, event: str, value: Any = None) -> None:
+        runtime = await self._runtime()
+        message = EmitEvent(
+            id=f"{self.id}:emit:{uuid.uuid4().hex}", execution_id=self.id, event=event, value=value
+        )
+        await self._publish(runtime, message)
+
+    async def async_set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._state("set", key, value, emit=emit)
+
+    async def async_append_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._state("append", key, value, emit=emit)
+
+    async def async_del_state(self, key: str, *, emit: bool = True) -> None:
+        await self._state("delete", key, None, emit=emit)
+
+    def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        run_sync(self.async_set_state(key, value, emit=emit))
+
+    async def _state(self, op: str, key: str, value: Any, *, emit: bool) -> None:
+        runtime = await self._runtime()
+        message = StateWritten(
+            id=f"{self.id}:state:{uuid.uuid4().hex}",
+            execution_id=self.id,
+            op=op,  # type: ignore[arg-type]
+            key=key,
+            value=value,
+            emit=emit,
+        )
+        reply = await self._request(runtime, message)
+        if not reply.ok:
+            self._raise(reply.error)
+
+    # --- close ----------------------------------------------------------------------------------
+
+    async def async_close(self, *, reason: str = "manual") -> dict[str, Any]:
+        """Seal, let in-flight work finish, close; returns the close snapshot. Idempotent."""
+        if self._close_snapshot is not None:
+            return dict(self._close_snapshot)
+        runtime = await self._runtime()
+        if not self._started:
+            self._started = True
+        message = CloseExecution(
+            id=f"{self.id}:close:{uuid.uuid4().hex}", execution_id=self.id, reason=reason
+        )
+        reply = await self._request(runtime, message)
+        if not reply.ok:
+            if reply.error and reply.error.error_type == "ContractError":
+                raise ExecutionNotFoundError(
+                    f"execution {self.id!r} of flow {self.flow_name!r} was never started",
+                    flow=self.flow_name,
+                    execution_id=self.id,
+                )
+            self._raise(reply.error)
+        snapshot = dict(reply.value or {})
+        self._mark_closed(snapshot, status=None, reason=reason)
+        return snapshot
+
+    def close(self, **options: Any) -> dict[str, Any]:
+        return run_sync(self.async_close(**options))
+
+    async def async_get_snapshot(self) -> dict[str, Any]:
+        """The execution's stored snapshot, as the execution actor last wrote it."""
+        runtime = await self._runtime()
+        key = runtime.subjects.execution_key(self.flow_name, self.id)
+        loaded = await runtime.bus.load(key)
+        if loaded is None:
+            raise ExecutionNotFoundError(
+                f"no execution {self.id!r} in flow {self.flow_name!r}",
+                flow=self.flow_name,
+                execution_id=self.id,
+            )
+        return msgspec.to_builtins(decode(snapshot_decoder, loaded[0]))
+
+    # --- runtime stream -----------------------------------------------------------------------
+
+    def get_async_runtime_stream(
+        self, initial_value: Any = None, *, timeout: float | None = 10.0
+    ) -> AsyncIterator[Any]:
+        """Yield the execution's stream items until the stream ends.
+
+        Starts the execution (with ``initial_value``) when it has not been started. The stream
+        is replayed from its first item, so nothing put before the reader attached is lost.
+        ``timeout`` bounds the wait for each next item; when it passes, the stream ends.
+        """
+        return self._stream(initial_value, timeout=timeout, start=not self._started)
+
+    def get_runtime_stream(
+        self, initial_value: Any = None, *, timeout: float | None = 10.0
+    ) -> Any:
+        return iterate_sync(self.get_async_runtime_stream(initial_value, timeout=timeout))
+
+    async def _stream(
+        self, initial_value: Any, *, timeout: float | None, start: bool
+    ) -> AsyncIterator[Any]:
+        runtime = await self._runtime()
+        subject = runtime.subjects.stream(self.flow_name, self.id)
+        reader = runtime.bus.read_stream(subject)
+        starter: asyncio.Task[Any] | None = None
+        try:
+            if start:
+                starter = asyncio.get_running_loop().create_task(
+                    self.async_start(initial_value, wait_for_result=False)
+                )
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        _, data = await anext(reader)
+                except TimeoutError:
+                    return
+                message = decode(stream_decoder, data)
+                if isinstance(message, StreamEnded):
+                    return
+                yield message.value
+        finally:
+            await reader.aclose()
+            if starter is not None:
+                if not starter.done():
+                    starter.cancel()
+                try:
+                    await starter
+                except (asyncio.CancelledError, ExecutionError):
+                    pass
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _runtime(self) -> LocalRuntime:
+        runtime = await get_runtime()
+        await runtime.ensure_flow(self._flow)
+        return runtime
+
+    async def _publish(self, runtime: LocalRuntime, message: Any) -> None:
+        subject = runtime.subjects.mailbox(self.flow_name, self.id)
+        await runtime.bus.publish(subject, encode(message), msg_id=message.id)
+
+    async def _request(self, runtime: LocalRuntime, message: Any) -> Reply:
+        reply_to, future = runtime.replies.open()
+        try:
+            await self._publish(runtime, msgspec.structs.replace(message, reply_to=reply_to))
+            return decode(reply_decoder, await future)
+        finally:
+            runtime.replies.discard(reply_to)
+
+    def _on_closed(self, closed: ExecutionClosed) -> dict[str, Any]:
+        self._mark_closed(closed.snapshot, status=closed.status, reason=None)
+        if closed.error is not None and closed.status == "failed":
+            self._raise(closed.error)
+        return dict(closed.snapshot)
+
+    def _mark_closed(self, snapshot: dict[str, Any], *, status: str | None, reason: str | None) -> None:
+        self._close_snapshot = dict(snapshot)
+        self._lifecycle = "closed"
+        if status is not None:
+            self._status = status
+        elif self._status in ("created", "running"):
+            self._status = "completed" if self._started else "cancelled"
+        self._closed_at = time.time()
+        self._close_reason = reason or self._close_reason
+        forget_resources(self.id)
+
+    def _raise(self, error: ErrorInfo | None) -> None:
+        if error is None:
+            raise ExecutionError("the execution refused the request", flow=self.flow_name,
+                                 execution_id=self.id)
+        if error.chunk:
+            self._status = "failed"
+            self._error = error
+            raise ChunkFailedError(
+                f"chunk {error.chunk!r} of flow {self.flow_name!r} raised "
+                f"{error.error_type}: {error.message}",
+                flow=self.flow_name,
+                execution_id=self.id,
+                chunk=error.chunk,
+                error_type=error.error_type,
+                error_message=error.message,
+                remote_traceback=error.traceback,
+            )
+        raise ExecutionClosedError(
+            f"execution {self.id!r}: {error.error_type}: {error.message}",
+            flow=self.flow_name,
+            execution_id=self.id,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Execution {self.id} of {self.flow_name!r} {self._status}>"
+
+
+def _serialisable(resources: dict[str, Any]) -> dict[str, Any]:
+    """The resources that can ride in the start message to chunks in other processes."""
+    travelling: dict[str, Any] = {}
+    for key, value in resources.items():
+        try:
+            encode(value)
+        except NotSerializable:
+            continue
+        travelling[key] = value
+    return travelling
