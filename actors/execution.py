@@ -562,7 +562,9 @@ def _finish(work: _Work, node: Node) -> None:
     """Remove a finished node and hand its result up the tree, finishing parents in turn."""
     while True:
         work.nodes.pop(node.id, None)
-        result = node.slots if node.kind == "emission" else node.result
+        # An emission answers with its direct handlers' results, in registration order, or
+        # None when nobody listened (as TriggerFlow's emit does).
+        result = (node.slots or None) if node.kind == "emission" else node.result
         if node.kind == "operator":
             result = None
         if node.reply_to:

@@ -183,10 +183,10 @@ class TriggerFlowRuntimeData:
 
     # --- events -----------------------------------------------------------------------------
 
-    async def async_emit(self, event: str, value: Any = None, **_: Any) -> list[Any]:
-        """Emit ``event`` and wait for the whole cascade; returns its handlers' results."""
-        result = await self._port.request(self._emit_message(event, value, awaited=True))
-        return list(result or [])
+    async def async_emit(self, event: str, value: Any = None, **_: Any) -> list[Any] | None:
+        """Emit ``event`` and wait for the whole cascade; returns the direct handlers' results
+        in registration order, or ``None`` when nothing listens."""
+        return await self._port.request(self._emit_message(event, value, awaited=True))
 
     def emit(self, event: str, value: Any = None, **_: Any) -> list[Any] | None:
         """From a sync handler: like ``async_emit``. From an async handler: sends in order and

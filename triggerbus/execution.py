@@ -202,7 +202,7 @@ class Execution:
 
     # --- emits and state ------------------------------------------------------------------------
 
-    async def async_emit(self, event: str, value: Any = None) -> list[Any]:
+    async def async_emit(self, event: str, value: Any = None) -> list[Any] | None:
         """Emit ``event`` into the running execution and wait for its cascade's results."""
         runtime = await self._runtime()
         message = EmitEvent(
@@ -214,9 +214,9 @@ class Execution:
         reply = await self._request(runtime, message)
         if not reply.ok:
             self._raise(reply.error)
-        return list(reply.value or [])
+        return reply.value
 
-    def emit(self, event: str, value: Any = None) -> list[Any]:
+    def emit(self, event: str, value: Any = None) -> list[Any] | None:
         return run_sync(self.async_emit(event, value))
 
     async def async_emit_nowait(self, event: str, value: Any = None) -> None:

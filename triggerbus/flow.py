@@ -7,9 +7,11 @@ the same module builds the same graph and agrees on subjects without coordinatio
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -390,12 +392,12 @@ class TriggerFlow:
         while unique in self._chunks:
             unique = f"{name}-{ordinal}"
             ordinal += 1
-        ident = digest("chunk", unique, length=12)
+        ident = chunk_id(unique)
         chunk = TriggerFlowChunk(
             name=unique,
             handler=handler,
             trigger=f"Chunk[{unique}]-{ident}",
-            operator_id=f"chunk-{ident}",
+            operator_id=ident,
         )
         self._chunks[unique] = chunk
         self._add_operator(
@@ -508,5 +510,9 @@ def _caller_origin() -> tuple[str, int]:
         del frame
 
 
-def chunk_names(chunks: Sequence[TriggerFlowChunk]) -> list[str]:
-    return [c.name for c in chunks]
+def chunk_id(name: str) -> str:
+    """The chunk id TriggerFlow gives an explicitly named chunk, so trigger events read the
+    same (``Chunk[name]-chunk-<16 hex>``); we use it for every chunk because it depends on the
+    name alone and so agrees across processes."""
+    body = json.dumps({"kind": "explicit_name", "name": name}, sort_keys=True, separators=(",", ":"))
+    return "chunk-" + hashlib.sha1(body.encode("utf-8")).hexdigest()[:16]
