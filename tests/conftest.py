@@ -6,10 +6,12 @@ parallel under pytest-xdist without seeing each other's streams.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from triggerbus._runtime import close_runtime, configure
+from triggerbus.config import Settings
 from triggerbus.testing import NatsServerHandle, unique_prefix
 from triggerbus.testing import nats_server as start_nats_server
 
@@ -31,3 +33,15 @@ def nats_url(nats_server: NatsServerHandle) -> str:
 def prefix() -> str:
     """A subject prefix no other test uses."""
     return unique_prefix()
+
+
+@pytest.fixture
+async def runtime(nats_url: str, prefix: str) -> AsyncIterator[Settings]:
+    """Point the in-process runtime at this test's server and prefix; close it afterwards."""
+    settings = Settings(nats_url=nats_url, prefix=prefix)
+    configure(settings)
+    try:
+        yield settings
+    finally:
+        await close_runtime()
+        configure(None)

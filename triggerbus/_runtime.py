@@ -195,3 +195,11 @@ class LocalRuntime:
             await self._replies.stop()
         if self._bus is not None:
             await self._bus.close()
+
+
+async def close_runtime() -> None:
+    """Close the running loop's runtime: stop its hosts, drain its connection."""
+    loop = asyncio.get_running_loop()
+    runtime = _runtimes.pop(loop, None)
+    if runtime is not None:
+        await runtime.close()
