@@ -24,6 +24,7 @@ from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
 from triggerbus.errors import LifecycleError
+from triggerbus.observability.logging import configure_default_logging
 
 if TYPE_CHECKING:
     from triggerbus.flow import TriggerFlow
@@ -78,7 +79,9 @@ async def get_runtime() -> LocalRuntime:
     loop = asyncio.get_running_loop()
     runtime = _runtimes.get(loop)
     if runtime is None or runtime.broken:
-        runtime = LocalRuntime(_configured or Settings.from_env())
+        settings = _configured or Settings.from_env()
+        configure_default_logging(settings.log_level)
+        runtime = LocalRuntime(settings)
         _runtimes[loop] = runtime
     await runtime.wait_open()
     return runtime

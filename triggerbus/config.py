@@ -32,6 +32,8 @@ class Settings:
             them, an empty set none (a pure client, or a process whose chunks run elsewhere).
         host_executions: Whether this process hosts execution actors for the flows it uses.
         chunk_concurrency: Invocations of one chunk running at once in this process.
+        log_level: Lowest log level written (the CLI defaults to info, library use to warning).
+        log_format: ``auto``, ``json`` or ``console``.
     """
 
     nats_url: str | None = None
@@ -50,6 +52,8 @@ class Settings:
     local_chunks: frozenset[str] | None = None
     host_executions: bool = True
     chunk_concurrency: int = 16
+    log_level: str = "warning"
+    log_format: str = "auto"
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -59,6 +63,10 @@ class Settings:
             )
         if (self.user is None) != (self.password is None):
             raise ConfigurationError("set both TRIGGERBUS_NATS_USER and TRIGGERBUS_NATS_PASSWORD")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigurationError(
+                f"TRIGGERBUS_LOG_FORMAT must be auto, json or console, not {self.log_format!r}"
+            )
         if self.tls_cert_file and not self.tls_key_file:
             raise ConfigurationError("TRIGGERBUS_NATS_TLS_CERT needs TRIGGERBUS_NATS_TLS_KEY")
 
@@ -93,6 +101,8 @@ class Settings:
             local_chunks=_chunk_set(env.get("TRIGGERBUS_LOCAL_CHUNKS")),
             host_executions=_flag(get("HOST_EXECUTIONS"), default=True),
             chunk_concurrency=_positive_int(get("CHUNK_CONCURRENCY"), "CHUNK_CONCURRENCY", 16),
+            log_level=(get("LOG_LEVEL") or "warning").lower(),
+            log_format=(get("LOG_FORMAT") or "auto").lower(),
         )
 
 
