@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 import msgspec
+
 from triggerbus.actors.graph_index import GraphIndex
 from triggerbus.actors.state_paths import apply_state_op, close_snapshot
 from triggerbus.contracts.graph import START_EVENT, Operator, Signal
@@ -104,7 +105,8 @@ def apply(
             assert_never(message)
     if work.rejected:
         return Transition(None, [], rejected=work.rejected)
-    _settle_idle(work)
+    if not work.stale_timer:
+        _settle_idle(work)
     return Transition(work.freeze(message.id), work.outbox)
 
 
@@ -126,6 +128,7 @@ class _Work:
     changes: dict[str, Any] = field(default_factory=dict)
     outbox: list[OutboxCommand] = field(default_factory=list)
     rejected: str = ""
+    stale_timer: bool = False
 
     @classmethod
     def begin(cls, index: GraphIndex, snapshot: Snapshot, now: float) -> _Work:
@@ -216,9 +219,9 @@ def _on_start(work: _Work, message: StartExecution) -> None:
 
 
 def _on_chunk_completed(work: _Work, message: ChunkCompleted) -> None:
-    node = work.nodes.get(message.step)
-    if node is None or node.kind != "chunk" or node.ready:
-        return  # a late duplicate of a step that already finished, or the execution failed
+    node = _awaited_chunk(work, message.step)
+    if node is None:
+        return  # a late duplicate, a step never dispatched, or the execution failed
     _release_permit(work, node.id)
     node = work.update(node, ready=True, result=message.result, pending=1)
     work.observe("chunk_succeeded", chunk=node.chunk, step=node.id)
@@ -235,8 +238,8 @@ def _on_chunk_completed(work: _Work, message: ChunkCompleted) -> None:
 
 
 def _on_chunk_failed(work: _Work, message: ChunkFailed) -> None:
-    node = work.nodes.get(message.step)
-    if node is None or node.kind != "chunk" or node.ready:
+    node = _awaited_chunk(work, message.step)
+    if node is None:
         return
     _release_permit(work, node.id)
     error = ErrorInfo(
@@ -251,6 +254,18 @@ def _on_chunk_failed(work: _Work, message: ChunkFailed) -> None:
         _finish(work, node)
         return
     _fail(work, error)
+
+
+def _awaited_chunk(work: _Work, step: int) -> Node | None:
+    """The chunk node a completion or failure may settle: dispatched and not yet returned.
+
+    A step still held in the concurrency queue was never invoked, so nothing can have run it;
+    settling it would leave a queued invocation pointing at a node that no longer exists.
+    """
+    node = work.nodes.get(step)
+    if node is None or node.kind != "chunk" or node.ready or not node.started:
+        return None
+    return node
 
 
 def _on_emit(work: _Work, message: EmitEvent) -> None:
@@ -312,6 +327,10 @@ def _on_close(work: _Work, message: CloseExecution) -> None:
 
 def _on_timer(work: _Work, message: TimerFired) -> None:
     if message.timer != AUTO_CLOSE_TIMER or message.generation != work.get("timer_generation"):
+        # A timer from an earlier idle period. It must not re-arm the idle timer: the current
+        # one is still pending, and re-arming on every stale firing would postpone the close
+        # forever (each re-armed timer turns stale in its turn).
+        work.stale_timer = True
         return
     if not work.closed and not work.nodes and not work.queue:
         _close(work, "auto_close_idle_timeout")
