@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import msgspec
+
 from triggerbus.contracts._base import SCHEMA_VERSION
 
 T = TypeVar("T")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
 from triggerbus.contracts._base import Wire
 from triggerbus.contracts.graph import TriggerType
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import msgspec
+
 from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import ErrorInfo
 from triggerbus.contracts.outbox import StoredOutbox
