@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
+
 from triggerbus.actors.execution import Transition, apply
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
@@ -44,7 +45,6 @@ from triggerbus.contracts.outbox import (
     SendReply,
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
-
 from triggerbus.errors import LifecycleError, RevisionConflictError
 
 log = structlog.get_logger()
@@ -330,7 +330,8 @@ class ExecutionHost:
         await self._bus.publish_core(reply_to, encode(reply))
 
     def _observe(self, execution_id: str, name: str, attributes: dict[str, Any]) -> None:
-        log.debug(name, **attributes)
+        # structlog reserves "event" for the log line's name.
+        log.debug(name, **{("event_name" if k == "event" else k): v for k, v in attributes.items()})
         if self._on_observe is not None:
             self._on_observe(name, execution_id, attributes)
 

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
+
 from triggerbus.bus._errors import translate_nats_errors
 from triggerbus.bus.connection import ConnectOptions, connect
 from triggerbus.bus.provision import (

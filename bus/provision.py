@@ -22,9 +22,9 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
+
 from triggerbus.bus._errors import translate_nats_errors
 from triggerbus.bus.subjects import Subjects
-
 from triggerbus.errors import ProvisioningDriftError
 
 log = structlog.get_logger()

@@ -9,6 +9,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
 from triggerbus.bus._errors import translate_nats_errors
 
 log = structlog.get_logger()

@@ -131,7 +131,9 @@ def _positive_int(value: str | None, name: str, default: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise ConfigurationError(f"TRIGGERBUS_{name} must be a whole number, got {value!r}") from None
+        raise ConfigurationError(
+            f"TRIGGERBUS_{name} must be a whole number, got {value!r}"
+        ) from None
     if number < 1:
         raise ConfigurationError(f"TRIGGERBUS_{name} must be at least 1, got {number}")
     return number

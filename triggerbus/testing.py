@@ -7,20 +7,31 @@ NATS image; otherwise it is the same embedded server that triggerbus starts by d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import json
 import os
 import secrets
-from collections.abc import Iterator
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
+
 from triggerbus.bus.embedded import EmbeddedServer
 
 log = structlog.get_logger()
 
-__all__ = ["NatsServerHandle", "docker_available", "nats_server", "unique_prefix"]
+__all__ = [
+    "NatsServerHandle",
+    "WorkerProcess",
+    "docker_available",
+    "nats_server",
+    "unique_prefix",
+]
 
 NATS_IMAGE = "nats:2.11"
 _DEFAULT_DOCKER_SOCKET = Path("/var/run/docker.sock")
@@ -100,3 +111,138 @@ def _container_server() -> Iterator[NatsServerHandle]:
 
     with NatsContainer(NATS_IMAGE, jetstream=True) as container:
         yield _ContainerHandle(container.nats_uri())
+
+
+class WorkerProcess:
+    """A real ``triggerbus worker`` child process whose JSON log lines a test can wait on.
+
+    Tests prove where work ran and when a worker is ready by waiting for its own log events
+    (``worker_ready``, ``chunk_attempt_succeeded``), never by sleeping.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        nats_url: str,
+        prefix: str,
+        chunks: Sequence[str] | None = None,
+        no_executions: bool = False,
+        no_chunks: bool = False,
+        concurrency: int | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._argv = [sys.executable, "-m", "triggerbus", "worker", target]
+        for chunk in chunks or ():
+            self._argv += ["--chunk", chunk]
+        if no_executions:
+            self._argv.append("--no-executions")
+        if no_chunks:
+            self._argv.append("--no-chunks")
+        if concurrency is not None:
+            self._argv += ["--concurrency", str(concurrency)]
+        self._env = {
+            **os.environ,
+            "TRIGGERBUS_NATS_URL": nats_url,
+            "TRIGGERBUS_PREFIX": prefix,
+            "TRIGGERBUS_LOG_FORMAT": "json",
+            "TRIGGERBUS_LOG_LEVEL": "info",
+            **(env or {}),
+        }
+        self._cwd = cwd
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.records: list[dict[str, Any]] = []
+        self.other_lines: list[str] = []
+        self._changed: asyncio.Condition | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.returncode
+
+    async def start(self) -> dict[str, Any]:
+        """Start the worker and wait for its ``worker_ready`` line (bound it by the caller)."""
+        self._changed = asyncio.Condition()
+        self._process = await asyncio.create_subprocess_exec(
+            *self._argv,
+            cwd=self._cwd,
+            env=self._env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return await self.wait_for("worker_ready")
+
+    async def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Wait for a log record with this event name and these field values."""
+        assert self._changed is not None
+        async with self._changed:
+            while True:
+                for record in self.records:
+                    if record.get("event") == event and all(
+                        record.get(k) == v for k, v in fields.items()
+                    ):
+                        return record
+                if self._reader is not None and self._reader.done():
+                    raise RuntimeError(
+                        f"worker exited (code {self.returncode}) before logging {event!r}; "
+                        f"its output: {self.other_lines[-20:]} {self.records[-5:]}"
+                    )
+                await self._changed.wait()
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == event]
+
+    async def terminate(self) -> int:
+        """SIGTERM, then wait for the exit code (bound it by the caller)."""
+        assert self._process is not None
+        if self._process.returncode is None:
+            self._process.send_signal(signal.SIGTERM)
+        code = await self._process.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    def kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+
+    async def _read(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        assert self._changed is not None
+        try:
+            async for raw in self._process.stderr:
+                line = raw.decode("utf-8", errors="replace").rstrip()
+                async with self._changed:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        self.other_lines.append(line)
+                    else:
+                        if isinstance(record, dict):
+                            self.records.append(record)
+                        else:
+                            self.other_lines.append(line)
+                    self._changed.notify_all()
+            await self._process.wait()
+        finally:
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def __aenter__(self) -> WorkerProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader

@@ -1,0 +1,197 @@
+"""The ``triggerbus`` command: run workers, inspect flows.
+
+triggerbus worker module:flow [--chunk NAME]... [--concurrency N] [--no-executions]
+triggerbus graph module:flow
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+import msgspec
+import structlog
+
+from triggerbus.actors.hosted import HostedFlow
+from triggerbus.actors.worker import Worker, install_signal_handlers
+from triggerbus.bus.connection import ConnectOptions
+from triggerbus.bus.jetstream import Bus
+from triggerbus.bus.subjects import Subjects
+from triggerbus.config import Settings
+from triggerbus.errors import ConfigurationError, TriggerbusError
+from triggerbus.flow import TriggerFlow
+from triggerbus.observability.logging import configure_logging
+
+log = structlog.get_logger()
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def load_flow(target: str) -> TriggerFlow:
+    """Import ``module:attribute`` and return the TriggerFlow it names."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"flow target {target!r} must look like 'package.module:flow_variable'"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from exc
+    flow = getattr(module, attribute, None)
+    if not isinstance(flow, TriggerFlow):
+        found = "nothing" if flow is None else type(flow).__name__
+        raise ConfigurationError(
+            f"{target!r} should name a TriggerFlow, but {module_name}.{attribute} is {found}"
+        )
+    return flow
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="triggerbus",
+        description="TriggerFlow as actors on NATS. Configure with TRIGGERBUS_* variables "
+        "(TRIGGERBUS_NATS_URL, TRIGGERBUS_PREFIX, TRIGGERBUS_LOG_LEVEL, ...).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker",
+        help="host chunk actors (and execution actors) of a flow until SIGTERM",
+        description="Host replicas of a flow's chunks, competing with every other replica for "
+        "their invocations. Stops taking work on SIGTERM/SIGINT, finishes what it holds, exits.",
+    )
+    worker.add_argument("target", help="the flow, as module:variable (e.g. app.flows:flow)")
+    worker.add_argument(
+        "--chunk",
+        action="append",
+        dest="chunks",
+        metavar="NAME",
+        help="host this chunk (repeatable); default: every chunk of the flow",
+    )
+    worker.add_argument(
+        "--no-chunks", action="store_true", help="host no chunks (an execution host only)"
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="invocations of each chunk running at once in this process (default 16)",
+    )
+    worker.add_argument(
+        "--no-executions",
+        action="store_true",
+        help="do not host execution actors (another process does)",
+    )
+    worker.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    worker.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long running invocations may take to finish after SIGTERM (default 30)",
+    )
+
+    graph = commands.add_parser(
+        "graph",
+        help="print a flow's name, fingerprint, chunks and subjects as JSON",
+        description="Compile a flow and print what every process must agree on.",
+    )
+    graph.add_argument("target", help="the flow, as module:variable")
+    graph.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    graph.add_argument("--full", action="store_true", help="print the whole compiled graph")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "prefix", None):
+            settings = _replace(settings, prefix=args.prefix)
+        if getattr(args, "nats_url", None):
+            settings = _replace(settings, nats_url=args.nats_url)
+        configure_logging(
+            level="info" if settings.log_level == "warning" else settings.log_level,
+            fmt=settings.log_format,  # type: ignore[arg-type]
+        )
+        if args.command == "worker":
+            return asyncio.run(_run_worker(args, settings))
+        if args.command == "graph":
+            return _print_graph(args, settings)
+    except TriggerbusError as exc:
+        print(f"triggerbus: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_USAGE
+
+
+def _replace(settings: Settings, **changes: object) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+
+
+async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.nats_url is None:
+        raise ConfigurationError(
+            "a worker needs a shared NATS server: set TRIGGERBUS_NATS_URL or pass --nats-url "
+            "(the embedded server is private to one process)"
+        )
+    flow = load_flow(args.target)
+    chunks: list[str] | None = [] if args.no_chunks else args.chunks
+    hosted = HostedFlow(flow.graph(), flow.handlers())
+    subjects = Subjects(settings.prefix)
+    bus = await Bus.open(ConnectOptions.from_settings(settings, settings.nats_url), subjects)
+    try:
+        worker = Worker(
+            bus,
+            hosted,
+            chunks=chunks,
+            concurrency=args.concurrency or settings.chunk_concurrency,
+            host_executions=not args.no_executions,
+            shutdown_grace=args.shutdown_grace,
+        )
+        install_signal_handlers(worker)
+        await worker.run()
+    finally:
+        await bus.close()
+    return 0
+
+
+def _print_graph(args: argparse.Namespace, settings: Settings) -> int:
+    flow = load_flow(args.target)
+    graph = flow.graph()
+    subjects = Subjects(settings.prefix)
+    summary = {
+        "flow": graph.flow,
+        "fingerprint": graph.fingerprint,
+        "chunks": {
+            c.name: {
+                "subject": subjects.run(graph.flow, c.token),
+                "consumer": subjects.run_consumer(graph.flow, c.token),
+                "trigger": c.trigger,
+            }
+            for c in graph.chunks
+        },
+        "mailbox": subjects.mailboxes(graph.flow),
+        "stream": subjects.stream(graph.flow, "<execution_id>"),
+        "closed": subjects.closed(graph.flow, "<execution_id>"),
+        "snapshot_bucket": subjects.executions_bucket,
+    }
+    if args.full:
+        summary["graph"] = msgspec.to_builtins(graph)
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(summary)).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
