@@ -4,6 +4,7 @@ chunks hosted by a separate worker process, giving the same stream and result bo
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import sys
@@ -32,7 +33,10 @@ EXPECTED_STREAM = [
 ]
 
 
+@functools.cache
 def _load_playbook() -> ModuleType:
+    """Loaded once per process, as a deployment would: each load of a module that creates an
+    unnamed flow at the same line counts as another flow (see TriggerFlow's name)."""
     spec = importlib.util.spec_from_file_location(
         "playbook_under_test", ROOT / "examples" / "playbook.py"
     )
