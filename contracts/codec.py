@@ -50,7 +50,7 @@ def decode(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
     try:
         message = decoder.decode(data)
     except msgspec.ValidationError as exc:
-        raise WireError(f"invalid message: {exc}") from exc
+        raise WireError(f"invalid message: {_with_path(str(exc))}") from exc
     except msgspec.DecodeError as exc:
         raise WireError(f"not a JSON message: {exc}") from exc
     version = getattr(message, "v", SCHEMA_VERSION)
@@ -60,6 +60,12 @@ def decode(decoder: msgspec.json.Decoder[T], data: bytes) -> T:
             "upgrade triggerbus in this process"
         )
     return message
+
+
+def _with_path(reason: str) -> str:
+    # msgspec names the path only below the root ("... - at `$.error`"); say `$` for the root
+    # too, so every reason tells a publisher where to look.
+    return reason if " - at `" in reason else f"{reason} - at `$`"
 
 
 def _offending_type(reason: str) -> str:
