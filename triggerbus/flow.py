@@ -11,6 +11,8 @@ import hashlib
 import inspect
 import json
 import os
+import threading
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -148,15 +150,18 @@ class TriggerFlow:
 
     Args:
         name: A stable name for the flow. Without one, a name is derived from the file and line
-            that created the flow and the chunks it holds, so every process importing the same
-            module derives the same name. Two different flows in one NATS system need
-            different names; give one explicitly when a flow is built dynamically.
+            that created the flow, how many flows that line had created before in this process,
+            and the chunks it holds: every process that imports the same module (and calls a
+            flow factory the same number of times) derives the same name, and two flows made
+            by one factory still differ. Give a name explicitly when flows are built in an
+            order that differs between processes.
         skip_exceptions: Default for executions: a failing chunk does not fail the execution.
     """
 
     def __init__(self, name: str | None = None, *, skip_exceptions: bool = False) -> None:
         self._explicit_name = name
         self._origin = _caller_origin()
+        self._ordinal = _next_ordinal(self._origin) if name is None else 0
         self._skip_exceptions = skip_exceptions
         self._chunks: dict[str, TriggerFlowChunk] = {}
         self._operators: dict[str, Operator] = {}
@@ -226,7 +231,9 @@ class TriggerFlow:
         several (``mode`` ``and``: all of them, per scope; ``or``: each, as
         ``[type, name, value]``; ``simple_or``: each, as its value)."""
         if mode not in ("and", "or", "simple_or"):
-            raise FlowDefinitionError(f"when() mode must be 'and', 'or' or 'simple_or', not {mode!r}")
+            raise FlowDefinitionError(
+                f"when() mode must be 'and', 'or' or 'simple_or', not {mode!r}"
+            )
         signals = self._when_signals(trigger_or_triggers)
         if len(signals) == 1:
             return TriggerFlowProcess(self, signals[0])
@@ -490,10 +497,23 @@ class TriggerFlow:
         if self._explicit_name is not None:
             return token(self._explicit_name)
         stem, line = self._origin
-        return token(f"{stem}-{digest(stem, line, list(self._chunks), length=8)}")
+        return token(f"{stem}-{digest(stem, line, self._ordinal, list(self._chunks), length=8)}")
 
     def __repr__(self) -> str:
         return f"<TriggerFlow {self.name!r} chunks={list(self._chunks)}>"
+
+
+_ordinals_lock = threading.Lock()
+_ordinals: Counter[tuple[str, int]] = Counter()
+
+
+def _next_ordinal(origin: tuple[str, int]) -> int:
+    """How many unnamed flows this creation site made before: a factory called twice makes
+    two flows at one line, and they must not share subjects."""
+    with _ordinals_lock:
+        ordinal = _ordinals[origin]
+        _ordinals[origin] += 1
+        return ordinal
 
 
 def _caller_origin() -> tuple[str, int]:
@@ -514,5 +534,7 @@ def chunk_id(name: str) -> str:
     """The chunk id TriggerFlow gives an explicitly named chunk, so trigger events read the
     same (``Chunk[name]-chunk-<16 hex>``); we use it for every chunk because it depends on the
     name alone and so agrees across processes."""
-    body = json.dumps({"kind": "explicit_name", "name": name}, sort_keys=True, separators=(",", ":"))
+    body = json.dumps(
+        {"kind": "explicit_name", "name": name}, sort_keys=True, separators=(",", ":")
+    )
     return "chunk-" + hashlib.sha1(body.encode("utf-8")).hexdigest()[:16]
