@@ -19,7 +19,7 @@ from typing import Any, assert_never
 import msgspec
 
 from triggerbus.actors.graph_index import GraphIndex
-from triggerbus.actors.state_paths import apply_state_op, close_snapshot
+from triggerbus.actors.state_paths import apply_state_op, close_snapshot, has_path
 from triggerbus.contracts.graph import START_EVENT, Operator, Signal
 from triggerbus.contracts.messages import (
     ChunkCompleted,
@@ -290,9 +290,11 @@ def _on_state_written(work: _Work, message: StateWritten) -> None:
     if work.closed:
         work.reply(message.reply_to, Reply(ok=True, value=[]))
         return
+    # Deleting a key that is not there changes nothing, and TriggerFlow fires no listener.
+    changed = message.op != "delete" or has_path(work.state, message.key)
     new_value = apply_state_op(work.state, message.op, message.key, message.value)
     work.observe("state_written", key=message.key, op=message.op)
-    if not message.emit or work.get("status") != "running":
+    if not message.emit or not changed or work.get("status") != "running":
         work.reply(message.reply_to, Reply(ok=True, value=[]))
         return
     if message.reply_to and message.step is not None:

@@ -1,4 +1,10 @@
-"""Execution state operations and the close snapshot, shared by the actor and runtime data."""
+"""Execution state operations and the close snapshot, shared by the actor and runtime data.
+
+Keys are dotted paths, as in TriggerFlow: ``set("user.name", "ann")`` writes
+``{"user": {"name": "ann"}}``, and ``get("user.name")`` reads it back. A key without a dot is a
+plain top-level key. Listeners still listen to the key as written (``"user.name"``), so a
+listener on ``"user"`` does not fire for a write to ``"user.name"``.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,42 @@ from typing import Any
 from triggerbus.contracts.snapshot import Snapshot
 
 FINAL_RESULT_KEY = "$final_result"
+_MISSING: Any = object()
 
 
 def apply_state_op(state: dict[str, Any], op: str, key: str, value: Any) -> Any:
     """Change ``state`` in place and return the key's new value (what listeners receive)."""
     if op == "set":
-        state[key] = value
+        _set_path(state, key, value)
         return value
     if op == "append":
-        current = state.get(key)
+        current = get_path(state, key)
         if current is None:
             current = []
         elif not isinstance(current, list):
             current = [current]
         current = [*current, value]
-        state[key] = current
+        _set_path(state, key, current)
         return current
     if op == "delete":
-        state.pop(key, None)
+        parent, leaf = _parent(state, key, create=False)
+        if parent is not None:
+            parent.pop(leaf, None)
         return None
     raise ValueError(f"unknown state operation {op!r}")
+
+
+def get_path(state: dict[str, Any], key: str, default: Any = None) -> Any:
+    """The value at dotted ``key``, or ``default`` when any step of the path is missing."""
+    parent, leaf = _parent(state, key, create=False)
+    if parent is None:
+        return default
+    return parent.get(leaf, default)
+
+
+def has_path(state: dict[str, Any], key: str) -> bool:
+    """Whether dotted ``key`` holds a value (``None`` counts as a value)."""
+    return get_path(state, key, _MISSING) is not _MISSING
 
 
 def close_snapshot(snapshot: Snapshot) -> dict[str, Any]:
@@ -35,3 +57,28 @@ def close_snapshot(snapshot: Snapshot) -> dict[str, Any]:
     if snapshot.has_result:
         result[FINAL_RESULT_KEY] = snapshot.result
     return result
+
+
+def _set_path(state: dict[str, Any], key: str, value: Any) -> None:
+    parent, leaf = _parent(state, key, create=True)
+    assert parent is not None
+    parent[leaf] = value
+
+
+def _parent(state: dict[str, Any], key: str, *, create: bool) -> tuple[dict[str, Any] | None, str]:
+    """The dict that holds the last segment of ``key``, and that segment.
+
+    With ``create``, missing or non-dict intermediate values are replaced by dicts (a write to
+    ``a.b`` where ``a`` is a string makes ``a`` a dict); without it, ``None`` is returned.
+    """
+    *path, leaf = key.split(".")
+    node = state
+    for segment in path:
+        child = node.get(segment)
+        if not isinstance(child, dict):
+            if not create:
+                return None, leaf
+            child = {}
+            node[segment] = child
+        node = child
+    return node, leaf

@@ -597,6 +597,26 @@ class TestRuntimeData:
         assert deleted.value is None
         assert driver.snapshot is not None and driver.snapshot.state == {}
 
+    def test_delete_of_missing_key_fires_nothing(self) -> None:
+        """Deleting a key that is not there changes nothing and fires no listener."""
+        driver = Driver(self.listener_flow())
+        driver.start(None, auto_close=False)
+        assert invokes(driver.write("k", op="delete", reply_to="d")) == []
+        assert driver.replies("d") == [Reply(ok=True, value=[])]
+
+    def test_dotted_keys_nest_and_fire_only_their_own_listener(self) -> None:
+        """``a.b`` writes ``{"a": {"b": ...}}``; a listener on ``a`` does not fire for it."""
+        flow = TriggerFlow(name="dotted")
+        flow.when({"runtime_data": "a.b"}).to(("on_ab", noop))
+        flow.when({"runtime_data": "a"}).to(("on_a", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        assert [(i.chunk, i.value) for i in invokes(driver.write("a.b", 1))] == [("on_ab", 1)]
+        assert invokes(driver.write("a.c", 2)) == []
+        driver.run()
+        driver.close()
+        assert driver.closed().snapshot == {"a": {"b": 1, "c": 2}}
+
     def test_awaited_state_write_replies_after_listener_cascade(self) -> None:
         """A write with ``reply_to`` is answered once its listeners finished."""
         driver = Driver(self.listener_flow())
