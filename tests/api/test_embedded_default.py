@@ -1,0 +1,44 @@
+"""With no NATS configured, a script starts its own nats-server and runs as it did on Agently:
+the README's demo command, run as a real process."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+from tests._helpers import ROOT
+
+
+def test_demo_prints_the_stream_then_the_close_snapshot_on_an_embedded_server() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERBUS_")}
+    done = subprocess.run(
+        [sys.executable, "examples/playbook.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    stream = [
+        ast.literal_eval(line.removeprefix("STREAM: "))
+        for line in lines
+        if line.startswith("STREAM: ")
+    ]
+    results = [line for line in lines if line.startswith("RESULT: ")]
+    assert [item["stage"] for item in stream][0] == "normalized"
+    assert sorted(item["stage"] for item in stream) == [
+        "compiled",
+        "facts_ready",
+        "normalized",
+        "risks_ready",
+    ]
+    assert lines[-1] == results[0], "the close snapshot is printed after the stream"
+    snapshot = ast.literal_eval(results[0].removeprefix("RESULT: "))
+    assert snapshot["topic"] == "Agently TriggerFlow"
+    assert snapshot["$final_result"]["facts"] == "facts(Agently TriggerFlow)"
+    assert "embedded" not in done.stdout, "library logs stay off stdout"

@@ -1,0 +1,39 @@
+"""A worker drains on SIGTERM: the invocation it holds finishes before it exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests._helpers import ROOT, child_env, load_module
+from triggerbus._runtime import close_runtime, configure
+from triggerbus.config import Settings
+from triggerbus.testing import WorkerProcess
+
+
+async def test_sigterm_mid_chunk_finishes_the_chunk_then_exits_zero(
+    nats_url: str, prefix: str
+) -> None:
+    flow = load_module("tests/flows/slow.py", "slow_lifecycle").flow
+    configure(Settings(nats_url=nats_url, prefix=prefix, local_chunks=frozenset()))
+    worker = WorkerProcess(
+        "tests.flows.slow:flow",
+        nats_url=nats_url,
+        prefix=prefix,
+        no_executions=True,
+        cwd=str(ROOT),
+        env={**child_env(), "TRIGGERBUS_LOG_LEVEL": "debug"},
+    )
+    try:
+        async with asyncio.timeout(60), worker:
+            started = asyncio.create_task(flow.async_start("job"))
+            await worker.wait_for("chunk_attempt_started", chunk="slow")
+            code = await worker.terminate()
+            snapshot = await started
+    finally:
+        await close_runtime()
+        configure(None)
+    events = [r["event"] for r in worker.records]
+    assert code == 0
+    assert snapshot == {"$final_result": "done:job"}
+    assert events.index("worker_draining") < events.index("chunk_attempt_succeeded")
+    assert events.index("chunk_attempt_succeeded") < events.index("worker_stopped")
