@@ -30,7 +30,7 @@ def test_demo_prints_the_stream_then_the_close_snapshot_on_an_embedded_server() 
         if line.startswith("STREAM: ")
     ]
     results = [line for line in lines if line.startswith("RESULT: ")]
-    assert [item["stage"] for item in stream][0] == "normalized"
+    assert stream[0]["stage"] == "normalized"
     assert sorted(item["stage"] for item in stream) == [
         "compiled",
         "facts_ready",
