@@ -14,10 +14,10 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+
 from triggerbus.bus._errors import translate_nats_errors
 from triggerbus.bus.connection import ConnectOptions, connect
 from triggerbus.bus.embedded import EmbeddedServer
-
 from triggerbus.config import Settings
 from triggerbus.errors import (
     BusError,

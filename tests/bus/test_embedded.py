@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from nats.aio.client import Client
+
 from triggerbus.bus import embedded
 from triggerbus.bus.connection import ConnectOptions, connect
 from triggerbus.bus.embedded import EmbeddedServer, find_nats_server
-
 from triggerbus.errors import BusUnavailableError, ConfigurationError, LifecycleError
 
 
