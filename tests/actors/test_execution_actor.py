@@ -532,6 +532,51 @@ class TestWhen:
         assert [i.value for i in invokes(driver.emit("A", 1))] == [["event", "A", 1]]
         assert [i.value for i in invokes(driver.write("k", "kv"))] == [["runtime_data", "k", "kv"]]
 
+    def test_and_mode_joins_chunk_emit_with_outside_emit(self) -> None:
+        """At the top level a chunk's emit and an outside emit share one scope and join
+        (Agently never fires this join; its documentation promises it does)."""
+        flow = TriggerFlow(name="when_mixed")
+        flow.to(("emitter", noop))
+        flow.when(["A", "B"]).to(("joined", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        step = driver.step_of("emitter")
+        driver.emit("A", "from-chunk", step=step)
+        [joined] = invokes(driver.emit("B", "from-outside"))
+        assert joined.value == {"event": {"A": "from-chunk", "B": "from-outside"}}
+
+    def test_and_mode_joins_event_and_state_change_from_one_chunk(self) -> None:
+        """A chunk's emit and its own state write join (Agently never fires this one)."""
+        flow = TriggerFlow(name="when_state_chunk")
+        flow.to(("writer", noop))
+        flow.when({"event": "A", "runtime_data": "k"}).to(("joined", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        step = driver.step_of("writer")
+        driver.emit("A", 1, step=step)
+        [joined] = invokes(driver.write("k", 2, step=step))
+        assert joined.value == {"event": {"A": 1}, "runtime_data": {"k": 2}}
+
+    def test_and_mode_is_scoped_per_batch_run(self) -> None:
+        """Inside a batch, arrivals join only with arrivals of the same batch run."""
+        flow = TriggerFlow(name="when_scoped")
+        flow.when("Go").batch(("x", noop), ("y", noop))
+        flow.when(["A", "B"]).to(("joined", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        driver.emit("Go", 1)
+        x1, y1 = driver.step_of("x"), driver.step_of("y")
+        layers1 = driver.outstanding[x1].layers
+        driver.emit("Go", 2)
+        x2 = max(s for s, inv in driver.outstanding.items() if inv.chunk == "x")
+        layers2 = driver.outstanding[x2].layers
+        assert layers1 != layers2
+        assert invokes(driver.emit("A", "a1", step=x1, layers=layers1)) == []
+        assert invokes(driver.emit("B", "outside")) == []
+        assert invokes(driver.emit("B", "b2", step=x2, layers=layers2)) == []
+        [joined] = invokes(driver.emit("B", "b1", step=y1, layers=layers1))
+        assert joined.value == {"event": {"A": "a1", "B": "b1"}}
+
     def test_when_on_a_chunk_receives_its_result(self) -> None:
         """``when(chunk)`` listens to the chunk's completion event."""
         flow = TriggerFlow(name="when_chunk")
@@ -727,6 +772,28 @@ class TestConcurrency:
         assert driver.replies("ping") == [Reply(ok=True, value=["h"])]
         driver.complete(step, "done")
         assert driver.closed().snapshot == {"$final_result": "done"}
+
+    def test_awaited_state_write_from_running_step_releases_its_permit(self) -> None:
+        """A chunk awaiting its state write's listeners gives its slot away too."""
+        flow = TriggerFlow(name="nested_state")
+        flow.to(("writer", noop))
+        flow.when({"runtime_data": "k"}).to(("on_k", noop))
+        driver = Driver(flow)
+        driver.start("in", concurrency=1)
+        step = driver.step_of("writer")
+        released = driver.write("k", 1, step=step, reply_to="w")
+        assert [inv.chunk for inv in invokes(released)] == ["on_k"]
+
+    def test_queued_invocation_sees_state_at_dispatch_not_at_queueing(self) -> None:
+        """A chunk held by the cap reads the state as it is when it is finally dispatched."""
+        driver = Driver(batch_flow(["x", "y"]))
+        driver.start("in", concurrency=1)
+        driver.complete(driver.step_of("pre"), "P")
+        step_x = driver.step_of("x")
+        driver.write("seen", "x-wrote", step=step_x)
+        released = driver.complete(step_x, "X")
+        [y] = invokes(released)
+        assert y.state == {"seen": "x-wrote"}
 
     def test_no_cap_dispatches_every_branch(self) -> None:
         """Without a cap every handler of an emit is invoked at once."""
@@ -973,7 +1040,10 @@ RICH_INDEX = GraphIndex.build(rich_flow().graph())
 Action = tuple[str, int]
 actions = st.lists(
     st.tuples(
-        st.sampled_from(["complete", "fail", "emit", "write", "close", "timer", "nowrite"]),
+        st.sampled_from(
+            ["complete", "complete", "complete", "fail", "emit", "write", "close", "timer",
+             "nowrite"]
+        ),
         st.integers(min_value=0, max_value=7),
     ),
     max_size=30,
@@ -984,6 +1054,13 @@ def next_message(snapshot: Snapshot | None, action: Action, n: int) -> MailboxMe
     """Turn an abstract action into a concrete message against the current snapshot."""
     kind, pick = action
     running = sorted(snapshot.running) if snapshot else []
+    if kind == "complete" and snapshot is not None and pick >= 6:
+        # a completion nobody should send: a queued step (pick 6) or an unknown one (pick 7)
+        queued = [q.node for q in snapshot.queue]
+        step = queued[0] if pick == 6 and queued else snapshot.next_node + 5
+        return ChunkCompleted(
+            id=f"{EXECUTION}:{step}:bogus{n}", execution_id=EXECUTION, step=step, result="?"
+        )
     if kind in ("complete", "fail") and running:
         step = running[pick % len(running)]
         if kind == "fail" and pick == 0:
@@ -1017,12 +1094,14 @@ def next_message(snapshot: Snapshot | None, action: Action, n: int) -> MailboxMe
     )
 
 
-def replay(script: list[Action], timeout: float | None) -> list[Transition]:
+def replay(
+    script: list[Action], timeout: float | None, concurrency: int | None = None
+) -> list[Transition]:
     snapshot: Snapshot | None = None
     transitions = []
     start = StartExecution(
         id=f"{EXECUTION}:start", execution_id=EXECUTION, value="in",
-        auto_close_timeout=timeout, reply_to="s",
+        auto_close_timeout=timeout, reply_to="s", concurrency=concurrency,
     )
     for n, action in enumerate([None, *script]):
         message = start if action is None else next_message(snapshot, action, n)
@@ -1038,6 +1117,7 @@ def wire(value: Any) -> bytes:
 
 
 timeouts = st.sampled_from([None, 0.0, 0.5])
+caps = st.sampled_from([None, 1, 2])
 property_settings = settings(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -1045,9 +1125,14 @@ property_settings = settings(
 
 class TestProperties:
     @property_settings
-    @given(script=actions, timeout=timeouts, repeat_at=st.integers(min_value=0, max_value=30))
+    @given(
+        script=actions,
+        timeout=timeouts,
+        cap=caps,
+        repeat_at=st.integers(min_value=0, max_value=30),
+    )
     def test_any_message_applied_twice_equals_once(
-        self, script: list[Action], timeout: float | None, repeat_at: int
+        self, script: list[Action], timeout: float | None, cap: int | None, repeat_at: int
     ) -> None:
         """Re-applying a message (at once, or redelivered later) is a flagged no-op."""
         snapshot: Snapshot | None = None
@@ -1056,7 +1141,7 @@ class TestProperties:
             if action is None:
                 message: MailboxMessage = StartExecution(
                     id=f"{EXECUTION}:start", execution_id=EXECUTION, value="in",
-                    auto_close_timeout=timeout,
+                    auto_close_timeout=timeout, concurrency=cap,
                 )
             else:
                 message = next_message(snapshot, action, n)
@@ -1074,16 +1159,49 @@ class TestProperties:
                 assert wire(redelivered.snapshot) == wire(snapshot)
 
     @property_settings
-    @given(script=actions, timeout=timeouts)
+    @given(script=actions, timeout=timeouts, cap=caps)
     def test_replay_from_scratch_is_deterministic(
-        self, script: list[Action], timeout: float | None
+        self, script: list[Action], timeout: float | None, cap: int | None
     ) -> None:
         """The same messages from an empty start give the same snapshots and outboxes."""
-        first = replay(script, timeout)
-        second = replay(script, timeout)
+        first = replay(script, timeout, cap)
+        second = replay(script, timeout, cap)
         assert [wire(t.snapshot) for t in first] == [wire(t.snapshot) for t in second]
         assert [wire(t.outbox) for t in first] == [wire(t.outbox) for t in second]
         assert [t.rejected for t in first] == [t.rejected for t in second]
+
+    @property_settings
+    @given(script=actions, timeout=timeouts, cap=st.integers(min_value=1, max_value=3))
+    def test_execution_cap_is_never_exceeded(
+        self, script: list[Action], timeout: float | None, cap: int
+    ) -> None:
+        """However messages arrive, no more than ``concurrency`` invocations hold a permit,
+        and every queued invocation points at a live, undispatched node."""
+        for transition in replay(script, timeout, concurrency=cap):
+            snapshot = transition.snapshot
+            if snapshot is None:
+                continue
+            assert len(snapshot.running) <= cap
+            for queued in snapshot.queue:
+                assert queued.node in snapshot.nodes
+                assert not snapshot.nodes[queued.node].started
+
+    @property_settings
+    @given(script=actions, timeout=timeouts)
+    def test_closed_execution_has_nothing_in_flight(
+        self, script: list[Action], timeout: float | None
+    ) -> None:
+        """A closed execution holds no nodes, queue or permits, and announced its close once."""
+        transitions = replay(script, timeout)
+        notes = [c for t in transitions for c in t.outbox if isinstance(c, NotifyClosed)]
+        assert len(notes) <= 1
+        final = next(t.snapshot for t in reversed(transitions) if t.snapshot is not None)
+        if final.lifecycle == "closed":
+            assert len(notes) == 1
+            assert final.status in ("completed", "failed")
+            assert (final.nodes, final.queue, final.running) == ({}, [], [])
+        else:
+            assert notes == []
 
     @property_settings
     @given(script=actions, timeout=timeouts)
