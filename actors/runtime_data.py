@@ -11,7 +11,8 @@ retried attempt that does the same things sends the same ids and the actor appli
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import KeysView, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from triggerbus.actors.state_paths import apply_state_op
@@ -65,6 +66,23 @@ class StateView:
     def delete(self, key: str, *, emit: bool = True) -> None:
         self._data.del_state(key, emit=emit)
 
+    async def async_get(self, key: str | None = None, default: Any = None) -> Any:
+        return self._data.get_state(key, default)
+
+    async def async_set(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._data.async_set_state(key, value, emit=emit)
+
+    async def async_append(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._data.async_append_state(key, value, emit=emit)
+
+    async def async_delete(self, key: str, *, emit: bool = True) -> None:
+        await self._data.async_del_state(key, emit=emit)
+
+    async_del = async_delete
+
+    def keys(self) -> KeysView[str]:
+        return self.to_dict().keys()
+
     def __getitem__(self, key: str) -> Any:
         value = self._data.get_state(key, _MISSING)
         if value is _MISSING:
@@ -110,6 +128,18 @@ class TriggerFlowRuntimeData:
         return self._invocation.trigger_event
 
     @property
+    def input(self) -> Any:
+        return self._invocation.value
+
+    @property
+    def inputs(self) -> Any:
+        return self._invocation.value
+
+    @property
+    def type(self) -> TriggerType:
+        return self._invocation.trigger_type
+
+    @property
     def trigger_type(self) -> TriggerType:
         return self._invocation.trigger_type
 
@@ -127,14 +157,20 @@ class TriggerFlowRuntimeData:
     def runtime_resources(self) -> dict[str, Any]:
         return self._resources
 
+    @property
+    def resources(self) -> Mapping[str, Any]:
+        """A read-only view of the execution's runtime resources (``data.resources["db"]``)."""
+        return MappingProxyType(self._resources)
+
     def get_resource(self, key: str, default: Any = None) -> Any:
         return self._resources.get(key, default)
 
     def require_resource(self, key: str) -> Any:
         if key not in self._resources:
             raise KeyError(
-                f"runtime resource {key!r} is not available to chunk {self.chunk_name!r}; pass "
-                "it in runtime_resources= (objects that cannot be serialised reach only chunks "
+                f"execution {self.execution_id} has no runtime resource {key!r} for chunk "
+                f"{self.chunk_name!r}; available resources: {sorted(self._resources)}. Pass it "
+                "in runtime_resources= (objects that cannot be serialised reach only chunks "
                 "hosted in the process that created the execution)"
             )
         return self._resources[key]
@@ -178,7 +214,16 @@ class TriggerFlowRuntimeData:
         )
         if wait:
             return self._port.request(message) if emit else self._port.send(message)
-        self._send_sync(message)
+        if self._port.on_loop:
+            # An async handler's sync call cannot block the loop: it is sent in order and
+            # returns at once, without waiting for the listeners' cascade.
+            self._port.send_nowait(message)
+        elif emit:
+            # A sync handler runs in a thread and may block: wait for the cascade, as
+            # TriggerFlow's setters do.
+            self._port.run_blocking(self._port.request(message))
+        else:
+            self._port.run_blocking(self._port.send(message))
         return None
 
     # --- events -----------------------------------------------------------------------------
@@ -219,6 +264,9 @@ class TriggerFlowRuntimeData:
 
     async def async_put_into_stream(self, item: Any) -> None:
         await self._port.send(self._stream_item(item))
+
+    put = put_into_stream
+    async_put = async_put_into_stream
 
     def stop_stream(self) -> None:
         self._send_sync(self._stream_end())
