@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 from structlog.contextvars import bound_contextvars
+
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
@@ -36,7 +37,6 @@ from triggerbus.contracts.messages import (
     invoke_decoder,
     reply_decoder,
 )
-
 from triggerbus.errors import ChunkFailedError, LifecycleError
 
 log = structlog.get_logger()
@@ -164,11 +164,15 @@ class ChunkHost:
             await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        if fetch.done():
-            return fetch.result()
-        # Stopping: a fetch already under way may still deliver; hand those back at once.
-        fetch.cancel()
-        return []
+            if not fetch.done():
+                # Stopping (or cancelled with the host): abandon the fetch, and let it settle
+                # here so an error it raises while the connection closes is not left unread.
+                # Messages it may have pulled are redelivered after ack_wait.
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+        if fetch.cancelled() or (self._stopping.is_set() and fetch.exception() is not None):
+            return []
+        return fetch.result()
 
     async def _handle_then_release(
         self, chunk: str, delivery: Delivery, permits: asyncio.Semaphore
