@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import structlog
 
 from triggerbus._runtime import (
     LocalRuntime,
@@ -22,6 +23,7 @@ from triggerbus._runtime import (
     register_resources,
 )
 from triggerbus._sync import iterate_sync, run_sync
+from triggerbus.actors.state_paths import close_snapshot
 from triggerbus.contracts.codec import NotSerializable, decode, encode
 from triggerbus.contracts.messages import (
     CloseExecution,
@@ -36,7 +38,7 @@ from triggerbus.contracts.messages import (
     reply_decoder,
     stream_decoder,
 )
-from triggerbus.contracts.snapshot import snapshot_decoder
+from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import (
     ChunkFailedError,
     ExecutionClosedError,
@@ -48,6 +50,8 @@ from triggerbus.errors import (
 if TYPE_CHECKING:
     from triggerbus.flow import TriggerFlow
 
+log = structlog.get_logger()
+
 
 class ExecutionResult:
     """``execution.result``: what is known about the outcome, as TriggerFlow exposes it."""
@@ -56,6 +60,8 @@ class ExecutionResult:
         self._execution = execution
 
     def get_meta(self) -> dict[str, Any]:
+        """TriggerFlow's meta keys. ``state_version`` is the revision of the execution's stored
+        snapshot as this handle last saw it (0 before start): it grows with every transition."""
         e = self._execution
         return {
             "execution_id": e.id,
@@ -66,6 +72,7 @@ class ExecutionResult:
             "started_at": e._started_at,
             "closed_at": e._closed_at,
             "close_reason": e._close_reason,
+            "state_version": e._state_version,
         }
 
     def get_state(self, key: str | None = None, default: Any = None) -> Any:
@@ -106,8 +113,10 @@ class Execution:
         self._closed_at: float | None = None
         self._close_reason: str | None = None
         self._close_snapshot: dict[str, Any] | None = None
+        self._state_version = 0
         self._error: ErrorInfo | None = None
-        self._start_lock: asyncio.Lock | None = None
+        self._start_claim: tuple[Any] | None = None
+        self._start_request: asyncio.Future[Reply] | None = None
         self._started = False
         self.result = ExecutionResult(self)
 
@@ -128,11 +137,28 @@ class Execution:
     def get_lifecycle_state(self) -> str:
         return self._lifecycle
 
+    def is_open(self) -> bool:
+        return self._lifecycle == "open"
+
+    def is_sealed(self) -> bool:
+        return self._lifecycle == "sealed"
+
     def is_closed(self) -> bool:
         return self._lifecycle == "closed"
 
+    @property
     def started(self) -> bool:
+        """True once a start was sent (by ``async_start`` or a runtime stream)."""
         return self._started
+
+    @property
+    def auto_close(self) -> bool:
+        return self._auto_close
+
+    @property
+    def auto_close_timeout(self) -> float | None:
+        """Idle seconds before the execution closes itself; ``None``: never."""
+        return self._auto_close_timeout
 
     def get_runtime_resources(self) -> dict[str, Any]:
         return dict(self._resources)
@@ -150,30 +176,77 @@ class Execution:
 
         With ``auto_close`` (the default) this waits until the execution closes and returns the
         close snapshot; otherwise it returns this handle once the start's cascade has run.
+        Only one start ever runs: the first call (or runtime stream) to ask decides the value;
+        a later call waits on that same start. On a closed execution it returns the close
+        snapshot.
+
+        Args:
+            initial_value: The value of the ``START`` event.
+            wait_for_result: With ``auto_close``, ``False`` returns ``None`` once the start's
+                cascade has run instead of waiting for the close.
+            timeout: Overrides ``auto_close_timeout`` for this execution (before it starts).
 
         Raises:
             ChunkFailedError: a chunk raised and exceptions are not skipped.
+            ValueNotSerializableError: the start value cannot be sent over the bus.
         """
-        if timeout is not None:
-            self._auto_close_timeout = timeout
+        if self._close_snapshot is not None:
+            return dict(self._close_snapshot)
+        if self._start_claim is None:
+            self._start_claim = (initial_value,)
+            if timeout is not None:
+                self._auto_close_timeout = timeout
         runtime = await self._runtime()
         closed_subject = runtime.subjects.closed(self.flow_name, self.id)
         closed_sub = await runtime.bus.subscribe(closed_subject)
         try:
-            reply = await self._start(runtime, initial_value)
+            reply = await self._ensure_started(runtime)
             if not reply.ok:
                 self._raise(reply.error)
-            if not self._auto_close or not wait_for_result:
-                return self if not self._auto_close else None
-            data, _ = await closed_sub.next()
+            if not self._auto_close:
+                return self
+            if not wait_for_result:
+                return None
+            closed = await self._wait_closed(runtime, closed_sub)
         finally:
             await closed_sub.close()
-        closed = decode(closed_decoder, data)
         return self._on_closed(closed)
 
     def start(self, initial_value: Any = None, **options: Any) -> Any:
         """Sync twin of ``async_start``."""
         return run_sync(self.async_start(initial_value, **options))
+
+    async def _ensure_started(self, runtime: LocalRuntime) -> Reply:
+        """Send the start once; every caller waits on the same reply.
+
+        The request is owned by this handle, not by its first caller: a caller that is
+        cancelled (a runtime stream that ends) must not take the start down with it, or a
+        later caller would resend an id the bus de-duplicates and never hear back.
+        """
+        if self._start_request is None:
+            assert self._start_claim is not None
+            request = asyncio.ensure_future(self._start(runtime, self._start_claim[0]))
+            request.add_done_callback(_retrieve)
+            self._start_request = request
+        return await asyncio.shield(self._start_request)
+
+    async def _wait_closed(
+        self, runtime: LocalRuntime, closed_sub: Any
+    ) -> tuple[ExecutionClosed, tuple[Snapshot, int] | None]:
+        """The close notification, or the stored snapshot if the execution closed before
+        ``closed_sub`` was listening (the notification is core NATS; KV is the truth)."""
+        stored = await self._load(runtime)
+        if stored is not None and stored[0].lifecycle == "closed":
+            return _closed_from(stored[0]), stored
+        data, _ = await closed_sub.next()
+        return decode(closed_decoder, data), await self._load(runtime)
+
+    async def _load(self, runtime: LocalRuntime) -> tuple[Snapshot, int] | None:
+        key = runtime.subjects.execution_key(self.flow_name, self.id)
+        loaded = await runtime.bus.load(key)
+        if loaded is None:
+            return None
+        return decode(snapshot_decoder, loaded[0]), loaded[1]
 
     async def _start(self, runtime: LocalRuntime, initial_value: Any) -> Reply:
         register_resources(self.id, self._resources)
@@ -203,7 +276,14 @@ class Execution:
     # --- emits and state ------------------------------------------------------------------------
 
     async def async_emit(self, event: str, value: Any = None) -> list[Any] | None:
-        """Emit ``event`` into the running execution and wait for its cascade's results."""
+        """Emit ``event`` into the running execution and wait for its cascade's results.
+
+        Returns the direct handlers' results in registration order, or ``None`` when nothing
+        listens or the execution is closed.
+        """
+        if self._close_snapshot is not None:
+            log.warning("emit_ignored", event_name=event, reason="execution closed")
+            return None
         runtime = await self._runtime()
         message = EmitEvent(
             id=f"{self.id}:emit:{uuid.uuid4().hex}",
@@ -275,7 +355,8 @@ class Execution:
             self._raise(reply.error)
         snapshot = dict(reply.value or {})
         self._mark_closed(snapshot, status=None, reason=reason)
-        return snapshot
+        self._refresh(await self._load(runtime))
+        return dict(snapshot)
 
     def close(self, **options: Any) -> dict[str, Any]:
         return run_sync(self.async_close(**options))
@@ -304,22 +385,25 @@ class Execution:
         is replayed from its first item, so nothing put before the reader attached is lost.
         ``timeout`` bounds the wait for each next item; when it passes, the stream ends.
         """
-        return self._stream(initial_value, timeout=timeout, start=not self._started)
+        return self._stream(initial_value, timeout=timeout)
 
     def get_runtime_stream(
         self, initial_value: Any = None, *, timeout: float | None = 10.0
     ) -> Any:
         return iterate_sync(self.get_async_runtime_stream(initial_value, timeout=timeout))
 
-    async def _stream(
-        self, initial_value: Any, *, timeout: float | None, start: bool
-    ) -> AsyncIterator[Any]:
+    async def _stream(self, initial_value: Any, *, timeout: float | None) -> AsyncIterator[Any]:
+        # Claimed when the reader first asks for an item: a start asked for earlier wins.
+        start = self._start_claim is None and self._close_snapshot is None
+        if start:
+            self._start_claim = (initial_value,)
         runtime = await self._runtime()
         subject = runtime.subjects.stream(self.flow_name, self.id)
         reader = runtime.bus.read_stream(subject)
         starter: asyncio.Task[Any] | None = None
         try:
             if start:
+                # Owned here: awaited (or cancelled, then awaited) in the finally below.
                 starter = asyncio.get_running_loop().create_task(
                     self.async_start(initial_value, wait_for_result=False)
                 )
@@ -362,13 +446,19 @@ class Execution:
         finally:
             runtime.replies.discard(reply_to)
 
-    def _on_closed(self, closed: ExecutionClosed) -> dict[str, Any]:
+    def _on_closed(
+        self, outcome: tuple[ExecutionClosed, tuple[Snapshot, int] | None]
+    ) -> dict[str, Any]:
+        closed, stored = outcome
         self._mark_closed(closed.snapshot, status=closed.status, reason=None)
+        self._refresh(stored)
         if closed.error is not None and closed.status == "failed":
             self._raise(closed.error)
         return dict(closed.snapshot)
 
-    def _mark_closed(self, snapshot: dict[str, Any], *, status: str | None, reason: str | None) -> None:
+    def _mark_closed(
+        self, snapshot: dict[str, Any], *, status: str | None, reason: str | None
+    ) -> None:
         self._close_snapshot = dict(snapshot)
         self._lifecycle = "closed"
         if status is not None:
@@ -378,6 +468,18 @@ class Execution:
         self._closed_at = time.time()
         self._close_reason = reason or self._close_reason
         forget_resources(self.id)
+
+    def _refresh(self, stored: tuple[Snapshot, int] | None) -> None:
+        """Take the stored snapshot's word for what the handle cannot see by itself."""
+        if stored is None:
+            return
+        snapshot, revision = stored
+        self._state_version = max(self._state_version, revision)
+        if snapshot.started_at:
+            self._started_at = snapshot.started_at
+        if snapshot.lifecycle == "closed":
+            self._closed_at = snapshot.closed_at or self._closed_at
+            self._close_reason = snapshot.close_reason or self._close_reason
 
     def _raise(self, error: ErrorInfo | None) -> None:
         if error is None:
@@ -404,6 +506,21 @@ class Execution:
 
     def __repr__(self) -> str:
         return f"<Execution {self.id} of {self.flow_name!r} {self._status}>"
+
+
+def _closed_from(snapshot: Snapshot) -> ExecutionClosed:
+    return ExecutionClosed(
+        execution_id=snapshot.execution_id,
+        status=snapshot.status,
+        snapshot=close_snapshot(snapshot),
+        error=snapshot.error,
+    )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a shared request's error as seen; its callers re-raise it where they await it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _serialisable(resources: dict[str, Any]) -> dict[str, Any]:

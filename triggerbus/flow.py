@@ -335,9 +335,21 @@ class TriggerFlow:
         timeout: float | None = None,
         concurrency: int | None = None,
         runtime_resources: dict[str, Any] | None = None,
+        auto_close: bool = True,
         auto_close_timeout: float | None = 0.0,
     ) -> Any:
-        """Run an execution to its close and return the close snapshot."""
+        """Run an execution to its close and return the close snapshot.
+
+        Raises:
+            ValueError: ``auto_close=False``; the execution handle is hidden here, so nothing
+                could close it. Use ``create_execution()`` to control the lifecycle.
+        """
+        if not auto_close:
+            raise ValueError(
+                "flow.start()/async_start() need auto_close=True: they hide the execution "
+                "handle, so nothing could close it. Use flow.create_execution(auto_close=False) "
+                "and close the execution yourself."
+            )
         execution = self.create_execution(
             concurrency=concurrency,
             runtime_resources=runtime_resources,
