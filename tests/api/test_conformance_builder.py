@@ -427,6 +427,43 @@ class TestWhen:
             {"event": {"A": "a4"}, "runtime_data": {"k": "k4"}}
         ]
 
+    async def test_and_mode_joins_a_chunk_event_with_a_state_change_of_the_same_chunk(
+        self, runtime
+    ) -> None:
+        """Agently scopes and-joins by the root signal and gives state changes no scope, so
+        this join never fires there (a bug); triggerbus joins them (difference)."""
+        flow = TriggerFlow(name="when_and_event_state")
+        seen, joined = _recorder()
+
+        async def emitter(data):
+            await data.async_emit("A", "a1")
+            await data.async_set_state("k", "k1")
+
+        flow.to(emitter)
+        flow.when({"event": "A", "runtime_data": "k"}).to(joined)
+        await run(flow)
+        assert [value for value, _, _ in seen] == [
+            {"event": {"A": "a1"}, "runtime_data": {"k": "k1"}}
+        ]
+
+    async def test_and_mode_joins_a_chunk_event_with_an_outside_event(self, runtime) -> None:
+        """Agently never fires this join (chunk events carry the START scope, outside events
+        none); triggerbus joins them (difference)."""
+        flow = TriggerFlow(name="when_and_chunk_outside")
+        seen, joined = _recorder()
+
+        async def emitter(data):
+            await data.async_emit("A", "a1")
+
+        flow.to(emitter)
+        flow.when(["A", "B"]).to(joined)
+        execution = flow.create_execution(auto_close=False)
+        async with asyncio.timeout(BOUND):
+            await execution.async_start()
+            await execution.async_emit("B", "b1")
+            await execution.async_close()
+        assert [value for value, _, _ in seen] == [{"event": {"A": "a1", "B": "b1"}}]
+
     def test_an_unknown_mode_is_refused(self) -> None:
         flow = TriggerFlow(name="when_bad")
         with pytest.raises(FlowDefinitionError, match="mode"):

@@ -449,6 +449,52 @@ class TestStreamFromChunks:
         flow.to(producer)
         assert await stream_of(flow) == ["a"]
 
+    async def test_an_item_put_after_a_sync_state_set_comes_before_the_cascade_stops(
+        self, runtime
+    ) -> None:
+        """The seed playbook's "normalized" item. In Agently the sync state.set blocks until
+        the listeners' cascade (which stops the stream) has finished, so the item put next is
+        lost. In triggerbus the call returns at once, so the item is delivered. The listener
+        here waits until the item was put: a state.set that blocked would deadlock."""
+        flow = TriggerFlow(name="t11_normalized")
+        put_done = asyncio.Event()
+
+        async def normalize(data):
+            data.state.set("topic", data.value)
+            await data.async_put_into_stream({"stage": "normalized"})
+            put_done.set()
+
+        async def fetch(data):
+            await put_done.wait()
+            await data.async_put_into_stream({"stage": "fetched", "topic": data.value})
+            await data.async_stop_stream()
+
+        flow.to(normalize)
+        flow.when({"runtime_data": "topic"}).to(fetch)
+        assert await stream_of(flow, "T") == [
+            {"stage": "normalized"},
+            {"stage": "fetched", "topic": "T"},
+        ]
+
+    async def test_an_item_put_after_an_awaited_set_whose_cascade_stopped_is_dropped(
+        self, runtime
+    ) -> None:
+        """``await data.async_set_state`` waits for the cascade, as in Agently: an item put
+        after the cascade stopped the stream is not delivered."""
+        flow = TriggerFlow(name="t11_awaited")
+
+        async def normalize(data):
+            await data.async_set_state("topic", data.value)
+            await data.async_put_into_stream({"stage": "too late"})
+
+        async def fetch(data):
+            await data.async_put_into_stream({"stage": "fetched"})
+            await data.async_stop_stream()
+
+        flow.to(normalize)
+        flow.when({"runtime_data": "topic"}).to(fetch)
+        assert await stream_of(flow, "T") == [{"stage": "fetched"}]
+
     async def test_stream_items_cross_as_json(self, runtime) -> None:
         """Agently passes any object through by identity; triggerbus items are JSON values,
         so a tuple arrives as a list (difference). None is an item, not the end."""
