@@ -498,6 +498,14 @@ class Execution:
                 error_message=error.message,
                 remote_traceback=error.traceback,
             )
+        if error.error_type == "ContractError" and error.message.startswith("no execution"):
+            raise ExecutionNotFoundError(
+                f"execution {self.id!r} of flow {self.flow_name!r} has not been started; "
+                "start it (async_start or a runtime stream) before emitting into it or "
+                "writing its state",
+                flow=self.flow_name,
+                execution_id=self.id,
+            )
         raise ExecutionClosedError(
             f"execution {self.id!r}: {error.error_type}: {error.message}",
             flow=self.flow_name,

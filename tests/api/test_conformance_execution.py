@@ -16,6 +16,7 @@ import pytest
 from triggerbus import (
     ChunkFailedError,
     Execution,
+    ExecutionNotFoundError,
     Settings,
     TriggerFlow,
     ValueNotSerializableError,
@@ -295,6 +296,35 @@ class TestOutsideEmit:
             assert await execution.async_emit(first.trigger, "manual2") == ["o", "n"]
             assert await execution.async_close() == {}
         assert seen == [("outside", 42, "event")]
+
+
+class TestOutsideState:
+    async def test_outside_state_written_while_running_is_in_the_close_snapshot(
+        self, runtime
+    ) -> None:
+        execution = done_flow("t03_outside").create_execution(auto_close=False)
+        async with asyncio.timeout(BOUND):
+            await execution.async_start("v")
+            await execution.async_set_state("outside", 1)
+            assert await execution.async_close() == {
+                "seen": "v",
+                "$final_result": "done(v)",
+                "outside": 1,
+            }
+
+    @pytest.mark.xfail(
+        reason="reducer: a state write before StartExecution is refused ('no execution'), "
+        "so the handle raises ExecutionNotFoundError; Agently accepts state before start",
+        raises=ExecutionNotFoundError,
+        strict=True,
+    )
+    async def test_outside_state_written_before_start_is_kept(self, runtime) -> None:
+        flow = TriggerFlow(name="t03_before_start")
+        flow.to(lambda d: None)
+        execution = flow.create_execution(auto_close_timeout=0.0)
+        async with asyncio.timeout(BOUND):
+            await execution.async_set_state("outside", 1)
+            assert await execution.async_start() == {"outside": 1}
 
 
 # --- concurrency ---------------------------------------------------------------------------------
