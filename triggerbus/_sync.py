@@ -65,8 +65,15 @@ def iterate_sync(iterator: AsyncIterator[T]) -> Iterator[T]:
         except StopAsyncIteration:
             return False, None
 
-    while True:
-        more, item = asyncio.run_coroutine_threadsafe(next_item(), loop).result()
-        if not more:
-            return
-        yield item  # type: ignore[misc]
+    try:
+        while True:
+            more, item = asyncio.run_coroutine_threadsafe(next_item(), loop).result()
+            if not more:
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        # A caller that stops early (break, an error) must not leave the async iterator, and
+        # the reader it holds, suspended on the loop until the process ends.
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            asyncio.run_coroutine_threadsafe(aclose(), loop).result()

@@ -659,6 +659,15 @@ class TestSyncTwins:
         items = list(sync_flow("t06c_stream").get_runtime_stream("d", timeout=5))
         assert items == ["s1:d", "s2"]
 
+    def test_leaving_a_sync_stream_early_leaves_later_runs_working(self, sync_runtime) -> None:
+        stream = sync_flow("t06c_stream_early").get_runtime_stream("e", timeout=5)
+        for item in stream:
+            assert item == "s1:e"
+            break
+        stream.close()
+        items = list(sync_flow("t06c_stream_after").get_runtime_stream("f", timeout=5))
+        assert items == ["s1:f", "s2"]
+
     def test_sync_flow_start_raises_a_chunk_failure(self, sync_runtime) -> None:
         flow = TriggerFlow(name="t09g")
 
