@@ -80,7 +80,8 @@ def apply(
 ) -> Transition:
     """Apply one mailbox message. Never raises for bad input: a refusal is a ``rejected`` reason."""
     if snapshot is None:
-        if not isinstance(message, StartExecution):
+        # State may be written before the start, as TriggerFlow allows; nothing else may.
+        if not isinstance(message, StartExecution | StateWritten):
             return Transition(None, [], rejected=f"no execution {message.execution_id!r}")
         snapshot = new_snapshot(index, message.execution_id, now=now)
     if message.id in snapshot.applied:
@@ -271,7 +272,7 @@ def _awaited_chunk(work: _Work, step: int) -> Node | None:
 def _on_emit(work: _Work, message: EmitEvent) -> None:
     if work.closed or (message.step is None and work.get("lifecycle") == "sealed"):
         work.observe("emit_ignored", event=message.event, lifecycle=work.get("lifecycle"))
-        work.reply(message.reply_to, Reply(ok=True, value=[]))
+        work.reply(message.reply_to, Reply(ok=True, value=None))
         return
     if message.reply_to and message.step is not None:
         _release_permit(work, message.step)

@@ -15,7 +15,7 @@ from collections.abc import KeysView, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from triggerbus.actors.state_paths import apply_state_op
+from triggerbus.actors.state_paths import apply_state_op, get_path
 from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import (
     EmitEvent,
@@ -180,7 +180,8 @@ class TriggerFlowRuntimeData:
     def get_state(self, key: str | None = None, default: Any = None) -> Any:
         if key is None:
             return copy.deepcopy(self._state)
-        return copy.deepcopy(self._state.get(key, default))
+        value = get_path(self._state, key, _MISSING)
+        return default if value is _MISSING else copy.deepcopy(value)
 
     def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         self._write("set", key, value, emit=emit, wait=False)

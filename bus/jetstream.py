@@ -185,6 +185,20 @@ class Bus:
             ack = await self.js.publish(subject, payload, headers=all_headers or None)
         return int(ack.seq)
 
+    async def publish_once(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Publish with de-duplication; False when the stream already held ``msg_id``."""
+        all_headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        with translate_nats_errors(subject=subject):
+            ack = await self.js.publish(subject, payload, headers=all_headers)
+        return not bool(ack.duplicate)
+
     async def publish_core(
         self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
     ) -> None:

@@ -266,7 +266,9 @@ class Execution:
         self._status = "running"
         self._started_at = self._started_at or time.time()
         try:
-            return await self._request(runtime, message)
+            return await self._request(
+                runtime, message, if_duplicate=Reply(ok=True, value=self.id)
+            )
         except NotSerializable as exc:
             raise ValueNotSerializableError(
                 f"the start value of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
@@ -438,10 +440,22 @@ class Execution:
         subject = runtime.subjects.mailbox(self.flow_name, self.id)
         await runtime.bus.publish(subject, encode(message), msg_id=message.id)
 
-    async def _request(self, runtime: LocalRuntime, message: Any) -> Reply:
+    async def _request(
+        self, runtime: LocalRuntime, message: Any, *, if_duplicate: Reply | None = None
+    ) -> Reply:
+        """Publish ``message`` and wait for the actor's answer.
+
+        A message whose id the stream already holds (another handle sent the same start) was
+        handled, or will be, without us: JetStream drops our copy, nobody will answer it, and
+        ``if_duplicate`` is the answer instead.
+        """
         reply_to, future = runtime.replies.open()
         try:
-            await self._publish(runtime, msgspec.structs.replace(message, reply_to=reply_to))
+            addressed = msgspec.structs.replace(message, reply_to=reply_to)
+            subject = runtime.subjects.mailbox(self.flow_name, self.id)
+            fresh = await runtime.bus.publish_once(subject, encode(addressed), msg_id=message.id)
+            if not fresh and if_duplicate is not None:
+                return if_duplicate
             return decode(reply_decoder, await future)
         finally:
             runtime.replies.discard(reply_to)

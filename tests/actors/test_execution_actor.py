@@ -120,7 +120,10 @@ class Driver:
     def emit(self, event: str, value: Any = None, **fields: Any) -> Transition:
         return self.send(
             EmitEvent(
-                id=self.next_id("emit"), execution_id=self.execution_id, event=event, value=value,
+                id=self.next_id("emit"),
+                execution_id=self.execution_id,
+                event=event,
+                value=value,
                 **fields,
             )
         )
@@ -130,8 +133,12 @@ class Driver:
     ) -> Transition:
         return self.send(
             StateWritten(
-                id=self.next_id("state"), execution_id=self.execution_id, op=op, key=key,
-                value=value, **fields,
+                id=self.next_id("state"),
+                execution_id=self.execution_id,
+                op=op,
+                key=key,
+                value=value,
+                **fields,
             )
         )
 
@@ -212,9 +219,9 @@ def chain_flow() -> TriggerFlow:
 
 def batch_flow(names: list[str], concurrency: int | None = None) -> TriggerFlow:
     flow = TriggerFlow(name="batch")
-    flow.to(("pre", noop)).batch(
-        *[(name, noop) for name in names], concurrency=concurrency
-    ).to(("post", noop)).end()
+    flow.to(("pre", noop)).batch(*[(name, noop) for name in names], concurrency=concurrency).to(
+        ("post", noop)
+    ).end()
     return flow
 
 
@@ -982,17 +989,18 @@ class TestClose:
         step = driver.step_of("x")
         driver.close()
         assert invokes(driver.emit("E", 1, reply_to="outside")) == []
-        assert driver.replies("outside") == [Reply(ok=True, value=[])]
+        assert driver.replies("outside") == [Reply(ok=True, value=None)]
         assert [i.chunk for i in invokes(driver.emit("E", 2, step=step))] == ["on_e"]
 
     def test_closed_execution_ignores_emits(self) -> None:
-        """An emit into a closed execution invokes nothing and is answered empty."""
+        """An emit into a closed execution invokes nothing and is answered None, as TriggerFlow
+        answers an emit nobody handles."""
         driver = Driver(ping_flow())
         driver.start(None)
         assert driver.snapshot is not None and driver.snapshot.lifecycle == "closed"
         transition = driver.emit("Ping", 1, reply_to="late")
         assert invokes(transition) == []
-        assert driver.replies("late") == [Reply(ok=True, value=[])]
+        assert driver.replies("late") == [Reply(ok=True, value=None)]
 
 
 class TestUnknownExecution:
@@ -1002,7 +1010,6 @@ class TestUnknownExecution:
             ChunkCompleted(id="m", execution_id="nope", step=1),
             ChunkFailed(id="m", execution_id="nope", step=1, error_type="E", message="m"),
             EmitEvent(id="m", execution_id="nope", event="E"),
-            StateWritten(id="m", execution_id="nope", op="set", key="k"),
             CloseExecution(id="m", execution_id="nope"),
             TimerFired(id="m", execution_id="nope", timer=AUTO_CLOSE_TIMER, generation=1),
         ],
@@ -1011,12 +1018,32 @@ class TestUnknownExecution:
     def test_non_start_message_for_unknown_execution_is_rejected(
         self, message: MailboxMessage
     ) -> None:
-        """Anything but a start for an execution with no snapshot is refused with a reason."""
+        """Anything but a start (or a state write) for an execution with no snapshot is
+        refused with a reason."""
         index = GraphIndex.build(chain_flow().graph())
         transition = apply(index, None, message, now=0.0)
         assert transition.snapshot is None
         assert transition.outbox == []
         assert "nope" in transition.rejected
+
+    def test_state_written_before_start_creates_the_execution_and_is_kept(self) -> None:
+        """TriggerFlow accepts state before the start; the start then runs with it."""
+        index = GraphIndex.build(chain_flow().graph())
+        before = apply(
+            index,
+            None,
+            StateWritten(id="s", execution_id="e", op="set", key="k", value=1),
+            now=0.0,
+        )
+        assert before.snapshot is not None
+        assert before.snapshot.status == "created"
+        assert before.snapshot.state == {"k": 1}
+        assert invokes(before) == []
+        started = apply(
+            index, before.snapshot, StartExecution(id="e:start", execution_id="e"), now=0.0
+        )
+        assert started.snapshot is not None and started.snapshot.status == "running"
+        assert started.snapshot.state == {"k": 1}
 
 
 # --- property tests ---------------------------------------------------------------------------
@@ -1041,8 +1068,17 @@ Action = tuple[str, int]
 actions = st.lists(
     st.tuples(
         st.sampled_from(
-            ["complete", "complete", "complete", "fail", "emit", "write", "close", "timer",
-             "nowrite"]
+            [
+                "complete",
+                "complete",
+                "complete",
+                "fail",
+                "emit",
+                "write",
+                "close",
+                "timer",
+                "nowrite",
+            ]
         ),
         st.integers(min_value=0, max_value=7),
     ),
@@ -1065,8 +1101,11 @@ def next_message(snapshot: Snapshot | None, action: Action, n: int) -> MailboxMe
         step = running[pick % len(running)]
         if kind == "fail" and pick == 0:
             return ChunkFailed(
-                id=f"{EXECUTION}:{step}:done", execution_id=EXECUTION, step=step,
-                error_type="E", message="m",
+                id=f"{EXECUTION}:{step}:done",
+                execution_id=EXECUTION,
+                step=step,
+                error_type="E",
+                message="m",
             )
         return ChunkCompleted(
             id=f"{EXECUTION}:{step}:done", execution_id=EXECUTION, step=step, result=pick
@@ -1076,20 +1115,30 @@ def next_message(snapshot: Snapshot | None, action: Action, n: int) -> MailboxMe
         step = running[pick % len(running)] if running and pick > 3 else None
         reply = f"r{n}" if pick % 2 else None
         return EmitEvent(
-            id=f"{EXECUTION}:emit:{n}", execution_id=EXECUTION, event=event, value=pick,
-            step=step, reply_to=reply,
+            id=f"{EXECUTION}:emit:{n}",
+            execution_id=EXECUTION,
+            event=event,
+            value=pick,
+            step=step,
+            reply_to=reply,
         )
     if kind in ("write", "nowrite"):
         op: StateOp = ["set", "append", "delete"][pick % 3]  # type: ignore[assignment]
         return StateWritten(
-            id=f"{EXECUTION}:state:{n}", execution_id=EXECUTION, op=op, key="k", value=pick,
+            id=f"{EXECUTION}:state:{n}",
+            execution_id=EXECUTION,
+            op=op,
+            key="k",
+            value=pick,
             emit=kind == "write",
         )
     if kind == "close":
         return CloseExecution(id=f"{EXECUTION}:close:{n}", execution_id=EXECUTION, reply_to="c")
     generation = snapshot.timer_generation - (pick % 2) if snapshot else 0
     return TimerFired(
-        id=f"{EXECUTION}:timer:{n}", execution_id=EXECUTION, timer=AUTO_CLOSE_TIMER,
+        id=f"{EXECUTION}:timer:{n}",
+        execution_id=EXECUTION,
+        timer=AUTO_CLOSE_TIMER,
         generation=generation,
     )
 
@@ -1100,8 +1149,12 @@ def replay(
     snapshot: Snapshot | None = None
     transitions = []
     start = StartExecution(
-        id=f"{EXECUTION}:start", execution_id=EXECUTION, value="in",
-        auto_close_timeout=timeout, reply_to="s", concurrency=concurrency,
+        id=f"{EXECUTION}:start",
+        execution_id=EXECUTION,
+        value="in",
+        auto_close_timeout=timeout,
+        reply_to="s",
+        concurrency=concurrency,
     )
     for n, action in enumerate([None, *script]):
         message = start if action is None else next_message(snapshot, action, n)
@@ -1140,8 +1193,11 @@ class TestProperties:
         for n, action in enumerate([None, *script]):
             if action is None:
                 message: MailboxMessage = StartExecution(
-                    id=f"{EXECUTION}:start", execution_id=EXECUTION, value="in",
-                    auto_close_timeout=timeout, concurrency=cap,
+                    id=f"{EXECUTION}:start",
+                    execution_id=EXECUTION,
+                    value="in",
+                    auto_close_timeout=timeout,
+                    concurrency=cap,
                 )
             else:
                 message = next_message(snapshot, action, n)
@@ -1233,9 +1289,11 @@ class TestProperties:
         driver.complete(driver.step_of("pre"), "P")
         remaining = list(order)
         while remaining:
-            ready = [i for i in remaining if any(
-                inv.chunk == names[i] for inv in driver.outstanding.values()
-            )]
+            ready = [
+                i
+                for i in remaining
+                if any(inv.chunk == names[i] for inv in driver.outstanding.values())
+            ]
             assert ready, "a branch was never released"
             if concurrency is not None:
                 assert len(driver.outstanding) <= concurrency

@@ -237,11 +237,6 @@ class TestLifecycle:
             assert await execution.async_emit("Later", 6) is None
 
 
-    @pytest.mark.xfail(
-        reason="reducer: an emit into a closed execution is answered with [] (Agently: None); "
-        "only a handle that saw the close itself returns None",
-        strict=True,
-    )
     async def test_emit_into_an_execution_closed_elsewhere_returns_none(self, runtime) -> None:
         flow = done_flow("t06_emit_closed_elsewhere")
         execution = flow.create_execution(auto_close=False)
@@ -327,12 +322,6 @@ class TestOutsideState:
                 "outside": 1,
             }
 
-    @pytest.mark.xfail(
-        reason="reducer: a state write before StartExecution is refused ('no execution'), "
-        "so the handle raises ExecutionNotFoundError; Agently accepts state before start",
-        raises=ExecutionNotFoundError,
-        strict=True,
-    )
     async def test_outside_state_written_before_start_is_kept(self, runtime) -> None:
         flow = TriggerFlow(name="t03_before_start")
         flow.to(lambda d: None)
