@@ -16,7 +16,6 @@ import pytest
 from triggerbus import (
     ChunkFailedError,
     Execution,
-    ExecutionNotFoundError,
     Settings,
     TriggerFlow,
     ValueNotSerializableError,
