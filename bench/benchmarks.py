@@ -1,0 +1,600 @@
+"""The benchmarks, each run as a child process of bench/run.py with its anchors.
+
+``python -m bench.benchmarks NAME --url URL --prefix P [--quick] [--agently-python PATH]``
+prints one JSON object (``rows`` for the table, ``details`` for the record) on its last stdout
+line. Each variant gets its own event loop (so its own triggerbus runtime) and its own subject
+prefix, derived from ``--prefix``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from bench import flows
+from bench._common import (
+    REPO,
+    configure_runtime,
+    cpu_seconds,
+    drive,
+    jetstream_writes,
+    percentiles,
+    quiet_shutdown_noise,
+    workers,
+)
+
+IN_FLIGHT = 100
+NOISE: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rr: int
+    hop: int
+    chain: int
+    fanout: int
+    stream_items: int
+    agently_sqlite_chain: int
+    agently_sqlite_fanout: int
+    agently_sqlite_stream: int
+    scaling_window: float
+    time_limit: float
+
+
+QUICK = Sizes(rr=500, hop=100, chain=300, fanout=100, stream_items=2_000,
+              agently_sqlite_chain=100, agently_sqlite_fanout=30, agently_sqlite_stream=1_000,
+              scaling_window=3.0, time_limit=60.0)
+FULL = Sizes(rr=2_000, hop=400, chain=2_000, fanout=500, stream_items=10_000,
+             agently_sqlite_chain=300, agently_sqlite_fanout=100, agently_sqlite_stream=10_000,
+             scaling_window=8.0, time_limit=150.0)
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.url: str = args.url
+        self.base_prefix: str = args.prefix
+        self.sizes = QUICK if args.quick else FULL
+        self.agently_python: str | None = args.agently_python
+        self.server_pid: int | None = args.server_pid
+        self._n = 0
+
+    def prefix(self) -> str:
+        self._n += 1
+        return f"{self.base_prefix}v{self._n}"
+
+
+def row(bench: str, measurement: str, value: float | None, unit: str, *,
+        anchor: str | None = None, anchor_value: float | None = None,
+        ratio: float | None = None, target: str | None = None,
+        passed: bool | None = None, note: str | None = None) -> dict[str, Any]:
+    if ratio is None and value is not None and anchor_value:
+        ratio = value / anchor_value
+    return {
+        "bench": bench, "measurement": measurement, "value": value, "unit": unit,
+        "anchor": anchor, "anchor_value": anchor_value,
+        "ratio": None if ratio is None else round(ratio, 3),
+        "target": target, "pass": passed, "note": note,
+    }
+
+
+def in_loop(coro_factory: Callable[[], Any]) -> Any:
+    """Run one variant on a fresh event loop, closing its triggerbus runtime at the end."""
+
+    async def main() -> Any:
+        quiet_shutdown_noise(NOISE)
+        from triggerbus._runtime import close_runtime
+
+        try:
+            return await coro_factory()
+        finally:
+            await close_runtime()
+
+    return asyncio.run(main())
+
+
+# --- anchors -----------------------------------------------------------------------------------
+
+
+def agently(ctx: Context, kind: str, count: int, *, workspace: str = "off",
+            time_limit: float | None = None) -> dict[str, Any] | None:
+    """Run bench/agently_anchor.py in Agently's venv; None when that venv is unavailable."""
+    if not ctx.agently_python:
+        return None
+    limit = time_limit or ctx.sizes.time_limit
+    with tempfile.TemporaryDirectory(prefix="bench-agently-") as cwd:
+        completed = subprocess.run(
+            [ctx.agently_python, str(REPO / "bench" / "agently_anchor.py"), kind,
+             "--count", str(count), "--in-flight", str(IN_FLIGHT), "--workspace", workspace,
+             "--time-limit", str(limit)],
+            cwd=cwd, capture_output=True, text=True, timeout=limit + 60,
+        )
+    if completed.returncode != 0:
+        return {"error": completed.stderr[-2000:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+async def raw_jetstream(url: str, prefix: str, count: int, *, window: int,
+                        consume: bool = True) -> dict[str, Any]:
+    """Publish ``count`` messages (awaited acks, ``window`` outstanding, with Nats-Msg-Id like
+    triggerbus) into a file-backed work-queue stream while a pull consumer fetches and acks
+    them. Returns msgs/s for the whole publish+consume."""
+    nc = await nats.connect(url, name="bench-raw")
+    js = nc.jetstream()
+    stream = f"{prefix}_raw"
+    await js.add_stream(StreamConfig(
+        name=stream, subjects=[f"{prefix}.raw.>"], storage=StorageType.FILE,
+        retention=RetentionPolicy.WORK_QUEUE if consume else RetentionPolicy.LIMITS,
+        duplicate_window=120.0,
+    ))
+    payload = b'{"kind":"chunk_completed","id":"0123456789abcdef0123456789abcdef:1:done",' \
+              b'"execution_id":"0123456789abcdef0123456789abcdef","step":1,"result":4}'
+    consumed = 0
+    sub = None
+    if consume:
+        sub = await js.pull_subscribe(f"{prefix}.raw.>", durable="raw", stream=stream)
+    permits = asyncio.Semaphore(window)
+
+    async def publish_one(index: int) -> None:
+        try:
+            await js.publish(f"{prefix}.raw.{index % 100}", payload,
+                             headers={"Nats-Msg-Id": f"raw:{index}"})
+        finally:
+            permits.release()
+
+    async def producer() -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(count):
+                await permits.acquire()
+                group.create_task(publish_one(index))
+
+    async def consumer() -> None:
+        nonlocal consumed
+        assert sub is not None
+        while consumed < count:
+            try:
+                msgs = await sub.fetch(100, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()
+            consumed += len(msgs)
+
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(120):
+            if consume:
+                await asyncio.gather(producer(), consumer())
+            else:
+                await producer()
+    finally:
+        elapsed = time.perf_counter() - started
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.drain()
+    return {"messages": count, "window": window, "consumed": consumed,
+            "seconds": round(elapsed, 3), "msgs_per_s": round(count / elapsed, 1)}
+
+
+async def serial_publish(url: str, prefix: str, count: int) -> dict[str, Any]:
+    """One awaited JetStream publish at a time: what an awaited put_into_stream can hope for."""
+    nc = await nats.connect(url, name="bench-raw-serial")
+    js = nc.jetstream()
+    stream = f"{prefix}_rawser"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{prefix}.rawser.>"],
+                                     storage=StorageType.FILE, duplicate_window=120.0))
+    started = time.perf_counter()
+    try:
+        for index in range(count):
+            await js.publish(f"{prefix}.rawser.x", b'{"kind":"item","value":%d}' % index,
+                             headers={"Nats-Msg-Id": f"s:{index}"})
+    finally:
+        elapsed = time.perf_counter() - started
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.drain()
+    return {"messages": count, "seconds": round(elapsed, 3),
+            "msgs_per_s": round(count / elapsed, 1)}
+
+
+async def request_reply(url: str, prefix: str, count: int) -> dict[str, Any]:
+    """nats-py request/reply round trips to a responder in another process."""
+    subject = f"{prefix}.rr"
+    responder = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.responder", url, subject, cwd=str(REPO),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert responder.stdout is not None
+        async with asyncio.timeout(30):
+            line = await responder.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"responder did not start: {line!r}")
+        nc = await nats.connect(url, name="bench-requester")
+        payload = b"x" * 128
+        for _ in range(100):
+            await nc.request(subject, payload, timeout=5)
+        samples = []
+        for _ in range(count):
+            began = time.perf_counter()
+            await nc.request(subject, payload, timeout=5)
+            samples.append(time.perf_counter() - began)
+        await nc.drain()
+        return percentiles(samples)
+    finally:
+        if responder.returncode is None:
+            responder.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await responder.wait()
+            if responder.returncode is None:
+                responder.kill()
+                await responder.wait()
+
+
+# --- triggerbus runs ---------------------------------------------------------------------------
+
+
+async def sequential_latency(flow: Any, count: int, expected: Callable[[int], Any]) -> dict:
+    for value in range(10):
+        await flow.async_start(value)
+    samples: list[float] = []
+    wrong = 0
+    deadline = time.perf_counter() + 120
+    for value in range(count):
+        if time.perf_counter() > deadline:
+            break
+        began = time.perf_counter()
+        async with asyncio.timeout(30):
+            result = await flow.async_start(value)
+        samples.append(time.perf_counter() - began)
+        wrong += result.get("$final_result") != expected(value)
+    return {**percentiles(samples), "wrong_results": wrong}
+
+
+def throughput_run(ctx: Context, prefix: str, flow: Any, count: int,
+                         expected: Callable[[int], Any], *, worker_chunks: bool) -> dict:
+    """Drive ``count`` executions, IN_FLIGHT at a time; count JetStream writes and CPU."""
+
+    async def body(worker_pids: list[int]) -> dict:
+        for value in range(20):  # warm-up: consumers bound, caches hot
+            await flow.async_start(value)
+        nc = await nats.connect(ctx.url)
+        writes_before = await jetstream_writes(nc, prefix)
+        pids = {"driver": os.getpid(),
+                **({"nats-server": ctx.server_pid} if ctx.server_pid else {}),
+                **{f"worker{i}": pid for i, pid in enumerate(worker_pids)}}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        result = await drive(
+            flow.async_start, count=count, in_flight=IN_FLIGHT, time_limit=ctx.sizes.time_limit,
+            check=lambda i, r: r.get("$final_result") == expected(i),
+        )
+        cpu_after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        writes_after = await jetstream_writes(nc, prefix)
+        await nc.drain()
+        done = max(1, result["executions"])
+        writes = writes_after["total"] - writes_before["total"]
+        result["jetstream_writes"] = writes
+        result["writes_per_execution"] = round(writes / done, 2)
+        result["writes_per_execution_by_stream"] = {
+            name: round((count - writes_before.get(name, 0)) / done, 2)
+            for name, count in writes_after.items() if name != "total"
+        }
+        result["cpu_ms_per_execution"] = {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / done, 3) for name in pids
+        }
+        result["cpu_utilisation"] = {
+            name: round((cpu_after[name] - cpu_before[name]) / result["seconds"], 2)
+            for name in pids
+        }
+        return result
+
+    async def run() -> dict:
+        if not worker_chunks:
+            return await body([])
+        async with workers(1, flow_variable(flow), url=ctx.url, prefix=prefix) as started:
+            return await body([w.pid for w in started])
+
+    return in_loop(run)
+
+
+def flow_variable(flow: Any) -> str:
+    for name in ("chain", "single", "fanout", "stream", "io_hot", "cpu_hot"):
+        if getattr(flows, name) is flow:
+            return name
+    raise ValueError(flow)
+
+
+def configure_for(ctx: Context, *, worker_chunks: bool) -> str:
+    prefix = ctx.prefix()
+    configure_runtime(ctx.url, prefix,
+                      local_chunks=frozenset() if worker_chunks else None)
+    return prefix
+
+
+# --- 1. hop cost -------------------------------------------------------------------------------
+
+
+def bench_hop(ctx: Context) -> dict:
+    s = ctx.sizes
+    details: dict[str, Any] = {}
+    details["request_reply"] = asyncio.run(request_reply(ctx.url, ctx.prefix(), s.rr))
+    rtt = details["request_reply"]["p50_ms"]
+    rtt99 = details["request_reply"]["p99_ms"]
+
+    for placement, remote in (("worker", True), ("in_process", False)):
+        for name, flow, _steps, expected in (("chain", flows.chain, 3, lambda v: v + 3),
+                                            ("single", flows.single, 1, lambda v: v + 1)):
+            prefix = configure_for(ctx, worker_chunks=remote)
+
+            async def run(flow=flow, expected=expected, remote=remote, prefix=prefix) -> dict:
+                if not remote:
+                    return await sequential_latency(flow, s.hop, expected)
+                async with workers(1, flow_variable(flow), url=ctx.url, prefix=prefix):
+                    return await sequential_latency(flow, s.hop, expected)
+
+            details[f"{name}_{placement}"] = in_loop(run)
+    rows = [row("1 hop", "nats request/reply p50 / p99 (2 processes)", rtt, "ms",
+                note=f"p99 {rtt99} ms")]
+    for placement, label in (("worker", "chunks in a worker process"),
+                             ("in_process", "all in one process")):
+        chain = details[f"chain_{placement}"]
+        single = details[f"single_{placement}"]
+        per_step = chain["p50_ms"] / 3
+        marginal = (chain["p50_ms"] - single["p50_ms"]) / 2
+        rows.append(row("1 hop", f"3-chunk chain e2e p50 ({label})", chain["p50_ms"], "ms",
+                        note=f"p99 {chain['p99_ms']} ms"))
+        rows.append(row("1 hop", f"per step = e2e/3 ({label})", round(per_step, 3), "ms",
+                        anchor="req/reply p50", anchor_value=rtt,
+                        target="<= 3x" if placement == "worker" else None,
+                        passed=(per_step <= 3 * rtt) if placement == "worker" else None))
+        rows.append(row("1 hop", f"marginal step = (chain-single)/2 ({label})",
+                        round(marginal, 3), "ms", anchor="req/reply p50", anchor_value=rtt))
+    info = agently(ctx, "latency", min(s.hop, 100))
+    if info and "p50_ms" in info:
+        details["agently_latency"] = info
+        rows.append(row("1 hop", "Agently 3-chunk chain e2e p50 (info)", info["p50_ms"], "ms",
+                        note="Agently's auto-close monitor polls every >= 50 ms"))
+    return {"rows": rows, "details": details}
+
+
+# --- 2 and 3. throughput -----------------------------------------------------------------------
+
+
+def bench_throughput_like(ctx: Context, *, bench: str, flow: Any, count: int, steps: int,
+                          expected: Callable[[int], Any], kind: str,
+                          sqlite_count: int) -> dict:
+    details: dict[str, Any] = {}
+    for placement, remote in (("in_process", False), ("worker", True)):
+        prefix = configure_for(ctx, worker_chunks=remote)
+        details[f"triggerbus_{placement}"] = throughput_run(
+            ctx, prefix, flow, count, expected, worker_chunks=remote)
+    details["agently_memory"] = agently(ctx, kind, count, workspace="off")
+    details["agently_sqlite"] = agently(ctx, kind, sqlite_count, workspace="default",
+                                        time_limit=min(ctx.sizes.time_limit, 40.0))
+    local = details["triggerbus_in_process"]
+    writes = int(local["jetstream_writes"]) or count * 10
+    details["raw_jetstream"] = asyncio.run(raw_jetstream(ctx.url, ctx.prefix(), writes,
+                                                          window=IN_FLIGHT))
+    raw = details["raw_jetstream"]
+    raw_exec = raw["msgs_per_s"] / max(local["writes_per_execution"], 1)
+    agm = details["agently_memory"] or {}
+    ags = details["agently_sqlite"] or {}
+    rows = []
+    for placement, label in (("in_process", "1 process"), ("worker", "driver + 1 worker")):
+        r = details[f"triggerbus_{placement}"]
+        eps = r["executions_per_s"]
+        note = (f"{r['executions']} execs, {r['writes_per_execution']} JetStream writes/exec, "
+                f"steps/s {round(eps * steps, 1)}")
+        if r["wrong_results"] or r["errors"]:
+            note += f", wrong {r['wrong_results']}, errors {r['errors'][:2]}"
+        rows.append(row(bench, f"triggerbus executions/s ({label})", eps, "exec/s",
+                        anchor="Agently in-memory", anchor_value=agm.get("executions_per_s"),
+                        target=">= 2x", passed=(eps >= 2 * agm["executions_per_s"])
+                        if agm.get("executions_per_s") else None, note=note))
+    if ags.get("executions_per_s"):
+        eps = local["executions_per_s"]
+        rows.append(row(bench, "triggerbus executions/s (1 process)", eps, "exec/s",
+                        anchor="Agently default (SQLite workspace)",
+                        anchor_value=ags["executions_per_s"],
+                        note=f"Agently ran {ags.get('executions')} executions"))
+    rows.append(row(bench, "triggerbus executions/s (1 process)", local["executions_per_s"],
+                    "exec/s", anchor="raw JetStream pub+consume, same writes/exec",
+                    anchor_value=round(raw_exec, 1),
+                    note=f"raw {raw['msgs_per_s']} msgs/s for {raw['messages']} msgs"))
+    return {"rows": rows, "details": details}
+
+
+def bench_throughput(ctx: Context) -> dict:
+    return bench_throughput_like(ctx, bench="2 chain", flow=flows.chain,
+                                 count=ctx.sizes.chain, steps=3, expected=lambda v: v + 3,
+                                 kind="chain", sqlite_count=ctx.sizes.agently_sqlite_chain)
+
+
+def bench_fanout(ctx: Context) -> dict:
+    width = flows.FANOUT_WIDTH
+    return bench_throughput_like(ctx, bench="3 fan-out", flow=flows.fanout,
+                                 count=ctx.sizes.fanout, steps=width + 2,
+                                 expected=lambda v: sum(v + i for i in range(width)),
+                                 kind="fanout", sqlite_count=ctx.sizes.agently_sqlite_fanout)
+
+
+# --- 4. runtime stream -------------------------------------------------------------------------
+
+
+async def read_stream(count: int) -> dict:
+    began = time.perf_counter()
+    first = last = None
+    received = 0
+    async with asyncio.timeout(180):
+        async for item in flows.stream.get_async_runtime_stream(count, timeout=30):
+            now = time.perf_counter()
+            if first is None:
+                first = now
+            last = now
+            if item != received:
+                raise AssertionError(f"item {received} out of order: {item!r}")
+            received += 1
+    elapsed = (last or time.perf_counter()) - began
+    steady = (last - first) if (first and last and last > first) else None
+    return {
+        "items": received,
+        "seconds": round(elapsed, 3),
+        "items_per_s": round(received / elapsed, 1) if elapsed else None,
+        "steady_items_per_s": round((received - 1) / steady, 1) if steady else None,
+        "first_item_ms": round((first - began) * 1000, 3) if first else None,
+    }
+
+
+def bench_stream(ctx: Context) -> dict:
+    n = ctx.sizes.stream_items
+    details: dict[str, Any] = {}
+    for placement, remote in (("worker", True), ("in_process", False)):
+        prefix = configure_for(ctx, worker_chunks=remote)
+
+        async def run() -> dict:
+            await read_stream(10)  # warm-up: consumers bound
+            return await read_stream(n)
+
+        async def run_remote(prefix=prefix) -> dict:
+            async with workers(1, "stream", url=ctx.url, prefix=prefix):
+                await read_stream(10)
+                return await read_stream(n)
+
+        details[f"triggerbus_{placement}"] = in_loop(run_remote if remote else run)
+    details["agently_memory"] = agently(ctx, "stream", n, workspace="off")
+    details["agently_sqlite"] = agently(ctx, "stream", min(n, ctx.sizes.agently_sqlite_stream),
+                                        workspace="default")
+    details["raw_serial_publish"] = asyncio.run(serial_publish(ctx.url, ctx.prefix(), n))
+    details["raw_windowed_publish"] = asyncio.run(
+        raw_jetstream(ctx.url, ctx.prefix(), n, window=IN_FLIGHT, consume=False))
+    remote = details["triggerbus_worker"]
+    local = details["triggerbus_in_process"]
+    agm = details["agently_memory"] or {}
+    ags = details["agently_sqlite"] or {}
+    rows = [
+        row("4 stream", "items/s at a reader in another process", remote["items_per_s"],
+            "items/s", anchor="Agently in-memory stream", anchor_value=agm.get("items_per_s"),
+            target=">= 1x", passed=(remote["items_per_s"] >= agm["items_per_s"])
+            if agm.get("items_per_s") else None,
+            note=f"{remote['items']} items; producer in a worker"),
+        row("4 stream", "items/s (all in one process)", local["items_per_s"], "items/s",
+            anchor="Agently in-memory stream", anchor_value=agm.get("items_per_s")),
+        row("4 stream", "items/s at a reader in another process", remote["items_per_s"],
+            "items/s", anchor="raw JetStream serial awaited publish",
+            anchor_value=details["raw_serial_publish"]["msgs_per_s"]),
+        row("4 stream", "items/s at a reader in another process", remote["items_per_s"],
+            "items/s", anchor="raw JetStream windowed publish (100)",
+            anchor_value=details["raw_windowed_publish"]["msgs_per_s"]),
+        row("4 stream", "time to first item (reader in another process)",
+            remote["first_item_ms"], "ms", anchor="Agently in-memory",
+            anchor_value=agm.get("first_item_ms"), note="includes starting the execution"),
+    ]
+    if ags.get("items_per_s"):
+        rows.append(row("4 stream", "items/s at a reader in another process",
+                        remote["items_per_s"], "items/s",
+                        anchor="Agently default (SQLite workspace)",
+                        anchor_value=ags["items_per_s"], note=f"Agently {ags['items']} items"))
+    return {"rows": rows, "details": details}
+
+
+# --- 5. hot chunk scaling ----------------------------------------------------------------------
+
+SCALING_WORKER_CONCURRENCY = 1
+
+
+def bench_scaling(ctx: Context) -> dict:
+    window = ctx.sizes.scaling_window
+    details: dict[str, Any] = {}
+    rows = []
+    for variable, _chunk, label, ideal_per_worker in (
+        ("io_hot", "io_wait", "I/O 20 ms", SCALING_WORKER_CONCURRENCY / flows.IO_WAIT_SECONDS),
+        ("cpu_hot", "cpu_burn", "CPU 5 ms", SCALING_WORKER_CONCURRENCY / flows.CPU_BURN_SECONDS),
+    ):
+        flow = getattr(flows, variable)
+        per_k: dict[int, dict] = {}
+        for k in (1, 2, 4):
+            prefix = configure_for(ctx, worker_chunks=True)
+
+            async def run(k=k, prefix=prefix, variable=variable, flow=flow) -> dict:
+                async with workers(k, variable, url=ctx.url, prefix=prefix,
+                                   concurrency=SCALING_WORKER_CONCURRENCY) as started:
+                    in_flight = 8 * k * SCALING_WORKER_CONCURRENCY
+                    await drive(flow.async_start, count=4 * in_flight, in_flight=in_flight,
+                                time_limit=30)  # warm-up
+                    pids = {"driver": os.getpid(), "server": ctx.server_pid or 0,
+                            **{f"worker{i}": w.pid for i, w in enumerate(started)}}
+                    before = {n: cpu_seconds(p) for n, p in pids.items() if p}
+                    result = await drive(flow.async_start, count=10**9, in_flight=in_flight,
+                                         time_limit=window)
+                    after = {n: cpu_seconds(p) for n, p in pids.items() if p}
+                    result["cpu_utilisation"] = {
+                        n: round((after[n] - before[n]) / result["seconds"], 2) for n in before
+                    }
+                    return result
+
+            per_k[k] = in_loop(run)
+        details[variable] = per_k
+        base = per_k[1]["executions_per_s"]
+        for k in (1, 2, 4):
+            eps = per_k[k]["executions_per_s"]
+            efficiency = eps / (k * base) if base else None
+            util = per_k[k]["cpu_utilisation"]
+            rows.append(row(
+                "5 scaling", f"{label} chunk, {k} worker(s)", eps, "exec/s",
+                anchor=f"{k} x 1-worker rate", anchor_value=round(k * base, 1),
+                ratio=efficiency,
+                note=f"ideal {round(k * ideal_per_worker)}/s; CPU driver {util.get('driver')}, "
+                     f"server {util.get('server')}, workers "
+                     f"{sum(v for n, v in util.items() if n.startswith('worker')):.2f}",
+            ))
+        scale = per_k[4]["executions_per_s"] / base if base else 0.0
+        rows.append(row("5 scaling", f"{label} chunk, 1 -> 4 workers", round(scale, 2), "x",
+                        target=">= 3.5x" if variable == "io_hot" else None,
+                        passed=(scale >= 3.5) if variable == "io_hot" else None,
+                        note=f"worker --concurrency {SCALING_WORKER_CONCURRENCY}; "
+                             "2 cores shared by driver, server and workers"))
+    return {"rows": rows, "details": details}
+
+
+BENCHMARKS: dict[str, Callable[[Context], dict]] = {
+    "hop": bench_hop,
+    "throughput": bench_throughput,
+    "fanout": bench_fanout,
+    "stream": bench_stream,
+    "scaling": bench_scaling,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("name", choices=sorted(BENCHMARKS))
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--prefix", required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--agently-python")
+    parser.add_argument("--server-pid", type=int)
+    args = parser.parse_args()
+    ctx = Context(args)
+    began = time.perf_counter()
+    result = BENCHMARKS[args.name](ctx)
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    result["shutdown_noise"] = dict(NOISE)
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
