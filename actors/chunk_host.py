@@ -151,28 +151,11 @@ class ChunkHost:
             while free < self._concurrency and not permits.locked():
                 await permits.acquire()
                 free += 1
-            deliveries = await self._fetch(consumer, free)
+            deliveries = await consumer.fetch_until(free, self._stopping)
             for _ in range(free - len(deliveries)):
                 permits.release()
             for delivery in deliveries:
                 group.create_task(self._handle_then_release(chunk, delivery, permits))
-
-    async def _fetch(self, consumer: PullConsumer, batch: int) -> list[Delivery]:
-        stop = asyncio.ensure_future(self._stopping.wait())
-        fetch = asyncio.ensure_future(consumer.fetch(batch, wait=5.0))
-        try:
-            await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not fetch.done():
-                # Stopping (or cancelled with the host): abandon the fetch, and let it settle
-                # here so an error it raises while the connection closes is not left unread.
-                # Messages it may have pulled are redelivered after ack_wait.
-                fetch.cancel()
-                await asyncio.gather(fetch, return_exceptions=True)
-        if fetch.cancelled() or (self._stopping.is_set() and fetch.exception() is not None):
-            return []
-        return fetch.result()
 
     async def _handle_then_release(
         self, chunk: str, delivery: Delivery, permits: asyncio.Semaphore

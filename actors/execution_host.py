@@ -157,7 +157,7 @@ class ExecutionHost:
             while free < self._capacity and not permits.locked():
                 await permits.acquire()
                 free += 1
-            deliveries = await _fetch_until_stopped(consumer, free, self._stopping)
+            deliveries = await consumer.fetch_until(free, self._stopping)
             for _ in range(free - len(deliveries)):
                 permits.release()
             for delivery in deliveries:
@@ -391,24 +391,10 @@ class ExecutionHost:
             return
         await self._refuse(
             delivery,
-            f"flow fingerprint mismatch: execution has {expected}, this host {self._flow.fingerprint}",
+            f"flow fingerprint mismatch: execution has {expected}, "
+            f"this host {self._flow.fingerprint}",
             reply_to=getattr(message, "reply_to", None),
         )
-
-
-async def _fetch_until_stopped(
-    consumer: PullConsumer, batch: int, stopping: asyncio.Event
-) -> list[Delivery]:
-    stop = asyncio.ensure_future(stopping.wait())
-    fetch = asyncio.ensure_future(consumer.fetch(batch, wait=5.0))
-    try:
-        await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
-    if fetch.done():
-        return fetch.result()
-    fetch.cancel()
-    return []
 
 
 def _loose_reply_to(data: bytes) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -27,8 +28,13 @@ from triggerbus.bus.provision import (
     provision,
 )
 from triggerbus.bus.subjects import Subjects
+from triggerbus.errors import BusError, BusUnavailableError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+_UNAVAILABLE_PAUSE = 0.5
+"""Seconds a consumer loop pauses after a failed fetch before asking again."""
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -77,9 +83,46 @@ class Delivery:
 class PullConsumer:
     """A bound durable pull consumer: ``fetch`` returns what is ready, waiting up to ``wait``."""
 
-    def __init__(self, sub: JetStreamContext.PullSubscription, name: str) -> None:
+    def __init__(self, sub: JetStreamContext.PullSubscription, name: str, nc: Client) -> None:
         self._sub = sub
+        self._nc = nc
         self.name = name
+
+    async def fetch_until(
+        self, batch: int, stopping: asyncio.Event, *, wait: float = 5.0
+    ) -> list[Delivery]:
+        """Fetch up to ``batch`` messages, giving up as soon as ``stopping`` is set.
+
+        A bus that is unavailable for a while (the server restarts, the client reconnects on
+        its own) is waited out rather than raised, so a long-running host survives it; a
+        connection closed for good sets ``stopping``.
+        """
+        stop = asyncio.ensure_future(stopping.wait())
+        fetch = asyncio.ensure_future(self.fetch(batch, wait))
+        try:
+            await asyncio.wait({stop, fetch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not fetch.done():
+                # Abandoned: settle it here so its error is not left unread. Messages it may
+                # have pulled are redelivered after ack_wait.
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+        if fetch.cancelled():
+            return []
+        error = fetch.exception()
+        if error is None:
+            return fetch.result()
+        if stopping.is_set():
+            return []
+        if self._nc.is_closed:
+            stopping.set()
+            return []
+        if isinstance(error, BusUnavailableError | BusError):
+            log.warning("consumer_fetch_failed", consumer=self.name, error=str(error))
+            await asyncio.sleep(_UNAVAILABLE_PAUSE)
+            return []
+        raise error
 
     async def fetch(self, batch: int, wait: float) -> list[Delivery]:
         try:
@@ -257,7 +300,7 @@ class Bus:
         )
         with translate_nats_errors(subject=f"{stream}/{durable}"):
             sub = await self.js.pull_subscribe_bind(durable, stream)
-        return PullConsumer(sub, f"{stream}/{durable}")
+        return PullConsumer(sub, f"{stream}/{durable}", self.nc)
 
     async def subscribe(self, subject: str) -> Subscription:
         with translate_nats_errors(subject=subject):
