@@ -17,6 +17,7 @@ from triggerbus.actors.chunk_host import ChunkHost, ChunkHostStatistics
 from triggerbus.actors.execution_host import ExecutionHost, ExecutionHostStatistics
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus
+from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.errors import LifecycleError
 
@@ -50,17 +51,27 @@ class Worker:
         concurrency: int = 16,
         host_executions: bool = True,
         shutdown_grace: float = 30.0,
+        consumer_policy: ConsumerPolicy | None = None,
     ) -> None:
         self._bus = bus
         self._flow = flow
         self._replies = ReplyRouter(bus.nc)
         names = list(flow.handlers) if chunks is None else chunks
         self._chunk_host = (
-            ChunkHost(bus, flow, self._replies, chunks=names, concurrency=concurrency)
+            ChunkHost(
+                bus,
+                flow,
+                self._replies,
+                chunks=names,
+                concurrency=concurrency,
+                consumer_policy=consumer_policy,
+            )
             if names
             else None
         )
-        self._execution_host = ExecutionHost(bus, flow) if host_executions else None
+        self._execution_host = (
+            ExecutionHost(bus, flow, consumer_policy=consumer_policy) if host_executions else None
+        )
         if self._chunk_host is None and self._execution_host is None:
             raise LifecycleError("a worker must host at least one chunk or the execution actors")
         self._grace = shutdown_grace

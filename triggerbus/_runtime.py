@@ -20,6 +20,7 @@ from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.embedded import EmbeddedServer
 from triggerbus.bus.jetstream import Bus
+from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
@@ -163,7 +164,13 @@ class LocalRuntime:
         assert self._group is not None
         hosts: list[ChunkHost | ExecutionHost] = []
         if self.settings.host_executions:
-            hosts.append(ExecutionHost(self.bus, hosted))
+            hosts.append(
+                ExecutionHost(
+                    self.bus,
+                    hosted,
+                    consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
+                )
+            )
         wanted = self.settings.local_chunks
         chunks = list(hosted.handlers) if wanted is None else [
             name for name in hosted.handlers if name in wanted
@@ -176,6 +183,7 @@ class LocalRuntime:
                     self.replies,
                     chunks=chunks,
                     concurrency=self.settings.chunk_concurrency,
+                    consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
                 )
             )
         for host in hosts:

@@ -20,6 +20,7 @@ from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.worker import Worker, install_signal_handlers
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.jetstream import Bus
+from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
 from triggerbus.errors import ConfigurationError, TriggerbusError
@@ -159,6 +160,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             concurrency=args.concurrency or settings.chunk_concurrency,
             host_executions=not args.no_executions,
             shutdown_grace=args.shutdown_grace,
+            consumer_policy=ConsumerPolicy(ack_wait=settings.ack_wait),
         )
         install_signal_handlers(worker)
         await worker.run()

@@ -34,6 +34,9 @@ class Settings:
         chunk_concurrency: Invocations of one chunk running at once in this process.
         log_level: Lowest log level written (the CLI defaults to info, library use to warning).
         log_format: ``auto``, ``json`` or ``console``.
+        ack_wait: Seconds JetStream waits for a chunk or mailbox ack before redelivering; a live
+            worker's heartbeats keep a slow chunk from being redelivered, so this bounds how
+            long the work of a dead worker waits.
     """
 
     nats_url: str | None = None
@@ -54,6 +57,7 @@ class Settings:
     chunk_concurrency: int = 16
     log_level: str = "warning"
     log_format: str = "auto"
+    ack_wait: float = 30.0
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -103,6 +107,7 @@ class Settings:
             chunk_concurrency=_positive_int(get("CHUNK_CONCURRENCY"), "CHUNK_CONCURRENCY", 16),
             log_level=(get("LOG_LEVEL") or "warning").lower(),
             log_format=(get("LOG_FORMAT") or "auto").lower(),
+            ack_wait=_positive_float(get("ACK_WAIT"), "ACK_WAIT", 30.0),
         )
 
 
@@ -123,6 +128,18 @@ def _flag(value: str | None, *, default: bool) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ConfigurationError(f"expected a boolean (1/0, true/false), got {value!r}")
+
+
+def _positive_float(value: str | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"TRIGGERBUS_{name} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigurationError(f"TRIGGERBUS_{name} must be greater than 0, got {number}")
+    return number
 
 
 def _positive_int(value: str | None, name: str, default: int) -> int:
