@@ -77,6 +77,8 @@ class ExecutionHost:
         capacity: Mailbox messages in flight in this host at once.
         clock: Wall-clock seconds; injected so tests control time.
         on_observe: Receives the actor's observation events (the Event Center hook).
+        after_store: Called after each snapshot write, before its outbox is published; tests
+            use it to kill the process in exactly that window.
     """
 
     def __init__(
@@ -88,7 +90,9 @@ class ExecutionHost:
         clock: Callable[[], float] = time.time,
         on_observe: ObserveHook | None = None,
         consumer_policy: ConsumerPolicy | None = None,
+        after_store: Callable[[], None] | None = None,
     ) -> None:
+        self._after_store = after_store
         self._bus = bus
         self._flow = flow
         self._capacity = capacity
@@ -237,6 +241,8 @@ class ExecutionHost:
                 self._conflicts += 1
                 self._cache.pop(execution_id, None)
                 continue
+            if self._after_store is not None:
+                self._after_store()  # fault injection: the window between write and publish
             await self._perform(execution_id, transition.outbox)
             await delivery.ack()
             self._applied += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -52,6 +53,7 @@ class Worker:
         host_executions: bool = True,
         shutdown_grace: float = 30.0,
         consumer_policy: ConsumerPolicy | None = None,
+        after_store: Callable[[], None] | None = None,
     ) -> None:
         self._bus = bus
         self._flow = flow
@@ -70,7 +72,9 @@ class Worker:
             else None
         )
         self._execution_host = (
-            ExecutionHost(bus, flow, consumer_policy=consumer_policy) if host_executions else None
+            ExecutionHost(bus, flow, consumer_policy=consumer_policy, after_store=after_store)
+            if host_executions
+            else None
         )
         if self._chunk_host is None and self._execution_host is None:
             raise LifecycleError("a worker must host at least one chunk or the execution actors")
@@ -124,6 +128,20 @@ class Worker:
         finally:
             await self._replies.stop()
         log.info("worker_stopped", flow=self._flow.name)
+
+
+def kill_after(stores: int) -> Callable[[], None]:
+    """A fault-injection hook that SIGKILLs this process on its ``stores``-th call."""
+    calls = 0
+
+    def maybe_die() -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= stores:
+            log.warning("fault_injected_kill", after_stores=calls)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return maybe_die
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from triggerbus.actors.hosted import HostedFlow
-from triggerbus.actors.worker import Worker, install_signal_handlers
+from triggerbus.actors.worker import Worker, install_signal_handlers, kill_after
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.jetstream import Bus
 from triggerbus.bus.provision import ConsumerPolicy
@@ -161,6 +161,11 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             host_executions=not args.no_executions,
             shutdown_grace=args.shutdown_grace,
             consumer_policy=ConsumerPolicy(ack_wait=settings.ack_wait),
+            after_store=(
+                kill_after(settings.fault_kill_after_stores)
+                if settings.fault_kill_after_stores
+                else None
+            ),
         )
         install_signal_handlers(worker)
         await worker.run()

@@ -37,6 +37,8 @@ class Settings:
         ack_wait: Seconds JetStream waits for a chunk or mailbox ack before redelivering; a live
             worker's heartbeats keep a slow chunk from being redelivered, so this bounds how
             long the work of a dead worker waits.
+        fault_kill_after_stores: Fault injection for tests: an execution host SIGKILLs its own
+            process after this many snapshot writes, before publishing the outbox.
     """
 
     nats_url: str | None = None
@@ -58,6 +60,7 @@ class Settings:
     log_level: str = "warning"
     log_format: str = "auto"
     ack_wait: float = 30.0
+    fault_kill_after_stores: int | None = None
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -108,6 +111,11 @@ class Settings:
             log_level=(get("LOG_LEVEL") or "warning").lower(),
             log_format=(get("LOG_FORMAT") or "auto").lower(),
             ack_wait=_positive_float(get("ACK_WAIT"), "ACK_WAIT", 30.0),
+            fault_kill_after_stores=(
+                _positive_int(get("FAULT_KILL_AFTER_STORES"), "FAULT_KILL_AFTER_STORES", 1)
+                if get("FAULT_KILL_AFTER_STORES")
+                else None
+            ),
         )
 
 
