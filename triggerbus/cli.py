@@ -19,6 +19,7 @@ import structlog
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.worker import Worker, install_signal_handlers, kill_after
 from triggerbus.bus.connection import ConnectOptions
+from triggerbus.bus.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letter
 from triggerbus.bus.jetstream import Bus
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.subjects import Subjects
@@ -110,6 +111,26 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("target", help="the flow, as module:variable")
     graph.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
     graph.add_argument("--full", action="store_true", help="print the whole compiled graph")
+    dlq = commands.add_parser(
+        "dlq",
+        help="inspect and replay dead letters",
+        description="Dead letters are messages that could not be handled, kept with the reason.",
+    )
+    dlq.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    dlq.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_commands.add_parser("list", help="one line per dead letter, oldest first")
+    dlq_list.add_argument("--flow", default="*", help="only this flow's dead letters")
+    dlq_list.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    dlq_show = dlq_commands.add_parser("show", help="print one dead letter as JSON")
+    dlq_show.add_argument("sequence", type=int, help="its sequence, as `dlq list` prints it")
+    dlq_replay = dlq_commands.add_parser(
+        "replay", help="publish a dead message again on its original subject"
+    )
+    dlq_replay.add_argument("sequence", type=int, help="its sequence, as `dlq list` prints it")
+    dlq_replay.add_argument(
+        "--delete", action="store_true", help="remove the dead letter once replayed"
+    )
     return parser
 
 
@@ -129,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_worker(args, settings))
         if args.command == "graph":
             return _print_graph(args, settings)
+        if args.command == "dlq":
+            return asyncio.run(_dead_letters(args, settings))
     except TriggerbusError as exc:
         print(f"triggerbus: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -169,6 +192,33 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         )
         install_signal_handlers(worker)
         await worker.run()
+    finally:
+        await bus.close()
+    return 0
+
+
+async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.nats_url is None:
+        raise ConfigurationError(
+            "dead letters live on a shared NATS server: set TRIGGERBUS_NATS_URL or --nats-url"
+        )
+    subjects = Subjects(settings.prefix)
+    bus = await Bus.open(ConnectOptions.from_settings(settings, settings.nats_url), subjects)
+    try:
+        if args.dlq_command == "list":
+            for stored in await list_dead_letters(bus, flow=args.flow, limit=args.limit):
+                letter = stored.letter
+                sys.stdout.write(
+                    f"{stored.sequence}\t{letter.subject}\t{letter.execution_id or '-'}\t"
+                    f"{letter.reason}\n"
+                )
+        elif args.dlq_command == "show":
+            stored = await get_dead_letter(bus, args.sequence)
+            body = {"sequence": stored.sequence, **msgspec.to_builtins(stored.letter)}
+            sys.stdout.write(msgspec.json.format(msgspec.json.encode(body)).decode() + "\n")
+        elif args.dlq_command == "replay":
+            subject = await replay_dead_letter(bus, args.sequence, delete=args.delete)
+            sys.stdout.write(f"replayed {args.sequence} to {subject}\n")
     finally:
         await bus.close()
     return 0
