@@ -91,6 +91,8 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     closed_at: float = 0.0
     start_reply_to: str | None = None
     outbox: StoredOutbox = StoredOutbox()
+    trace: dict[str, str] = {}
+    """The execution's trace context, fixed at its start (observability/tracing.py)."""
 
 
 snapshot_decoder = msgspec.json.Decoder(Snapshot)
