@@ -28,12 +28,16 @@ from triggerbus.contracts.messages import (
     EmitEvent,
     ErrorInfo,
     ExecutionClosed,
+    FlowDataChanged,
     InvokeChunk,
     MailboxMessage,
+    ParentRef,
     Reply,
+    SealExecution,
     StartExecution,
     StateWritten,
     StreamEnded,
+    SubFlowClosed,
     TimerFired,
 )
 from triggerbus.contracts.outbox import (
@@ -43,6 +47,7 @@ from triggerbus.contracts.outbox import (
     Observe,
     OutboxCommand,
     ScheduleTimer,
+    SendMailbox,
     SendReply,
     StoredOutbox,
 )
@@ -102,6 +107,12 @@ def apply(
             _on_close(work, message)
         case TimerFired():
             _on_timer(work, message)
+        case SealExecution():
+            _on_seal(work, message)
+        case FlowDataChanged():
+            _on_flow_data(work, message)
+        case SubFlowClosed():
+            _on_sub_flow_closed(work, message)
         case _:
             assert_never(message)
     if work.rejected:
@@ -207,7 +218,10 @@ def _on_start(work: _Work, message: StartExecution) -> None:
         auto_close_timeout=message.auto_close_timeout,
         skip_exceptions=message.skip_exceptions,
         resources=message.resources,
+        parent=message.parent,
     )
+    for key, value in message.state.items():
+        apply_state_op(work.state, "set", key, copy.deepcopy(value))
     work.observe("execution_started", flow=work.base.flow)
     _emit(
         work,
@@ -271,8 +285,9 @@ def _awaited_chunk(work: _Work, step: int) -> Node | None:
 
 def _on_emit(work: _Work, message: EmitEvent) -> None:
     if work.closed or (message.step is None and work.get("lifecycle") == "sealed"):
-        work.observe("emit_ignored", event=message.event, lifecycle=work.get("lifecycle"))
-        work.reply(message.reply_to, Reply(ok=True, value=None))
+        lifecycle = work.get("lifecycle")
+        work.observe("emit_ignored", event=message.event, lifecycle=lifecycle)
+        work.reply(message.reply_to, Reply(ok=True, value=None, ignored=lifecycle))
         return
     if message.reply_to and message.step is not None:
         _release_permit(work, message.step)
@@ -289,7 +304,12 @@ def _on_emit(work: _Work, message: EmitEvent) -> None:
 
 def _on_state_written(work: _Work, message: StateWritten) -> None:
     if work.closed:
-        work.reply(message.reply_to, Reply(ok=True, value=[]))
+        work.reply(message.reply_to, Reply(ok=True, value=[], ignored="closed"))
+        return
+    sealed = work.get("lifecycle") == "sealed"
+    if message.step is None and sealed and work.get("status") != "created":
+        work.observe("state_write_ignored", key=message.key, lifecycle="sealed")
+        work.reply(message.reply_to, Reply(ok=True, value=[], ignored="sealed"))
         return
     # Deleting a key that is not there changes nothing, and TriggerFlow fires no listener.
     changed = message.op != "delete" or has_path(work.state, message.key)
@@ -337,6 +357,63 @@ def _on_timer(work: _Work, message: TimerFired) -> None:
         return
     if not work.closed and not work.nodes and not work.queue:
         _close(work, "auto_close_idle_timeout")
+
+
+def _on_seal(work: _Work, message: SealExecution) -> None:
+    """Seal: events and state writes from outside are ignored; in-flight work continues and
+    the execution does not close by idleness. Unseal reopens it (not once closing began)."""
+    lifecycle = work.get("lifecycle")
+    if lifecycle == "closed" or (not message.sealed and work.get("close_requested")):
+        work.observe("seal_ignored", lifecycle=lifecycle, sealed=message.sealed)
+        work.reply(message.reply_to, Reply(ok=True, value=lifecycle, ignored=lifecycle))
+        return
+    lifecycle = "sealed" if message.sealed else "open"
+    work.set(lifecycle=lifecycle)
+    if lifecycle == "sealed":
+        # An armed idle timer goes stale: a sealed execution waits for its close.
+        work.set(timer_generation=work.get("timer_generation") + 1)
+    work.observe("execution_sealed" if message.sealed else "execution_unsealed",
+                 reason=message.reason)
+    work.reply(message.reply_to, Reply(ok=True, value=lifecycle))
+
+
+def _on_flow_data(work: _Work, message: FlowDataChanged) -> None:
+    """A flow-data change fires this execution's ``flow_data`` listeners once per revision."""
+    if (
+        work.get("lifecycle") != "open"
+        or work.get("status") != "running"
+        or message.revision <= work.get("flow_data_revision")
+    ):
+        return
+    work.set(flow_data_revision=message.revision)
+    work.observe("flow_data_changed", key=message.key, revision=message.revision)
+    _emit(work, Signal(type="flow_data", name=message.key), message.value, layers=())
+
+
+def _on_sub_flow_closed(work: _Work, message: SubFlowClosed) -> None:
+    node = work.nodes.get(message.step)
+    if node is None or node.kind != "operator" or node.ready or work.closed:
+        return
+    operator = work.index.operators.get(node.operator)
+    if operator is None or operator.kind != "sub_flow":
+        return
+    if message.status == "failed" and message.error is not None:
+        error = message.error
+        work.observe("sub_flow_failed", child=message.child_execution_id)
+        if work.get("skip_exceptions"):
+            _finish(work, work.update(node, ready=True, result=None))
+            return
+        _fail(work, error)
+        return
+    value = _write_back(work, operator.options.get("write_back"), node.result, message.snapshot)
+    node = work.update(node, ready=True, pending=1)
+    _emit(
+        work,
+        Signal(type="event", name=str(operator.options["emit"])),
+        value,
+        layers=node.layers,
+        parent=node.id,
+    )
 
 
 # --- emission and operators ------------------------------------------------------------------
@@ -395,6 +472,18 @@ def _run_operator(
             _run_when_gate(work, operator, signal, value, layers, parent, slot)
         case "result_sink":
             _run_result_sink(work, value, parent, slot)
+        case "for_each_split":
+            _run_for_each_split(work, operator, value, layers, parent, slot)
+        case "for_each_collect":
+            _run_for_each_collect(work, operator, value, layers, parent, slot)
+        case "match_route":
+            _run_match_route(work, operator, signal, value, layers, parent, slot)
+        case "match_collect":
+            _run_match_collect(work, operator, value, layers, parent, slot)
+        case "collect_branch":
+            _run_collect_branch(work, operator, value, layers, parent, slot)
+        case "sub_flow":
+            _run_sub_flow(work, operator, value, layers, parent, slot)
         case _:
             assert_never(operator.kind)
 
@@ -452,6 +541,7 @@ def _dispatch(work: _Work, queued: QueuedInvocation) -> None:
         state=copy.deepcopy(work.state),
         resources=work.get("resources"),
         sent_at=work.now,
+        stream_to=work.get("parent"),
     )
     work.outbox.append(Invoke(chunk_token=spec.token, message=message))
     work.observe("chunk_invoked", chunk=node.chunk, step=node.id)
@@ -487,13 +577,20 @@ def _run_batch_fanout(
 
 
 def _release_next_branch(work: _Work, node: Node) -> Node:
-    """A batch with a concurrency cap releases one waiting branch per finished branch."""
+    """A batch or for_each with a concurrency cap releases one waiting branch (or item) per
+    finished one."""
     if not node.queued:
         return node
-    branch, *remaining = node.queued
+    head, *remaining = node.queued
     node = work.update(node, pending=node.pending + 1, queued=remaining, ready=not remaining)
-    signal = Signal(type="event", name=str(branch))
-    _emit(work, signal, node.result, layers=node.layers, parent=node.id)
+    operator = work.index.operators[node.operator]
+    if operator.kind == "for_each_split":
+        index, item = head
+        signal = Signal(type="event", name=str(operator.options["send"]))
+        _emit(work, signal, item, layers=(*node.layers, str(index)), parent=node.id)
+    else:
+        signal = Signal(type="event", name=str(head))
+        _emit(work, signal, node.result, layers=node.layers, parent=node.id)
     return work.nodes.get(node.id, node)
 
 
@@ -570,6 +667,283 @@ def _run_when_gate(
     _emit(work, emit, ordered, layers=layers, parent=node.id)
 
 
+def _scope(operator_id: str, layers: tuple[str, ...]) -> str:
+    return f"{operator_id}|{'.'.join(layers) or '__root__'}"
+
+
+def _emit_on(
+    work: _Work, node: Node, event: str, value: Any, layers: tuple[str, ...]
+) -> None:
+    """Let ``node`` continue with one emission of ``event`` as its only child."""
+    node = work.update(node, pending=1)
+    _emit(work, Signal(type="event", name=event), value, layers=layers, parent=node.id)
+
+
+def _run_for_each_split(
+    work: _Work, operator: Operator, value: Any, layers: tuple[str, ...], parent: int, slot: int
+) -> None:
+    """Send each item on its own layer; a list is split, anything else is one item."""
+    options = operator.options
+    node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
+    items = list(value) if isinstance(value, list) else [value]
+    if not items:
+        _emit_on(work, node, str(options["end"]), [], layers)
+        return
+    inner = (*layers, f"{operator.id}@{node.id}")
+    work.joins[_scope(str(options["collect"]), inner)] = {
+        "results": [None] * len(items),
+        "filled": [False] * len(items),
+    }
+    cap = options.get("concurrency")
+    first = len(items) if not cap or cap <= 0 else min(int(cap), len(items))
+    rest = [[index, items[index]] for index in range(first, len(items))]
+    node = work.update(node, ready=not rest, pending=first, layers=inner, queued=rest)
+    send = Signal(type="event", name=str(options["send"]))
+    for index in range(first):
+        _emit(work, send, items[index], layers=(*inner, str(index)), parent=node.id)
+    current = work.nodes.get(node.id)
+    if current is not None and current.pending == 0 and current.ready:
+        _finish(work, current)
+
+
+def _run_for_each_collect(
+    work: _Work, operator: Operator, value: Any, layers: tuple[str, ...], parent: int, slot: int
+) -> None:
+    """Keep an item's result; when every item of the run has one, continue with the list."""
+    node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
+    join = work.joins.get(_scope(operator.id, layers[:-1])) if len(layers) >= 2 else None
+    index = int(layers[-1]) if join is not None and layers[-1].isdigit() else -1
+    if join is None or not 0 <= index < len(join["results"]):
+        _finish(work, node)  # not an item of a live run (a repeated arrival after the end)
+        return
+    join["results"][index] = value
+    join["filled"][index] = True
+    if not all(join["filled"]):
+        _finish(work, node)
+        return
+    del work.joins[_scope(operator.id, layers[:-1])]
+    _emit_on(work, node, str(operator.options["end"]), join["results"], layers[:-2])
+
+
+def _run_match_route(
+    work: _Work,
+    operator: Operator,
+    signal: Signal,
+    value: Any,
+    layers: tuple[str, ...],
+    parent: int,
+    slot: int,
+) -> None:
+    """Pick the cases that hold and send the value down their branches.
+
+    Value cases are compared here. When a case is a callable (user code), the match's judge
+    chunk runs first and this operator is called again with its verdict.
+    """
+    options = operator.options
+    node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
+    judge = str(options.get("judge") or "")
+    if judge and signal.name == work.index.chunks[judge].trigger:
+        verdict = value if isinstance(value, dict) else {}
+        hits = [int(i) for i in verdict.get("hits", [])]
+        value = verdict.get("value")
+    elif judge:
+        node = work.update(node, pending=1)
+        judge_operator = work.index.chunk_operators[judge]
+        _run_chunk(work, judge_operator, signal, value, layers, node.id, 0)
+        return
+    else:
+        hits = []
+        for index, case in enumerate(options["cases"]):
+            if "value" in case and case["value"] == value:
+                hits.append(index)
+                if options["mode"] == "hit_first":
+                    break
+    inner = (*layers, f"{operator.id}@{node.id}")
+    cases = options["cases"]
+    if not hits:
+        if options.get("else"):
+            _emit_on(work, node, str(options["else"]), value, inner)
+        else:
+            _emit_on(work, node, str(options["result"]), value, layers)
+        return
+    if options["mode"] == "hit_first":
+        _emit_on(work, node, str(cases[hits[0]]["signal"]), value, inner)
+        return
+    work.joins[_scope(str(options["collect"]), inner)] = {
+        "results": [None] * len(hits),
+        "filled": [False] * len(hits),
+    }
+    node = work.update(node, pending=len(hits))
+    for position, index in enumerate(hits):
+        case_signal = Signal(type="event", name=str(cases[index]["signal"]))
+        _emit(work, case_signal, value, layers=(*inner, str(position)), parent=node.id)
+    current = work.nodes.get(node.id)
+    if current is not None and current.pending == 0:
+        _finish(work, current)
+
+
+def _run_match_collect(
+    work: _Work, operator: Operator, value: Any, layers: tuple[str, ...], parent: int, slot: int
+) -> None:
+    """A branch ended: ``hit_all`` joins the hit branches in case order; otherwise the
+    branch's value continues."""
+    node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
+    if not layers:
+        _finish(work, node)
+        return
+    result = str(operator.options["result"])
+    key = _scope(operator.id, layers[:-1])
+    join = work.joins.get(key) if operator.options.get("mode") == "hit_all" else None
+    if join is not None and layers[-1].isdigit() and int(layers[-1]) < len(join["results"]):
+        join["results"][int(layers[-1])] = value
+        join["filled"][int(layers[-1])] = True
+        if not all(join["filled"]):
+            _finish(work, node)
+            return
+        del work.joins[key]
+        _emit_on(work, node, result, join["results"], layers[:-2])
+        return
+    _emit_on(work, node, result, value, layers[:-1])
+
+
+def _run_collect_branch(
+    work: _Work, operator: Operator, value: Any, layers: tuple[str, ...], parent: int, slot: int
+) -> None:
+    """Fill this branch's slot of a named collection; emit once every branch has a value."""
+    options = operator.options
+    node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
+    key = _scope(f"collect:{options['collection']}", layers)
+    join = work.joins.get(key) or {"values": {}}
+    join["values"][str(options["branch"])] = value
+    work.joins[key] = join
+    branches = [str(b) for b in options["branches"]]
+    if any(branch not in join["values"] for branch in branches):
+        _finish(work, node)
+        return
+    collected = {branch: join["values"][branch] for branch in branches}
+    if options.get("mode") == "filled_then_empty":
+        del work.joins[key]
+    _emit_on(work, node, str(options["emit"]), collected, layers)
+
+
+def _run_sub_flow(
+    work: _Work, operator: Operator, value: Any, layers: tuple[str, ...], parent: int, slot: int
+) -> None:
+    """Start the child flow as its own execution; this node waits for its ``SubFlowClosed``."""
+    options = operator.options
+    node = work.new_node(
+        kind="operator",
+        parent=parent,
+        slot=slot,
+        operator=operator.id,
+        ready=False,
+        result=value,
+        layers=layers,
+    )
+    child = f"{work.execution_id}-s{node.id}"
+    capture = options.get("capture") or {}
+    sources = {"value": value, "runtime_data": work.state, "resources": work.get("resources")}
+    child_input = value
+    child_state: dict[str, Any] = {}
+    if "input" in capture:
+        child_input = _bind(capture["input"], sources, child_input)
+    for target, source in (capture.get("runtime_data") or {}).items():
+        apply_state_op(child_state, "set", target, _read(source, sources))
+    start = StartExecution(
+        id=f"{child}:start",
+        execution_id=child,
+        value=child_input,
+        fingerprint=str(options.get("fingerprint", "")),
+        concurrency=options.get("concurrency"),
+        auto_close=True,
+        auto_close_timeout=0.0,
+        skip_exceptions=work.get("skip_exceptions"),
+        resources=work.get("resources"),
+        state=child_state,
+        parent=_child_parent_ref(work, node.id),
+        sent_at=work.now,
+    )
+    work.outbox.append(SendMailbox(flow=str(options["flow"]), message=start))
+    work.observe("sub_flow_started", child=child, flow=str(options["flow"]))
+
+
+def _child_parent_ref(work: _Work, step: int) -> ParentRef:
+    own: ParentRef | None = work.get("parent")
+    stream_flow, stream_execution = own.stream_target() if own else ("", "")
+    return ParentRef(
+        flow=work.base.flow,
+        execution_id=work.execution_id,
+        step=step,
+        stream_flow=stream_flow,
+        stream_execution_id=stream_execution,
+    )
+
+
+_MISSING: Any = object()
+
+
+def _read(path: str, sources: dict[str, Any]) -> Any:
+    """``scope.a.b`` from the sources; a missing path reads as ``None``."""
+    scope, _, rest = str(path).partition(".")
+    current = sources.get(scope)
+    for segment in rest.split(".") if rest else []:
+        current = current.get(segment) if isinstance(current, dict) else None
+    return copy.deepcopy(current)
+
+
+def _bind(binding: Any, sources: dict[str, Any], base: Any) -> Any:
+    """A ``value``/``input`` binding: one source path, or ``{target path: source path}``."""
+    if isinstance(binding, str):
+        return _read(binding, sources)
+    result: dict[str, Any] = copy.deepcopy(base) if isinstance(base, dict) else {}
+    for target, source in binding.items():
+        apply_state_op(result, "set", target, _read(source, sources))
+    return result
+
+
+def _write_back(
+    work: _Work, write_back: Any, parent_value: Any, snapshot: dict[str, Any]
+) -> Any:
+    """The value the parent continues with, and the state it takes back from the child.
+
+    Without ``write_back`` the parent continues with the child's ``$final_result`` (or its
+    close snapshot when it has none). ``result.x`` reads the child's final result first,
+    then its snapshot.
+    """
+    final = snapshot.get("$final_result", _MISSING)
+    if not write_back:
+        return snapshot if final is _MISSING else final
+
+    def result_source(path: str) -> Any:
+        scope, _, rest = str(path).partition(".")
+        if scope != "result":
+            return None
+        for root in ([final] if final is not _MISSING else []) + [snapshot]:
+            current: Any = root
+            found = True
+            for segment in rest.split(".") if rest else []:
+                if isinstance(current, dict) and segment in current:
+                    current = current[segment]
+                else:
+                    found = False
+                    break
+            if found:
+                return copy.deepcopy(current)
+        return None
+
+    value = parent_value
+    binding = write_back.get("value")
+    if isinstance(binding, str):
+        value = result_source(binding)
+    elif isinstance(binding, dict):
+        value = copy.deepcopy(parent_value) if isinstance(parent_value, dict) else {}
+        for target, source in binding.items():
+            apply_state_op(value, "set", target, result_source(source))
+    for target, source in (write_back.get("runtime_data") or {}).items():
+        apply_state_op(work.state, "set", target, result_source(source))
+    return value
+
+
 def _run_result_sink(work: _Work, value: Any, parent: int, slot: int) -> None:
     if not work.get("has_result"):
         work.set(result=value, has_result=True)
@@ -627,7 +1001,7 @@ def _settle_idle(work: _Work) -> None:
     if work.get("close_requested"):
         _close(work, work.get("close_reason") or "manual")
         return
-    if not work.get("auto_close"):
+    if not work.get("auto_close") or work.get("lifecycle") == "sealed":
         return
     timeout = work.get("auto_close_timeout")
     if timeout is None:
@@ -652,7 +1026,8 @@ def _close(work: _Work, reason: str) -> None:
     for waiter in work.get("close_waiters"):
         work.reply(waiter, Reply(ok=True, value=snapshot))
     work.set(close_waiters=[])
-    if not work.get("stream_ended"):
+    parent: ParentRef | None = work.get("parent")
+    if not work.get("stream_ended") and parent is None:
         end = StreamEnded(id=f"{work.execution_id}:stream:end", execution_id=work.execution_id)
         work.outbox.append(AppendStream(message=end))
         work.set(stream_ended=True)
@@ -660,4 +1035,16 @@ def _close(work: _Work, reason: str) -> None:
         execution_id=work.execution_id, status=status, snapshot=snapshot, error=error
     )
     work.outbox.append(NotifyClosed(message=closed))
+    if parent is not None:
+        notice = SubFlowClosed(
+            id=f"{parent.execution_id}:{parent.step}:sub_flow_closed",
+            execution_id=parent.execution_id,
+            step=parent.step,
+            child_execution_id=work.execution_id,
+            status=status,
+            snapshot=snapshot,
+            error=error,
+            sent_at=work.now,
+        )
+        work.outbox.append(SendMailbox(flow=parent.flow, message=notice))
     work.observe("execution_closed", status=status, reason=reason)

@@ -15,6 +15,7 @@ class GraphIndex:
     handlers: dict[tuple[str, str], tuple[Operator, ...]] = field(default_factory=dict)
     operators: dict[str, Operator] = field(default_factory=dict)
     chunks: dict[str, ChunkSpec] = field(default_factory=dict)
+    chunk_operators: dict[str, Operator] = field(default_factory=dict)
 
     @classmethod
     def build(cls, graph: FlowGraph) -> GraphIndex:
@@ -29,6 +30,9 @@ class GraphIndex:
             handlers={key: tuple(ops) for key, ops in handlers.items()},
             operators=operators,
             chunks={chunk.name: chunk for chunk in graph.chunks},
+            chunk_operators={
+                str(op.options["chunk"]): op for op in graph.operators if op.kind == "chunk"
+            },
         )
 
     def handlers_for(self, signal: Signal) -> tuple[Operator, ...]:

@@ -12,7 +12,19 @@ from typing import Any, Literal
 import msgspec
 
 TriggerType = Literal["event", "runtime_data", "flow_data"]
-OperatorKind = Literal["chunk", "batch_fanout", "batch_collect", "when_gate", "result_sink"]
+OperatorKind = Literal[
+    "chunk",
+    "batch_fanout",
+    "batch_collect",
+    "when_gate",
+    "result_sink",
+    "for_each_split",
+    "for_each_collect",
+    "match_route",
+    "match_collect",
+    "collect_branch",
+    "sub_flow",
+]
 
 START_EVENT = "START"
 """The event a new execution emits first; ``flow.to(chunk)`` listens on it."""

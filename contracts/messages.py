@@ -30,6 +30,30 @@ StateOp = Literal["set", "append", "delete"]
 # --- execution mailbox ---------------------------------------------------------------------
 
 
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A failure as it travels: which chunk, the original type and message, the traceback."""
+
+    chunk: str = ""
+    error_type: str
+    message: str
+    traceback: str = ""
+
+
+class ParentRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The execution (and its waiting step) that started a sub-flow execution."""
+
+    flow: str
+    execution_id: str
+    step: int
+    stream_flow: str = ""
+    stream_execution_id: str = ""
+    """Whose runtime stream the child's items go to: the parent's own unless it is itself a
+    sub-flow, then its root's."""
+
+    def stream_target(self) -> tuple[str, str]:
+        return (self.stream_flow or self.flow, self.stream_execution_id or self.execution_id)
+
+
 class StartExecution(Wire, tag="start"):
     """Create and start an execution. ``fingerprint`` may be empty for publishers that do not
     know the graph (another language); the host then uses its own."""
@@ -45,6 +69,8 @@ class StartExecution(Wire, tag="start"):
     resources: dict[str, Any] = {}
     reply_to: str | None = None
     sent_at: float = 0.0
+    state: dict[str, Any] = {}
+    parent: ParentRef | None = None
 
 
 class ChunkCompleted(Wire, tag="chunk_completed"):
@@ -109,6 +135,44 @@ class CloseExecution(Wire, tag="close"):
     sent_at: float = 0.0
 
 
+class SealExecution(Wire, tag="seal"):
+    """Seal (``sealed``) or unseal the execution. A sealed execution ignores events and state
+    writes from outside; work already in flight continues."""
+
+    id: str
+    execution_id: str
+    sealed: bool = True
+    reason: str = "manual"
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class FlowDataChanged(Wire, tag="flow_data"):
+    """Flow data (shared by every execution of the flow) changed; fires ``when({"flow_data":
+    key})`` listeners with the key's new value."""
+
+    id: str
+    execution_id: str
+    key: str
+    value: Any = None
+    revision: int = 0
+    sent_at: float = 0.0
+
+
+class SubFlowClosed(Wire, tag="sub_flow_closed"):
+    """A child execution started by a ``to_sub_flow`` step closed; ``step`` is the parent's
+    node that waits for it."""
+
+    id: str
+    execution_id: str
+    step: int
+    child_execution_id: str
+    status: str
+    snapshot: dict[str, Any] = {}
+    error: ErrorInfo | None = None
+    sent_at: float = 0.0
+
+
 class TimerFired(Wire, tag="timer"):
     """A timer the actor asked for has expired; ``generation`` tells a stale one apart."""
 
@@ -120,7 +184,7 @@ class TimerFired(Wire, tag="timer"):
 
 
 MailboxMessage = StartExecution | ChunkCompleted | ChunkFailed | EmitEvent | StateWritten | (
-    CloseExecution | TimerFired
+    CloseExecution | TimerFired | SealExecution | FlowDataChanged | SubFlowClosed
 )
 
 
@@ -143,6 +207,8 @@ class InvokeChunk(Wire, tag="invoke"):
     state: dict[str, Any] = {}
     resources: dict[str, Any] = {}
     sent_at: float = 0.0
+    stream_to: ParentRef | None = None
+    """Where stream items go instead of this execution's stream (a sub-flow's parent)."""
 
 
 # --- runtime stream --------------------------------------------------------------------------
@@ -170,15 +236,6 @@ StreamMessage = StreamItem | StreamEnded
 # --- notifications and replies ---------------------------------------------------------------
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A failure as it travels: which chunk, the original type and message, the traceback."""
-
-    chunk: str = ""
-    error_type: str
-    message: str
-    traceback: str = ""
-
-
 class ExecutionClosed(Wire, tag="closed"):
     """The execution closed; ``snapshot`` is its close snapshot (state plus ``$final_result``)."""
 
@@ -194,6 +251,23 @@ class Reply(Wire, tag="reply"):
     ok: bool
     value: Any = None
     error: ErrorInfo | None = None
+    ignored: str = ""
+    """Why the request changed nothing (``"sealed"``, ``"closed"``), so the caller can warn."""
+
+
+class FlowDataUpdated(Wire, tag="flow_data_updated"):
+    """Broadcast on the flow's core-NATS flow-data subject after a change is stored in KV:
+    ``data`` is the whole flow data at ``revision``. Execution hosts turn it into
+    ``FlowDataChanged`` messages for the live executions they hold; chunk hosts keep ``data``
+    as the flow data their chunks read."""
+
+    flow: str
+    op: StateOp
+    key: str
+    value: Any = None
+    data: dict[str, Any] = {}
+    revision: int = 0
+    emit: bool = True
 
 
 class DeadLetter(Wire, tag="dead_letter"):
@@ -215,3 +289,4 @@ stream_decoder = msgspec.json.Decoder(StreamMessage)
 closed_decoder = msgspec.json.Decoder(ExecutionClosed)
 reply_decoder = msgspec.json.Decoder(Reply)
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+flow_data_decoder = msgspec.json.Decoder(FlowDataUpdated)

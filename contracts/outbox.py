@@ -15,8 +15,10 @@ from triggerbus.contracts.messages import (
     ExecutionClosed,
     InvokeChunk,
     Reply,
+    StartExecution,
     StreamEnded,
     StreamItem,
+    SubFlowClosed,
 )
 
 
@@ -32,9 +34,19 @@ class Invoke(Command, tag="invoke"):
 
 
 class AppendStream(Command, tag="stream"):
-    """Append to the execution's runtime stream."""
+    """Append to the execution's runtime stream (to the stream of ``flow``, when set: a
+    sub-flow's items go to its parent's stream)."""
 
     message: StreamItem | StreamEnded
+    flow: str = ""
+
+
+class SendMailbox(Command, tag="mailbox"):
+    """Publish into another execution's mailbox (a sub-flow's start, a parent's notice);
+    ``flow`` names the flow whose mailbox it is."""
+
+    flow: str
+    message: StartExecution | SubFlowClosed
 
 
 class SendReply(Command, tag="reply"):
@@ -65,7 +77,9 @@ class Observe(Command, tag="observe"):
     attributes: dict[str, Any] = {}
 
 
-OutboxCommand = Invoke | AppendStream | SendReply | NotifyClosed | ScheduleTimer | Observe
+OutboxCommand = (
+    Invoke | AppendStream | SendReply | NotifyClosed | ScheduleTimer | Observe | SendMailbox
+)
 
 
 class StoredOutbox(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from triggerbus.contracts.graph import TriggerType
-from triggerbus.contracts.messages import ErrorInfo
+from triggerbus.contracts.messages import ErrorInfo, ParentRef
 from triggerbus.contracts.outbox import StoredOutbox
 
 Status = Literal["created", "running", "waiting", "completed", "failed", "cancelled"]
@@ -93,6 +93,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     outbox: StoredOutbox = StoredOutbox()
     trace: dict[str, str] = {}
     """The execution's trace context, fixed at its start (observability/tracing.py)."""
+    parent: ParentRef | None = None
+    """Set on a sub-flow's execution: whom to notify on close and whose stream gets items."""
+    flow_data_revision: int = 0
+    """The newest flow-data revision this execution has fired listeners for."""
 
 
 snapshot_decoder = msgspec.json.Decoder(Snapshot)

@@ -14,7 +14,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from triggerbus._naming import token
@@ -26,6 +26,7 @@ from triggerbus.contracts.graph import (
     Operator,
     Signal,
     TriggerType,
+    canonical_json,
     digest,
 )
 from triggerbus.errors import FlowDefinitionError
@@ -35,6 +36,23 @@ if TYPE_CHECKING:
 
 Handler = Callable[..., Any]
 WhenMode = Literal["and", "or", "simple_or"]
+MatchMode = Literal["hit_first", "hit_all"]
+CollectMode = Literal["filled_and_update", "filled_then_empty"]
+
+
+@dataclass
+class _Block:
+    """An open ``for_each`` or ``match`` while the builder is inside it."""
+
+    kind: Literal["for_each", "match"]
+    id: str
+    outer: _Block | None
+    mode: str = ""
+    cases: list[Any] = field(default_factory=list)
+    case_signals: list[str] = field(default_factory=list)
+    has_else: bool = False
+    branch_ends: list[Signal] = field(default_factory=list)
+    judge: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,9 +71,15 @@ class TriggerFlowChunk:
 class TriggerFlowProcess:
     """A position in the flow: what the next ``to``/``batch``/``end`` will listen to."""
 
-    def __init__(self, flow: TriggerFlow, signal: Signal) -> None:
+    def __init__(self, flow: TriggerFlow, signal: Signal, block: _Block | None = None) -> None:
         self._flow = flow
         self._signal = signal
+        self._block = block
+
+    def _at(
+        self, signal: Signal, block: _Block | Literal["same"] | None = "same"
+    ) -> TriggerFlowProcess:
+        return TriggerFlowProcess(self._flow, signal, self._block if block == "same" else block)
 
     @property
     def trigger_event(self) -> str:
@@ -76,7 +100,7 @@ class TriggerFlowProcess:
         self._flow._add_edge(self._signal, resolved.operator_id)
         if side_branch:
             return self
-        return TriggerFlowProcess(self._flow, Signal(type="event", name=resolved.trigger))
+        return self._at(Signal(type="event", name=resolved.trigger))
 
     def side_branch(
         self, chunk: TriggerFlowChunk | Handler, *, name: str | None = None
@@ -135,7 +159,196 @@ class TriggerFlowProcess:
             self._flow._add_edge(Signal(type="event", name=chunk.trigger), collect)
         if side_branch:
             return self
-        return TriggerFlowProcess(self._flow, Signal(type="event", name=batch_trigger))
+        return self._at(Signal(type="event", name=batch_trigger))
+
+    # --- for_each ----------------------------------------------------------------------------
+
+    def for_each(self, *, concurrency: int | None = None) -> TriggerFlowProcess:
+        """Run what follows once per item of this position's value, up to ``end_for_each``.
+
+        A list (any non-string sequence) is split into its items; any other value is one
+        item; an empty list continues at once with ``[]``. ``concurrency`` caps the items in
+        flight for one run of the loop.
+        """
+        outer = self._block.id if self._block else ""
+        ident = digest("for_each", self._signal, concurrency, outer, length=16)
+        send, end = f"ForEach-{ident}-Send", f"ForEach-{ident}-End"
+        self._flow._add_operator(
+            Operator(
+                id=f"for_each-split-{ident}",
+                kind="for_each_split",
+                name=f"for_each:{ident}",
+                emits=(send, end),
+                options={
+                    "send": send,
+                    "end": end,
+                    "concurrency": concurrency,
+                    "collect": f"for_each-collect-{ident}",
+                },
+            )
+        )
+        self._flow._add_edge(self._signal, f"for_each-split-{ident}")
+        return self._at(Signal(type="event", name=send), _Block("for_each", ident, self._block))
+
+    def end_for_each(self) -> TriggerFlowProcess:
+        """Collect the item results, in input order, as a list; continue with it."""
+        block = self._block
+        if block is None or block.kind != "for_each":
+            raise FlowDefinitionError("end_for_each() needs an open for_each()")
+        end = f"ForEach-{block.id}-End"
+        collect = f"for_each-collect-{block.id}"
+        self._flow._add_operator(
+            Operator(
+                id=collect,
+                kind="for_each_collect",
+                name=f"for_each_collect:{block.id}",
+                emits=(end,),
+                options={"end": end},
+            )
+        )
+        self._flow._add_edge(self._signal, collect)
+        return self._at(Signal(type="event", name=end), block.outer)
+
+    # --- match / if --------------------------------------------------------------------------
+
+    def match(self, *, mode: MatchMode = "hit_first") -> TriggerFlowProcess:
+        """Route this position's value to the ``case`` branches that hold.
+
+        ``hit_first`` runs the first case that holds; ``hit_all`` runs every one and continues
+        with their results as a list in case order. Without a hit and without ``case_else``,
+        the value passes through to ``end_match``.
+        """
+        if mode not in ("hit_first", "hit_all"):
+            raise FlowDefinitionError(
+                f"match() mode must be 'hit_first' or 'hit_all', not {mode!r}"
+            )
+        outer = self._block.id if self._block else ""
+        ident = digest("match", mode, self._signal, outer, length=16)
+        block = _Block("match", ident, self._block, mode=mode)
+        self._flow._put_operator(_route_operator(block))
+        self._flow._add_edge(self._signal, f"match-route-{ident}")
+        return self._at(self._signal, block)
+
+    def case(self, condition: Any) -> TriggerFlowProcess:
+        """A branch taken when ``condition`` holds: a callable given the runtime data that
+        returns ``True``, or a value equal to the routed value."""
+        block = self._match_block("case")
+        if block.cases:
+            block.branch_ends.append(self._signal)
+        index = len(block.cases)
+        label = _condition_label(condition)
+        signal = f"Match-{block.id}-Case-{digest(block.id, index, label, length=16)}"
+        block.cases.append(condition)
+        block.case_signals.append(signal)
+        if callable(condition) and not block.judge:
+            judge = self._flow._declare_chunk(
+                _judge(block.cases, block.mode), f"match-{block.id}", internal=True
+            )
+            block.judge = judge.name
+            judged = Signal(type="event", name=judge.trigger)
+            self._flow._add_edge(judged, f"match-route-{block.id}")
+        self._flow._put_operator(_route_operator(block))
+        return self._at(Signal(type="event", name=signal), block)
+
+    def case_else(self) -> TriggerFlowProcess:
+        """The branch taken when no case holds."""
+        block = self._match_block("case_else")
+        if not block.cases:
+            raise FlowDefinitionError("case_else() needs a case() before it")
+        if block.has_else:
+            raise FlowDefinitionError("a match() has one case_else()")
+        block.branch_ends.append(self._signal)
+        block.has_else = True
+        self._flow._put_operator(_route_operator(block))
+        return self._at(Signal(type="event", name=f"Match-{block.id}-Else"), block)
+
+    def end_match(self) -> TriggerFlowProcess:
+        """Continue with the branch's result (``hit_all``: the hit branches' results, in
+        case order), or with the routed value when nothing matched."""
+        block = self._match_block("end_match")
+        if not block.cases:
+            raise FlowDefinitionError("end_match() needs a case() before it")
+        ends = [*block.branch_ends, self._signal]
+        collect = f"match-collect-{block.id}"
+        result = f"Match-{block.id}-Result"
+        self._flow._put_operator(
+            Operator(
+                id=collect,
+                kind="match_collect",
+                name=f"match_result:{block.id}",
+                emits=(result,),
+                options={"mode": block.mode, "result": result},
+            )
+        )
+        for end in ends:
+            self._flow._add_edge(end, collect)
+        return self._at(Signal(type="event", name=result), block.outer)
+
+    def if_condition(self, condition: Any) -> TriggerFlowProcess:
+        """``match().case(condition)``."""
+        return self.match().case(condition)
+
+    def elif_condition(self, condition: Any) -> TriggerFlowProcess:
+        return self.case(condition)
+
+    def else_condition(self) -> TriggerFlowProcess:
+        return self.case_else()
+
+    def end_condition(self) -> TriggerFlowProcess:
+        return self.end_match()
+
+    def _match_block(self, method: str) -> _Block:
+        if self._block is None or self._block.kind != "match":
+            raise FlowDefinitionError(f"{method}() needs an open match() or if_condition()")
+        return self._block
+
+    # --- collect -----------------------------------------------------------------------------
+
+    def collect(
+        self,
+        collection_name: str,
+        branch_id: str | None = None,
+        *,
+        mode: CollectMode = "filled_and_update",
+    ) -> TriggerFlowProcess:
+        """Put this position's value into the collection's ``branch_id`` slot; once every
+        declared branch has a value, emit ``Collect-<name>`` with ``{branch_id: value}`` in
+        declaration order. ``filled_then_empty`` starts over after each emit;
+        ``filled_and_update`` emits again on every later arrival."""
+        if mode not in ("filled_and_update", "filled_then_empty"):
+            raise FlowDefinitionError(
+                f"collect() mode must be 'filled_and_update' or 'filled_then_empty', not {mode!r}"
+            )
+        branches = self._flow._collections.setdefault(collection_name, [])
+        if branch_id is None:
+            branch_id = digest("collect", collection_name, self._signal, len(branches), length=16)
+        if branch_id not in branches:
+            branches.append(branch_id)
+        emit = f"Collect-{collection_name}"
+        operator_id = f"collect-{digest(collection_name, branch_id, length=16)}"
+        self._flow._collect_ops.setdefault(collection_name, {})[operator_id] = (branch_id, mode)
+        for op_id, (branch, op_mode) in self._flow._collect_ops[collection_name].items():
+            self._flow._put_operator(
+                Operator(
+                    id=op_id,
+                    kind="collect_branch",
+                    name=f"collect:{collection_name}",
+                    emits=(emit,),
+                    options={
+                        "collection": collection_name,
+                        "branch": branch,
+                        "branches": list(branches),
+                        "mode": op_mode,
+                        "emit": emit,
+                    },
+                )
+            )
+        self._flow._add_edge(self._signal, operator_id)
+        return self._at(Signal(type="event", name=emit))
+
+    def ____(self, *args: Any, **kwargs: Any) -> TriggerFlowProcess:
+        """A separator for long chains; does nothing."""
+        return self
 
     def end(self) -> TriggerFlowProcess:
         """Store this position's value as the result (``$final_result`` in the close snapshot)."""
@@ -164,6 +377,9 @@ class TriggerFlow:
         self._ordinal = _next_ordinal(self._origin) if name is None else 0
         self._skip_exceptions = skip_exceptions
         self._chunks: dict[str, TriggerFlowChunk] = {}
+        self._internal: dict[str, TriggerFlowChunk] = {}
+        self._collections: dict[str, list[str]] = {}
+        self._collect_ops: dict[str, dict[str, tuple[str, str]]] = {}
         self._operators: dict[str, Operator] = {}
         self._edges: list[Edge] = []
         self._graph: FlowGraph | None = None
@@ -226,6 +442,17 @@ class TriggerFlow:
     def end(self) -> TriggerFlowProcess:
         return self._start.end()
 
+    def for_each(self, *, concurrency: int | None = None) -> TriggerFlowProcess:
+        """Split the start value into items (see ``TriggerFlowProcess.for_each``)."""
+        return self._start.for_each(concurrency=concurrency)
+
+    def match(self, *, mode: MatchMode = "hit_first") -> TriggerFlowProcess:
+        """Route the start value (see ``TriggerFlowProcess.match``)."""
+        return self._start.match(mode=mode)
+
+    def if_condition(self, condition: Any) -> TriggerFlowProcess:
+        return self._start.if_condition(condition)
+
     def when(self, trigger_or_triggers: Any, *, mode: WhenMode = "and") -> TriggerFlowProcess:
         """A position that fires on an event, a chunk's completion, a state key, or a join of
         several (``mode`` ``and``: all of them, per scope; ``or``: each, as
@@ -264,7 +491,7 @@ class TriggerFlow:
         if self._graph is None:
             chunks = tuple(
                 ChunkSpec(name=c.name, token=token(c.name), trigger=c.trigger)
-                for c in self._chunks.values()
+                for c in [*self._chunks.values(), *self._internal.values()]
             )
             graph = FlowGraph(
                 flow=self._flow_name(),
@@ -276,8 +503,11 @@ class TriggerFlow:
         return self._graph
 
     def handlers(self) -> dict[str, Handler]:
-        """Chunk name to the function that runs it."""
-        return {name: chunk.handler for name, chunk in self._chunks.items()}
+        """Chunk name to the function that runs it (internal chunks, such as the ones that
+        judge callable match conditions, included)."""
+        return {
+            name: chunk.handler for name, chunk in [*self._chunks.items(), *self._internal.items()]
+        }
 
     # --- running -----------------------------------------------------------------------------
 
@@ -402,13 +632,16 @@ class TriggerFlow:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _declare_chunk(self, handler: Handler, name: str) -> TriggerFlowChunk:
-        existing = self._chunks.get(name)
+    def _declare_chunk(
+        self, handler: Handler, name: str, *, internal: bool = False
+    ) -> TriggerFlowChunk:
+        registry = self._internal if internal else self._chunks
+        existing = registry.get(name)
         if existing is not None and existing.handler is handler:
             return existing
         unique = name
         ordinal = 2
-        while unique in self._chunks:
+        while unique in self._chunks or unique in self._internal:
             unique = f"{name}-{ordinal}"
             ordinal += 1
         ident = chunk_id(unique)
@@ -418,7 +651,7 @@ class TriggerFlow:
             trigger=f"Chunk[{unique}]-{ident}",
             operator_id=ident,
         )
-        self._chunks[unique] = chunk
+        registry[unique] = chunk
         self._add_operator(
             Operator(
                 id=chunk.operator_id,
@@ -501,6 +734,11 @@ class TriggerFlow:
         self._operators.setdefault(operator.id, operator)
         self._graph = None
 
+    def _put_operator(self, operator: Operator) -> None:
+        """Add or replace an operator (a match's cases grow as ``case()`` is called)."""
+        self._operators[operator.id] = operator
+        self._graph = None
+
     def _add_edge(self, signal: Signal, operator_id: str) -> None:
         self._edges.append(Edge(signal=signal, operator=operator_id))
         self._graph = None
@@ -540,6 +778,71 @@ def _caller_origin() -> tuple[str, int]:
         return (stem, caller.f_lineno)
     finally:
         del frame
+
+
+def _route_operator(block: _Block) -> Operator:
+    cases = []
+    for condition, signal in zip(block.cases, block.case_signals, strict=True):
+        if callable(condition):
+            cases.append({"signal": signal, "judged": True})
+        else:
+            cases.append({"signal": signal, "value": condition})
+    else_signal = f"Match-{block.id}-Else" if block.has_else else ""
+    result = f"Match-{block.id}-Result"
+    return Operator(
+        id=f"match-route-{block.id}",
+        kind="match_route",
+        name=f"match:{block.id}",
+        emits=(*block.case_signals, *([else_signal] if else_signal else []), result),
+        options={
+            "mode": block.mode,
+            "cases": cases,
+            "else": else_signal,
+            "result": result,
+            "judge": block.judge,
+            "collect": f"match-collect-{block.id}",
+        },
+    )
+
+
+def _condition_label(condition: Any) -> Any:
+    if callable(condition):
+        return ["callable", getattr(condition, "__qualname__", type(condition).__name__)]
+    try:
+        canonical_json(condition)
+    except (TypeError, ValueError) as exc:
+        raise FlowDefinitionError(
+            f"a case value must be JSON-able (it is part of the flow graph), not "
+            f"{type(condition).__name__}; use a callable condition instead"
+        ) from exc
+    return ["value", condition]
+
+
+def _judge(cases: list[Any], mode: str) -> Handler:
+    """The internal chunk that evaluates a match's cases when one of them is user code.
+
+    A callable condition cannot run inside the pure execution actor, so the match asks this
+    chunk, hosted like any other, which cases hold; value cases are compared here too, so the
+    cases are judged in declaration order in one place.
+    """
+
+    async def judge(data: Any) -> dict[str, Any]:
+        hits: list[int] = []
+        for index, condition in enumerate(cases):
+            if callable(condition):
+                verdict = condition(data)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                hit = verdict is True
+            else:
+                hit = bool(data.value == condition)
+            if hit:
+                hits.append(index)
+                if mode == "hit_first":
+                    break
+        return {"hits": hits, "value": data.value}
+
+    return judge
 
 
 def chunk_id(name: str) -> str:

@@ -989,7 +989,7 @@ class TestClose:
         step = driver.step_of("x")
         driver.close()
         assert invokes(driver.emit("E", 1, reply_to="outside")) == []
-        assert driver.replies("outside") == [Reply(ok=True, value=None)]
+        assert driver.replies("outside") == [Reply(ok=True, value=None, ignored="sealed")]
         assert [i.chunk for i in invokes(driver.emit("E", 2, step=step))] == ["on_e"]
 
     def test_closed_execution_ignores_emits(self) -> None:
@@ -1000,7 +1000,7 @@ class TestClose:
         assert driver.snapshot is not None and driver.snapshot.lifecycle == "closed"
         transition = driver.emit("Ping", 1, reply_to="late")
         assert invokes(transition) == []
-        assert driver.replies("late") == [Reply(ok=True, value=None)]
+        assert driver.replies("late") == [Reply(ok=True, value=None, ignored="closed")]
 
 
 class TestUnknownExecution:
@@ -1303,3 +1303,229 @@ class TestProperties:
         [post] = list(driver.outstanding.values())
         assert list(post.value) == names
         assert post.value == {name: f"r{i}" for i, name in enumerate(names)}
+
+
+# --- the language: for_each, match, collect (issue #3) --------------------------------------
+
+
+def judged(flow: TriggerFlow, results: Result = echo) -> Result:
+    """Answer judge chunks by running their real handler (it only reads ``data.value``);
+    every other chunk with ``results``."""
+    import asyncio
+    from types import SimpleNamespace
+
+    handlers = flow.handlers()
+
+    def answer(invocation: InvokeChunk) -> Any:
+        if invocation.chunk.startswith("match-"):
+            data = SimpleNamespace(value=invocation.value)
+            return asyncio.run(handlers[invocation.chunk](data))
+        return results(invocation)
+
+    return answer
+
+
+def doubled(invocation: InvokeChunk) -> Any:
+    return invocation.value * 2
+
+
+class TestForEach:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [([1, 2, 3], [2, 4, 6]), ("ab", ["abab"]), ({"k": 1}, None), ([], []), (7, [14])],
+    )
+    def test_lists_split_and_anything_else_is_one_item(self, value: Any, expected: Any) -> None:
+        """A list is split into items; a string, a dict or a number is one item; an empty
+        list continues at once with []. Results keep the input order."""
+        flow = TriggerFlow(name="fe")
+        flow.for_each().to(("double", noop)).end_for_each().end()
+        driver = Driver(flow)
+        driver.start(value)
+
+        def results(invocation: InvokeChunk) -> Any:
+            if isinstance(invocation.value, dict):
+                return invocation.value
+            return invocation.value * 2
+
+        driver.run(results)
+        want = [value] if isinstance(value, dict) else expected
+        assert driver.closed().snapshot == {"$final_result": want}
+
+    def test_results_are_in_input_order_whatever_the_completion_order(self) -> None:
+        flow = TriggerFlow(name="fe")
+        flow.for_each().to(("double", noop)).end_for_each().end()
+        driver = Driver(flow)
+        driver.start([1, 2, 3])
+        for step in sorted(driver.outstanding, reverse=True):
+            driver.complete(step, driver.outstanding[step].value * 2)
+        assert driver.closed().snapshot == {"$final_result": [2, 4, 6]}
+
+    def test_concurrency_caps_items_in_flight(self) -> None:
+        """With concurrency=2 the third item is sent only when one of the first two is done."""
+        flow = TriggerFlow(name="fe")
+        flow.for_each(concurrency=2).to(("double", noop)).end_for_each().end()
+        driver = Driver(flow)
+        driver.start([1, 2, 3])
+        assert sorted(i.value for i in driver.outstanding.values()) == [1, 2]
+        step = next(s for s, i in driver.outstanding.items() if i.value == 2)
+        driver.complete(step, 4)
+        assert sorted(i.value for i in driver.outstanding.values()) == [1, 3]
+        driver.run(doubled)
+        assert driver.closed().snapshot == {"$final_result": [2, 4, 6]}
+
+    def test_nested_for_each_keeps_each_level_in_order(self) -> None:
+        flow = TriggerFlow(name="fe_nested")
+        flow.for_each().for_each().to(("inc", noop)).end_for_each().end_for_each().end()
+        driver = Driver(flow)
+        driver.start([[1, 2], [3], []])
+        driver.run(lambda invocation: invocation.value + 1)
+        assert driver.closed().snapshot == {"$final_result": [[2, 3], [4], []]}
+
+    def test_items_join_within_their_own_item(self) -> None:
+        """A batch inside an item joins that item's branches only."""
+        flow = TriggerFlow(name="fe_batch")
+        flow.for_each().batch(("x", noop), ("y", noop)).end_for_each().end()
+        driver = Driver(flow)
+        driver.start([1, 2])
+        driver.run()
+        assert driver.closed().snapshot == {
+            "$final_result": [{"x": "x(1)", "y": "y(1)"}, {"x": "x(2)", "y": "y(2)"}]
+        }
+
+
+def gt1(data: Any) -> bool:
+    return data.value > 1
+
+
+def gt0(data: Any) -> bool:
+    return data.value > 0
+
+
+def lt0(data: Any) -> bool:
+    return data.value < 0
+
+
+class TestMatch:
+    @pytest.mark.parametrize(("value", "expected"), [(2, "a(2)"), (1, "b(1)"), (0, "c(0)")])
+    def test_hit_first_takes_the_first_case_in_declaration_order(
+        self, value: int, expected: str
+    ) -> None:
+        flow = TriggerFlow(name="m_first")
+        flow.match().case(gt1).to(("a", noop)).case(gt0).to(("b", noop)).case_else().to(
+            ("c", noop)
+        ).end_match().end()
+        driver = Driver(flow)
+        driver.start(value)
+        driver.run(judged(flow))
+        assert driver.closed().snapshot == {"$final_result": expected}
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [(3, ["a(3)", "b(3)", "c(3)"]), (2, ["a(2)", "b(2)"]), (1, ["b(1)"]), (0, 0)],
+    )
+    def test_hit_all_runs_every_hit_and_lists_results_in_case_order(
+        self, value: int, expected: Any
+    ) -> None:
+        """Completion order does not matter; without a hit and an else, the value passes."""
+        flow = TriggerFlow(name="m_all")
+        flow.match(mode="hit_all").case(gt1).to(("a", noop)).case(gt0).to(("b", noop)).case(
+            3
+        ).to(("c", noop)).end_match().end()
+        driver = Driver(flow)
+        driver.start(value)
+        answer = judged(flow)
+        for _ in range(20):
+            if not driver.outstanding:
+                break
+            step = max(driver.outstanding)  # newest first: the reverse of case order
+            driver.complete(step, answer(driver.outstanding[step]))
+        assert driver.closed().snapshot == {"$final_result": expected}
+
+    def test_value_cases_are_judged_by_the_actor_without_a_chunk(self) -> None:
+        flow = TriggerFlow(name="m_value")
+        flow.match().case("x").to(("x", noop)).case("y").to(("y", noop)).end_match().end()
+        driver = Driver(flow)
+        driver.start("y")
+        assert [i.chunk for i in driver.outstanding.values()] == ["y"]
+        driver.run()
+        assert driver.closed().snapshot == {"$final_result": "y(y)"}
+
+    def test_no_hit_and_no_else_passes_the_value_through(self) -> None:
+        flow = TriggerFlow(name="m_pass")
+        flow.match().case("x").to(("x", noop)).end_match().to(("after", noop)).end()
+        driver = Driver(flow)
+        driver.start("z")
+        driver.run()
+        assert driver.closed().snapshot == {"$final_result": "after(z)"}
+
+    @pytest.mark.parametrize(("value", "expected"), [(1, "pos"), (-1, "neg"), (0, "zero")])
+    def test_if_elif_else(self, value: int, expected: str) -> None:
+        flow = TriggerFlow(name="ifc")
+        flow.if_condition(gt0).to(("pos", noop)).elif_condition(lt0).to(
+            ("neg", noop)
+        ).else_condition().to(("zero", noop)).end_condition().end()
+        driver = Driver(flow)
+        driver.start(value)
+        driver.run(judged(flow, lambda invocation: invocation.chunk))
+        assert driver.closed().snapshot == {"$final_result": expected}
+
+    def test_lambda_conditions_are_distinct_cases(self) -> None:
+        """Each case keeps its own condition, lambdas included."""
+        flow = TriggerFlow(name="lambdas")
+        flow.match().case(lambda d: d.value > 1).to(("a", noop)).case(
+            lambda d: d.value > 0
+        ).to(("b", noop)).end_match().end()
+        driver = Driver(flow)
+        driver.start(1)
+        driver.run(judged(flow))
+        assert driver.closed().snapshot == {"$final_result": "b(1)"}
+
+    def test_match_inside_for_each_routes_each_item(self) -> None:
+        flow = TriggerFlow(name="fe_match")
+        flow.for_each().if_condition(gt1).to(("inc", noop)).end_condition().end_for_each().end()
+        driver = Driver(flow)
+        driver.start([1, 2, 3])
+        driver.run(judged(flow, lambda invocation: invocation.value + 1))
+        assert driver.closed().snapshot == {"$final_result": [1, 3, 4]}
+
+    def test_builder_refuses_cases_outside_a_match(self) -> None:
+        from triggerbus.errors import FlowDefinitionError
+
+        flow = TriggerFlow(name="bad")
+        with pytest.raises(FlowDefinitionError):
+            flow.to(("a", noop)).case(1)
+        with pytest.raises(FlowDefinitionError):
+            flow.to(("a", noop)).end_for_each()
+        with pytest.raises(FlowDefinitionError):
+            flow.match().case_else()
+
+
+class TestCollect:
+    def test_collect_emits_once_every_branch_has_a_value(self) -> None:
+        flow = TriggerFlow(name="coll")
+        flow.to(("a", noop)).collect("g", "ba")
+        flow.to(("b", noop)).collect("g", "bb").to(("after", noop)).end()
+        driver = Driver(flow)
+        driver.start(None)
+        step_b = driver.step_of("b")
+        driver.complete(step_b, "B")
+        driver.complete(driver.step_of("a"), "A")
+        driver.run(lambda invocation: invocation.value)
+        assert driver.closed().snapshot == {"$final_result": {"ba": "A", "bb": "B"}}
+
+    @pytest.mark.parametrize(
+        ("mode", "fires"), [("filled_and_update", 2), ("filled_then_empty", 1)]
+    )
+    def test_collect_modes(self, mode: str, fires: int) -> None:
+        """filled_and_update emits again on a later arrival; filled_then_empty starts over."""
+        flow = TriggerFlow(name="coll_modes")
+        flow.when("A").collect("g", "a", mode=mode)  # type: ignore[arg-type]
+        flow.when("B").collect("g", "b", mode=mode)  # type: ignore[arg-type]
+        flow.when({"collect": "g"}).to(("seen", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        driver.emit("A", 1)
+        driver.emit("B", 2)
+        driver.emit("A", 3)
+        seen = [i.value for i in driver.invoked() if i.chunk == "seen"]
+        assert seen == [{"a": 1, "b": 2}, {"a": 3, "b": 2}][:fires]

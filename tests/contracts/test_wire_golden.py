@@ -34,8 +34,23 @@ DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "closed": messages.closed_decoder,
     "reply": messages.reply_decoder,
     "dead_letter": messages.dead_letter_decoder,
+    "seal": messages.mailbox_decoder,
+    "flow_data": messages.mailbox_decoder,
+    "sub_flow_closed": messages.mailbox_decoder,
+    "flow_data_updated": messages.flow_data_decoder,
 }
-MAILBOX_KINDS = ["start", "chunk_completed", "chunk_failed", "emit", "state", "close", "timer"]
+MAILBOX_KINDS = [
+    "start",
+    "chunk_completed",
+    "chunk_failed",
+    "emit",
+    "state",
+    "close",
+    "timer",
+    "seal",
+    "flow_data",
+    "sub_flow_closed",
+]
 
 
 def wire_kinds() -> dict[str, type[Wire]]:
