@@ -38,6 +38,14 @@ from triggerbus.contracts.messages import (
     reply_decoder,
 )
 from triggerbus.errors import ChunkFailedError, LifecycleError
+from triggerbus.observability.telemetry import (
+    Attempt,
+    AttemptInput,
+    DeadLetterInput,
+    PublishInput,
+    Telemetry,
+    current,
+)
 
 log = structlog.get_logger()
 
@@ -64,6 +72,8 @@ class ChunkHost:
         chunks: Names of the chunks to host; ``None`` hosts every chunk.
         concurrency: How many invocations of each chunk run at once in this process.
         consumer_policy: Ack wait, redelivery bound and backoff of the chunk consumers.
+        telemetry: Traces, metrics and Event Center records around each attempt and publish;
+            the process's (configured by ``OTEL_*``) by default.
     """
 
     def __init__(
@@ -75,6 +85,7 @@ class ChunkHost:
         chunks: list[str] | None = None,
         concurrency: int = 16,
         consumer_policy: ConsumerPolicy | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         unknown = sorted(set(chunks or []) - set(flow.handlers))
         if unknown:
@@ -88,6 +99,8 @@ class ChunkHost:
         self._chunks = list(flow.handlers) if chunks is None else list(chunks)
         self._concurrency = max(1, concurrency)
         self._policy = consumer_policy or ConsumerPolicy()
+        self._telemetry = telemetry or current()
+        self._consumer_names: dict[str, str] = {}
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_flight = 0
@@ -129,6 +142,13 @@ class ChunkHost:
             async with asyncio.TaskGroup() as group:
                 for chunk, consumer in zip(self._chunks, consumers, strict=True):
                     group.create_task(self._consume(chunk, consumer, group))
+                backlog = {
+                    chunk: (self._consumer_names[chunk], consumer.pending)
+                    for chunk, consumer in zip(self._chunks, consumers, strict=True)
+                }
+                group.create_task(
+                    self._telemetry.watch_backlog(self._flow.name, backlog, self._stopping)
+                )
         finally:
             for consumer in consumers:
                 await consumer.close()
@@ -136,9 +156,10 @@ class ChunkHost:
     async def _bind(self, chunk: str) -> PullConsumer:
         spec = self._flow.index.chunks[chunk]
         subjects = self._bus.subjects
+        self._consumer_names[chunk] = subjects.run_consumer(self._flow.name, spec.token)
         return await self._bus.pull_consumer(
             stream=subjects.run_stream,
-            durable=subjects.run_consumer(self._flow.name, spec.token),
+            durable=self._consumer_names[chunk],
             filter_subject=subjects.run(self._flow.name, spec.token),
             policy=self._policy,
         )
@@ -189,34 +210,37 @@ class ChunkHost:
             if invocation.fingerprint != self._flow.fingerprint or invocation.chunk != chunk:
                 await self._refuse_mismatch(chunk, delivery, invocation)
                 return
-            await self._run(invocation, delivery)
+            attempt = AttemptInput(
+                flow=self._flow.name,
+                chunk=chunk,
+                subject=delivery.subject,
+                consumer=self._consumer_names.get(chunk, chunk),
+                headers=delivery.headers,
+                invocation=invocation,
+                attempt=delivery.num_delivered,
+            )
+            with self._telemetry.attempt(attempt) as observed:
+                await self._run(invocation, delivery, observed)
 
-    async def _run(self, invocation: InvokeChunk, delivery: Delivery) -> None:
-        port = _Port(self._bus, self._replies, self._flow.name)
+    async def _run(self, invocation: InvokeChunk, delivery: Delivery, observed: Attempt) -> None:
+        port = _Port(self._bus, self._replies, self._flow.name, observed)
         resources = {**invocation.resources, **self._flow.local_resources(invocation.execution_id)}
         data = TriggerFlowRuntimeData(invocation, port, resources=resources)
         handler = self._flow.handlers[invocation.chunk]
-        started = time.perf_counter()
-        log.debug("chunk_attempt_started")
         async with _heartbeat(delivery, self._policy.ack_wait):
             outcome = await _call(handler, data, port)
             await port.drain()
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
         message = _outcome_message(invocation, outcome)
-        await self._bus.publish(mailbox, encode(message), msg_id=message.id)
+        with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
+            await self._bus.publish(mailbox, encode(message), msg_id=message.id, headers=headers)
         await delivery.ack()
         if isinstance(message, ChunkCompleted):
             self._completed += 1
-            log.info("chunk_attempt_succeeded", duration_ms=elapsed_ms)
+            observed.finished()
         else:
             self._failed += 1
-            log.warning(
-                "chunk_attempt_failed",
-                duration_ms=elapsed_ms,
-                error_type=message.error_type,
-                error=message.message,
-            )
+            observed.finished(error_type=message.error_type, message=message.message)
 
     async def _refuse_mismatch(
         self, chunk: str, delivery: Delivery, invocation: InvokeChunk
@@ -231,7 +255,7 @@ class ChunkHost:
         if delivery.num_delivered < FINGERPRINT_MISMATCH_REDELIVERIES:
             await delivery.nak(delay=0.2)
             return
-        await self._dead_letter(delivery, chunk, "fingerprint mismatch")
+        await self._dead_letter(delivery, chunk, "fingerprint mismatch", invocation)
         failed = ChunkFailed(
             id=f"{invocation.execution_id}:{invocation.step}:done",
             execution_id=invocation.execution_id,
@@ -243,9 +267,20 @@ class ChunkHost:
         await self._bus.publish(mailbox, encode(failed), msg_id=failed.id)
         await delivery.ack()
 
-    async def _dead_letter(self, delivery: Delivery, chunk: str, reason: str) -> None:
+    async def _dead_letter(
+        self, delivery: Delivery, chunk: str, reason: str, invocation: InvokeChunk | None = None
+    ) -> None:
         self._dead_lettered += 1
-        log.error("invocation_dead_lettered", chunk=chunk, reason=reason, subject=delivery.subject)
+        self._telemetry.dead_lettered(
+            DeadLetterInput(
+                flow=self._flow.name,
+                chunk=chunk,
+                reason=reason,
+                subject=delivery.subject,
+                execution_id=invocation.execution_id if invocation else "",
+                step=invocation.step if invocation else None,
+            )
+        )
         letter = DeadLetter(
             subject=delivery.subject,
             reason=reason,
@@ -361,10 +396,11 @@ class _Port:
     sends and the final result queue behind; ``drain()`` waits for the whole chain.
     """
 
-    def __init__(self, bus: Bus, replies: ReplyRouter, flow: str) -> None:
+    def __init__(self, bus: Bus, replies: ReplyRouter, flow: str, observed: Attempt) -> None:
         self._bus = bus
         self._replies = replies
         self._flow = flow
+        self._observed = observed
         self._loop = asyncio.get_running_loop()
         self._tail: asyncio.Future[None] | None = None
 
@@ -424,8 +460,11 @@ class _Port:
         else:
             subject = subjects.mailbox(self._flow, message.execution_id)
 
+        observed = PublishInput(self._flow, subject, message)
+
         async def publish() -> None:
-            await self._bus.publish(subject, payload, msg_id=message.id)
+            with self._observed.publish(observed) as headers:
+                await self._bus.publish(subject, payload, msg_id=message.id, headers=headers)
 
         return publish
 

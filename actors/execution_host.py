@@ -10,6 +10,7 @@ stored outbox it cannot vouch for.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -46,6 +47,13 @@ from triggerbus.contracts.outbox import (
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import LifecycleError, RevisionConflictError
+from triggerbus.observability.telemetry import (
+    Handling,
+    MailboxInput,
+    PublishInput,
+    Telemetry,
+    current,
+)
 
 log = structlog.get_logger()
 
@@ -76,7 +84,10 @@ class ExecutionHost:
         flow: The flow whose executions to host.
         capacity: Mailbox messages in flight in this host at once.
         clock: Wall-clock seconds; injected so tests control time.
-        on_observe: Receives the actor's observation events (the Event Center hook).
+        on_observe: Receives the actor's observation events as they are (a test hook; the
+            Event Center gets them typed through ``telemetry``).
+        telemetry: Traces, metrics and Event Center records around each message and publish;
+            the process's (configured by ``OTEL_*``) by default.
         after_store: Called after each snapshot write, before its outbox is published; tests
             use it to kill the process in exactly that window.
     """
@@ -91,7 +102,9 @@ class ExecutionHost:
         on_observe: ObserveHook | None = None,
         consumer_policy: ConsumerPolicy | None = None,
         after_store: Callable[[], None] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry = telemetry or current()
         self._after_store = after_store
         self._bus = bus
         self._flow = flow
@@ -219,6 +232,13 @@ class ExecutionHost:
         ):
             await self._mismatch(delivery, message, message.fingerprint)
             return
+        observed = MailboxInput(self._flow.name, execution_id, delivery.headers, message)
+        with self._telemetry.mailbox(observed) as handling:
+            await self._transition(execution_id, delivery, message, handling)
+
+    async def _transition(
+        self, execution_id: str, delivery: Delivery, message: MailboxMessage, handling: Handling
+    ) -> None:
         for _ in range(MAX_CAS_RETRIES):
             loaded = await self._snapshot(execution_id)
             snapshot, revision = loaded if loaded else (None, None)
@@ -235,6 +255,10 @@ class ExecutionHost:
                 await self._on_duplicate(message, snapshot)
                 await delivery.ack()
                 return
+            assert transition.snapshot is not None
+            transition = dataclasses.replace(
+                transition, snapshot=handling.transition(snapshot, transition.snapshot)
+            )
             try:
                 await self._store(execution_id, transition, revision)
             except RevisionConflictError:
@@ -243,7 +267,7 @@ class ExecutionHost:
                 continue
             if self._after_store is not None:
                 self._after_store()  # fault injection: the window between write and publish
-            await self._perform(execution_id, transition.outbox)
+            await self._perform(execution_id, transition.outbox, handling)
             await delivery.ack()
             self._applied += 1
             return
@@ -264,7 +288,8 @@ class ExecutionHost:
         # Cold load: the last writer may have died before publishing its outbox. Publishing
         # again is safe: every message keeps its id.
         if snapshot.outbox.commands:
-            await self._perform(execution_id, snapshot.outbox.commands, replay=True)
+            replaying = self._telemetry.replay(self._flow.name, snapshot)
+            await self._perform(execution_id, snapshot.outbox.commands, replaying, replay=True)
         self._remember(execution_id, snapshot, loaded[1])
         return snapshot, loaded[1]
 
@@ -286,7 +311,10 @@ class ExecutionHost:
     async def _on_duplicate(self, message: MailboxMessage, snapshot: Snapshot | None) -> None:
         log.debug("duplicate_message", message_id=message.id)
         if snapshot is not None and snapshot.outbox.message_id == message.id:
-            await self._perform(snapshot.execution_id, snapshot.outbox.commands, replay=True)
+            replaying = self._telemetry.replay(self._flow.name, snapshot)
+            await self._perform(
+                snapshot.execution_id, snapshot.outbox.commands, replaying, replay=True
+            )
         reply_to = getattr(message, "reply_to", None)
         if isinstance(message, StartExecution) and reply_to:
             await self._reply(reply_to, Reply(ok=True, value=message.execution_id))
@@ -294,7 +322,12 @@ class ExecutionHost:
     # --- the outbox ----------------------------------------------------------------------------
 
     async def _perform(
-        self, execution_id: str, commands: list[OutboxCommand], *, replay: bool = False
+        self,
+        execution_id: str,
+        commands: list[OutboxCommand],
+        handling: Handling,
+        *,
+        replay: bool = False,
     ) -> None:
         subjects = self._bus.subjects
         flow = self._flow.name
@@ -303,16 +336,10 @@ class ExecutionHost:
         for command in commands:
             match command:
                 case Invoke(chunk_token=token, message=invoke):
-                    stored.append(
-                        self._bus.publish(
-                            subjects.run(flow, token), encode(invoke), msg_id=invoke.id
-                        )
-                    )
+                    stored.append(self._publish(handling, subjects.run(flow, token), invoke))
                 case AppendStream(message=item):
                     stored.append(
-                        self._bus.publish(
-                            subjects.stream(flow, execution_id), encode(item), msg_id=item.id
-                        )
+                        self._publish(handling, subjects.stream(flow, execution_id), item)
                     )
                 case _:
                     after.append(command)
@@ -321,23 +348,32 @@ class ExecutionHost:
         for command in after:
             match command:
                 case SendReply(reply_to=reply_to, message=reply):
-                    await self._reply(reply_to, reply)
+                    await self._reply(reply_to, reply, handling)
                 case NotifyClosed(message=closed):
-                    await self._bus.publish_core(
-                        subjects.closed(flow, execution_id), encode(closed)
-                    )
+                    subject = subjects.closed(flow, execution_id)
+                    with handling.publish(PublishInput(flow, subject, closed)) as headers:
+                        await self._bus.publish_core(subject, encode(closed), headers=headers)
                 case ScheduleTimer():
                     self._schedule(execution_id, command)
                 case Observe(name=name, attributes=attributes):
                     if not replay:
-                        self._observe(execution_id, name, attributes)
+                        self._observe(execution_id, name, attributes, handling)
 
-    async def _reply(self, reply_to: str, reply: Reply) -> None:
-        await self._bus.publish_core(reply_to, encode(reply))
+    async def _publish(self, handling: Handling, subject: str, message: Any) -> None:
+        with handling.publish(PublishInput(self._flow.name, subject, message)) as headers:
+            await self._bus.publish(subject, encode(message), msg_id=message.id, headers=headers)
 
-    def _observe(self, execution_id: str, name: str, attributes: dict[str, Any]) -> None:
-        # structlog reserves "event" for the log line's name.
-        log.debug(name, **{("event_name" if k == "event" else k): v for k, v in attributes.items()})
+    async def _reply(self, reply_to: str, reply: Reply, handling: Handling | None = None) -> None:
+        if handling is None:
+            await self._bus.publish_core(reply_to, encode(reply))
+            return
+        with handling.publish(PublishInput(self._flow.name, reply_to, reply)) as headers:
+            await self._bus.publish_core(reply_to, encode(reply), headers=headers)
+
+    def _observe(
+        self, execution_id: str, name: str, attributes: dict[str, Any], handling: Handling
+    ) -> None:
+        handling.observe(name, attributes)
         if self._on_observe is not None:
             self._on_observe(name, execution_id, attributes)
 

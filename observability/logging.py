@@ -4,15 +4,24 @@ Library modules only call ``structlog.get_logger()``. The CLI and worker call
 ``configure_logging``; a plain script that uses the embedded runtime gets
 ``configure_default_logging`` on first use, which leaves a configuration the application made
 alone and is quiet below warnings, so an Agently script prints what it printed before.
+
+The hosts bind ``flow``, ``execution_id``, ``chunk``, ``step`` and ``attempt`` at the message
+boundary; :func:`add_trace_ids` adds the current span's ``trace_id`` and ``span_id``, so a log
+line leads to its trace. :func:`log_event` is the Event Center's logging subscriber: chunk
+attempts and execution lifecycle events become log lines.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import structlog
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from triggerbus.observability.events import Event
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -46,6 +55,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -63,3 +73,58 @@ def configure_default_logging(level: str = "warning") -> None:
     if structlog.is_configured():
         return
     configure_logging(level=level)
+
+
+def add_trace_ids(
+    logger: Any, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A processor: the current span's ``trace_id`` and ``span_id`` (hex), when there is one."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", f"{context.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{context.span_id:016x}")
+    return event_dict
+
+
+log = structlog.get_logger("triggerbus.events")
+
+_COMMON = frozenset({"flow", "execution_id", "at", "trace_id", "span_id", "chunk", "step"})
+
+
+def log_event(event: Event) -> None:
+    """The Event Center's logging subscriber (the host already bound flow, execution, chunk)."""
+    from triggerbus.observability import events
+
+    match event:
+        case events.ChunkStarted():
+            log.debug("chunk_attempt_started")
+        case events.ChunkSucceeded():
+            log.info("chunk_attempt_succeeded", duration_ms=round(event.duration * 1000, 3))
+        case events.ChunkFailed():
+            log.warning(
+                "chunk_attempt_failed",
+                duration_ms=round(event.duration * 1000, 3),
+                error_type=event.error_type,
+                error=event.message,
+            )
+        case events.ChunkRetried():
+            log.info("chunk_attempt_retried", attempt=event.attempt)
+        case events.ChunkDeadLettered():
+            log.error(
+                "invocation_dead_lettered",
+                chunk=event.chunk,
+                reason=event.reason,
+                subject=event.subject,
+            )
+        case _:
+            fields = {
+                # structlog reserves "event" for the line's name
+                ("event_name" if name == "event" else name): getattr(event, name)
+                for name in event.__struct_fields__
+                if name not in _COMMON
+            }
+            if hasattr(event, "chunk"):
+                fields["chunk"] = event.chunk  # type: ignore[attr-defined]
+            if hasattr(event, "step"):
+                fields["step"] = event.step  # type: ignore[attr-defined]
+            log.debug(event.__struct_config__.tag or "observed", **fields)

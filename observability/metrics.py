@@ -1,0 +1,177 @@
+"""OpenTelemetry metrics, fed by the Event Center, exported as ``OTEL_*`` says.
+
+| instrument | kind | attributes |
+|---|---|---|
+| ``triggerbus.chunk.duration`` (s) | histogram | flow, chunk, outcome |
+| ``triggerbus.chunk.invocations`` | counter | flow, chunk |
+| ``triggerbus.chunk.retries`` | counter | flow, chunk |
+| ``triggerbus.chunk.dead_letters`` | counter | flow, chunk |
+| ``triggerbus.executions`` | counter | flow, status (started, completed, failed, cancelled) |
+| ``triggerbus.chunk.backlog`` | gauge | flow, chunk, consumer |
+
+``triggerbus.chunk.backlog`` is the chunk consumer's pending count (not yet delivered plus
+delivered but unacknowledged): the signal an autoscaler reads. Each chunk host samples it for the
+chunks it hosts; replicas report the same consumer, so take the maximum, not the sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    PeriodicExportingMetricReader,
+)
+
+from triggerbus.errors import ConfigurationError
+from triggerbus.observability import events
+from triggerbus.observability.tracing import (
+    enabled_by,
+    otlp_endpoint,
+    otlp_protocol,
+    resource_from,
+)
+
+DURATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The instruments, and the Event Center subscriber that feeds them."""
+
+    def __init__(self, provider: MeterProvider, *, version: str = "") -> None:
+        self.provider = provider
+        meter = provider.get_meter("triggerbus", version)
+        self._duration = meter.create_histogram(
+            "triggerbus.chunk.duration",
+            unit="s",
+            description="Duration of chunk attempts",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self._invocations = meter.create_counter(
+            "triggerbus.chunk.invocations", description="Chunk invocations dispatched"
+        )
+        self._retries = meter.create_counter(
+            "triggerbus.chunk.retries", description="Chunk attempts after the first"
+        )
+        self._dead_letters = meter.create_counter(
+            "triggerbus.chunk.dead_letters", description="Chunk invocations dead-lettered"
+        )
+        self._executions = meter.create_counter(
+            "triggerbus.executions", description="Executions started, and closed by status"
+        )
+        self._backlog: dict[tuple[str, str, str], int] = {}
+        meter.create_observable_gauge(
+            "triggerbus.chunk.backlog",
+            callbacks=[self._observe_backlog],
+            description="Pending invocations of a chunk consumer (undelivered plus unacked)",
+        )
+
+    def on_event(self, event: events.Event) -> None:
+        match event:
+            case events.ChunkSucceeded() | events.ChunkFailed():
+                outcome = "succeeded" if isinstance(event, events.ChunkSucceeded) else "failed"
+                self._duration.record(
+                    event.duration,
+                    {"triggerbus.flow": event.flow, "triggerbus.chunk": event.chunk,
+                     "triggerbus.outcome": outcome},
+                )  # fmt: skip
+            case events.ChunkInvoked():
+                self._invocations.add(1, _chunk(event.flow, event.chunk))
+            case events.ChunkRetried():
+                self._retries.add(1, _chunk(event.flow, event.chunk))
+            case events.ChunkDeadLettered():
+                self._dead_letters.add(1, _chunk(event.flow, event.chunk))
+            case events.ExecutionStarted():
+                self._executions.add(1, {"triggerbus.flow": event.flow, "status": "started"})
+            case events.ExecutionClosed():
+                self._executions.add(1, {"triggerbus.flow": event.flow, "status": event.status})
+            case _:
+                pass
+
+    def record_backlog(self, flow: str, chunk: str, consumer: str, pending: int) -> None:
+        self._backlog[(flow, chunk, consumer)] = pending
+
+    def _observe_backlog(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (flow, chunk, consumer), pending in list(self._backlog.items()):
+            yield Observation(
+                pending,
+                {"triggerbus.flow": flow, "triggerbus.chunk": chunk,
+                 "messaging.consumer.group.name": consumer},
+            )  # fmt: skip
+
+    def force_flush(self, timeout_millis: int = 5_000) -> bool:
+        return self.provider.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def _chunk(flow: str, chunk: str) -> dict[str, str]:
+    return {"triggerbus.flow": flow, "triggerbus.chunk": chunk}
+
+
+def _metric_exporters(environ: Mapping[str, str]) -> list[MetricExporter]:
+    names = [
+        n.strip().lower()
+        for n in (environ.get("OTEL_METRICS_EXPORTER") or "otlp").split(",")
+        if n.strip()
+    ]
+    exporters: list[MetricExporter] = []
+    for name in names:
+        if name == "console":
+            exporters.append(ConsoleMetricExporter())
+        elif name == "otlp":
+            protocol = otlp_protocol(environ, "metrics")
+            endpoint = otlp_endpoint(environ, "metrics", protocol)
+            if protocol == "grpc":
+                try:
+                    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                        OTLPMetricExporter as GrpcMetricExporter,
+                    )
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
+                        ", or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+                    ) from exc
+                exporters.append(GrpcMetricExporter(endpoint=endpoint))
+            else:
+                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                    OTLPMetricExporter as HttpMetricExporter,
+                )
+
+                exporters.append(HttpMetricExporter(endpoint=endpoint))
+        elif name != "none":
+            raise ConfigurationError(
+                f"OTEL_METRICS_EXPORTER {name!r} is not supported; use otlp, console or none"
+            )
+    return exporters
+
+
+def export_interval(environ: Mapping[str, str]) -> float:
+    """Seconds between metric exports (``OTEL_METRIC_EXPORT_INTERVAL`` is milliseconds)."""
+    try:
+        return max(0.05, float(environ.get("OTEL_METRIC_EXPORT_INTERVAL", "60000")) / 1000)
+    except ValueError:
+        return 60.0
+
+
+def metrics_from_env(environ: Mapping[str, str], *, version: str = "") -> Metrics | None:
+    """A :class:`Metrics` exporting as ``OTEL_*`` says, or None when metrics are off."""
+    if not enabled_by(environ, "metrics"):
+        return None
+    exporters = _metric_exporters(environ)
+    if not exporters:
+        return None
+    interval_ms = export_interval(environ) * 1000
+    readers = [
+        PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms)
+        for exporter in exporters
+    ]
+    provider = MeterProvider(resource=resource_from(environ), metric_readers=readers)
+    return Metrics(provider, version=version)

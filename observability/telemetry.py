@@ -1,0 +1,555 @@
+"""The one seam the hosts call around handle and publish: traces, metrics and Event Center records.
+
+The hosts never touch OpenTelemetry. They call, with one ``*Input`` struct each:
+
+- the chunk host: ``attempt(AttemptInput)`` around one chunk attempt; the attempt's
+  ``publish(PublishInput)`` around every message the attempt sends, and ``finished(...)``;
+- the execution host: ``mailbox(MailboxInput)`` around one mailbox message; the handling's
+  ``transition(before, after)`` (which records the trace context in the snapshot), its
+  ``publish(PublishInput)`` around every outbox publish, and ``observe(...)`` for the actor's
+  observations;
+- a client (the Execution handle): ``publish(PublishInput)`` around a start or an emit.
+
+``publish`` is a context manager yielding the headers to send (``None``: none). With tracing
+off (no ``OTEL_*`` exporter configured, or ``OTEL_SDK_DISABLED=true``) every one of these
+returns a shared object that builds no span and injects nothing; the Event Center still gets
+its events, which is what the logs are made of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+
+from triggerbus.contracts.messages import EmitEvent, InvokeChunk
+from triggerbus.contracts.snapshot import Snapshot
+from triggerbus.observability import events
+from triggerbus.observability.logging import log_event
+from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
+from triggerbus.observability.tracing import (
+    JOIN_PREFIX,
+    Tracing,
+    execution_context,
+    execution_trace,
+    inject,
+    join_links,
+    record_arrival,
+    span_context_of,
+    tracing_from_env,
+)
+
+log = structlog.get_logger()
+
+Headers = contextlib.AbstractContextManager[dict[str, str] | None]
+"""What ``publish`` returns: a context manager yielding the headers to send (None: none)."""
+_NO_HEADERS: Headers = contextlib.nullcontext(None)
+
+
+# --- inputs: one struct per intercepted call, so fields can be added without breaking anyone ----
+
+
+@dataclass(frozen=True, slots=True)
+class PublishInput:
+    """A message about to be published. ``message`` is the contract struct (never recorded)."""
+
+    flow: str
+    subject: str
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInput:
+    """One delivery of a chunk invocation to this replica."""
+
+    flow: str
+    chunk: str
+    subject: str
+    consumer: str
+    headers: Mapping[str, str]
+    invocation: InvokeChunk
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInput:
+    """One mailbox message taken by an execution host (``message`` is decoded)."""
+
+    flow: str
+    execution_id: str
+    headers: Mapping[str, str]
+    message: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterInput:
+    flow: str
+    chunk: str
+    reason: str
+    subject: str = ""
+    execution_id: str = ""
+    step: int | None = None
+
+
+# --- the seam ----------------------------------------------------------------------------------
+
+
+class Telemetry:
+    """A process's traces and metrics (each optional) and its Event Center."""
+
+    def __init__(
+        self,
+        *,
+        tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
+        center: events.EventCenter | None = None,
+        backlog_interval: float = 15.0,
+    ) -> None:
+        self.tracing = tracing
+        self.metrics = metrics
+        self.center = center or events.center
+        self.backlog_interval = backlog_interval
+        self._unsubscribe = [self.center.subscribe(log_event)]
+        if metrics is not None:
+            self._unsubscribe.append(self.center.subscribe(metrics.on_event))
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.tracing is not None
+
+    # client side --------------------------------------------------------------------------------
+
+    def publish(self, input: PublishInput) -> Headers:
+        """Around a client's publish: the caller's current span is the parent."""
+        if self.tracing is None:
+            return _NO_HEADERS
+        parent = trace.get_current_span().get_span_context()
+        if not parent.is_valid:
+            return _NO_HEADERS  # no trace to join: the execution's own trace takes the message
+        return _publish(self.tracing, parent, input, ())
+
+    # chunk side ---------------------------------------------------------------------------------
+
+    def attempt(self, input: AttemptInput) -> Attempt:
+        return Attempt(self, input)
+
+    def dead_lettered(self, input: DeadLetterInput) -> None:
+        self.center.publish(
+            events.ChunkDeadLettered(
+                flow=input.flow,
+                execution_id=input.execution_id,
+                at=time.time(),
+                chunk=input.chunk,
+                reason=input.reason,
+                subject=input.subject,
+                step=input.step,
+            )
+        )
+
+    async def watch_backlog(
+        self,
+        flow: str,
+        consumers: Mapping[str, tuple[str, Callable[[], Awaitable[int]]]],
+        stopping: asyncio.Event,
+    ) -> None:
+        """Sample each chunk consumer's pending count for the backlog gauge until ``stopping``.
+
+        ``consumers`` maps chunk name to (consumer name, a coroutine function returning the
+        pending count). Returns at once when metrics are off.
+        """
+        if self.metrics is None or not consumers:
+            return
+        while not stopping.is_set():
+            for chunk, (consumer, pending) in consumers.items():
+                try:
+                    self.metrics.record_backlog(flow, chunk, consumer, await pending())
+                except Exception as exc:  # a sample lost is not worth a host
+                    log.debug("backlog_sample_failed", chunk=chunk, error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.backlog_interval):
+                    await stopping.wait()
+
+    # execution side -----------------------------------------------------------------------------
+
+    def mailbox(self, input: MailboxInput) -> Handling:
+        if self.tracing is None:
+            return _UntracedHandling(self, input)
+        return _TracedHandling(self, self.tracing, input)
+
+    def replay(self, flow: str, snapshot: Snapshot) -> Handling:
+        """The handling for re-publishing a stored outbox: parented to the execution span."""
+        handling = self.mailbox(MailboxInput(flow=flow, execution_id=snapshot.execution_id,
+                                             headers={}))  # fmt: skip
+        handling.resume(snapshot)
+        return handling
+
+    # lifecycle ----------------------------------------------------------------------------------
+
+    def force_flush(self, timeout_millis: int = 5_000) -> None:
+        if self.tracing is not None:
+            self.tracing.force_flush(timeout_millis)
+        if self.metrics is not None:
+            self.metrics.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self.tracing is not None:
+            self.tracing.shutdown()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+
+
+# --- chunk attempts ----------------------------------------------------------------------------
+
+
+class Attempt:
+    """One chunk attempt: its consumer span (when tracing), its events, its publishes."""
+
+    __slots__ = ("_finished", "_input", "_scope", "_span", "_started", "_telemetry")
+
+    def __init__(self, telemetry: Telemetry, input: AttemptInput) -> None:
+        self._telemetry = telemetry
+        self._input = input
+        self._span: trace.Span | None = None
+        self._scope: contextlib.AbstractContextManager[Any] | None = None
+        self._started = 0.0
+        self._finished = False
+
+    def __enter__(self) -> Attempt:
+        input = self._input
+        tracing = self._telemetry.tracing
+        if tracing is not None:
+            invocation = input.invocation
+            self._span = tracing.start_span(
+                f"process {input.chunk}",
+                parent=span_context_of(input.headers),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "messaging.destination.name": input.subject,
+                    "messaging.consumer.group.name": input.consumer,
+                    "messaging.message.id": invocation.id,
+                    "triggerbus.flow": input.flow,
+                    "triggerbus.execution_id": invocation.execution_id,
+                    "triggerbus.chunk": input.chunk,
+                    "triggerbus.step": invocation.step,
+                    "triggerbus.attempt": input.attempt,
+                },
+            )
+            self._scope = trace.use_span(self._span, end_on_exit=False, record_exception=False)
+            self._scope.__enter__()
+        if input.attempt > 1:
+            self._event(events.ChunkRetried, attempt=input.attempt)
+        self._event(events.ChunkStarted, attempt=input.attempt)
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+        if self._span is not None:
+            if exc is not None:
+                self._span.record_exception(exc)
+                self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            elif not self._finished:
+                self._span.set_status(Status(StatusCode.ERROR, "attempt left unfinished"))
+            self._span.end()
+
+    def publish(self, input: PublishInput) -> Headers:
+        """Around a message this attempt sends: emits get a producer span."""
+        if self._span is None or self._telemetry.tracing is None:
+            return _NO_HEADERS
+        return _publish(self._telemetry.tracing, self._span.get_span_context(), input, ())
+
+    def finished(self, *, error_type: str = "", message: str = "") -> float:
+        """The attempt's outcome is stored; returns its duration in seconds."""
+        self._finished = True
+        duration = time.perf_counter() - self._started
+        if error_type:
+            self._event(events.ChunkFailed, attempt=self._input.attempt, duration=duration,
+                        error_type=error_type, message=message)  # fmt: skip
+            if self._span is not None:
+                self._span.set_status(Status(StatusCode.ERROR, f"{error_type}: {message}"))
+                self._span.set_attribute("error.type", error_type)
+        else:
+            self._event(events.ChunkSucceeded, attempt=self._input.attempt, duration=duration)
+        return duration
+
+    def _event(self, kind: type[events.Event], **fields: Any) -> None:
+        input = self._input
+        trace_id = span_id = ""
+        if self._span is not None:
+            context = self._span.get_span_context()
+            trace_id, span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+        self._telemetry.center.publish(
+            kind(
+                flow=input.flow,
+                execution_id=input.invocation.execution_id,
+                at=time.time(),
+                trace_id=trace_id,
+                span_id=span_id,
+                chunk=input.chunk,
+                step=input.invocation.step,
+                **fields,
+            )
+        )
+
+
+# --- mailbox messages --------------------------------------------------------------------------
+
+
+class Handling:
+    """One mailbox message on an execution host (base: tracing off)."""
+
+    def __init__(self, telemetry: Telemetry, input: MailboxInput) -> None:
+        self._telemetry = telemetry
+        self._input = input
+        self._snapshot: Snapshot | None = None
+
+    def __enter__(self) -> Handling:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def resume(self, snapshot: Snapshot) -> None:
+        """Handle on behalf of a stored snapshot (a re-published outbox)."""
+        self._snapshot = snapshot
+
+    def transition(self, before: Snapshot | None, after: Snapshot) -> Snapshot:
+        """The snapshot to store for this transition (tracing adds its context)."""
+        self._snapshot = after
+        return after
+
+    def publish(self, input: PublishInput) -> Headers:
+        return _NO_HEADERS
+
+    def observe(self, name: str, attributes: dict[str, Any]) -> None:
+        snapshot = self._snapshot
+        event = events.from_actor(
+            name,
+            attributes,
+            flow=self._input.flow,
+            execution_id=self._input.execution_id,
+            at=time.time(),
+            trace_id=self._trace_id(),
+            span_id=self._span_id(),
+            started_at=snapshot.started_at if snapshot is not None else 0.0,
+        )
+        if event is not None:
+            self._telemetry.center.publish(event)
+
+    def _trace_id(self) -> str:
+        return ""
+
+    def _span_id(self) -> str:
+        return ""
+
+
+class _UntracedHandling(Handling):
+    pass
+
+
+class _TracedHandling(Handling):
+    def __init__(self, telemetry: Telemetry, tracing: Tracing, input: MailboxInput) -> None:
+        super().__init__(telemetry, input)
+        self._tracing = tracing
+        self._parent: SpanContext | None = span_context_of(input.headers)
+        self._links: list[Link] = []
+        self._scope: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> Handling:
+        if self._parent is not None:
+            self._scope = trace.use_span(trace.NonRecordingSpan(self._parent), end_on_exit=False)
+            self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+
+    def resume(self, snapshot: Snapshot) -> None:
+        super().resume(snapshot)
+        own = execution_context(snapshot.trace)
+        if own is not None:
+            self._parent = own
+
+    def transition(self, before: Snapshot | None, after: Snapshot) -> Snapshot:
+        stored = dict(after.trace)
+        started_here = False
+        if not stored and after.status != "created":
+            stored = execution_trace(self._input.headers, self._input.execution_id)
+            started_here = True
+        own = execution_context(stored)
+        message = span_context_of(self._input.headers)
+        self._links = []
+        if own is None:
+            parent = message
+        elif message is not None and message.trace_id == own.trace_id and not started_here:
+            parent = message
+        else:
+            parent = own
+            if message is not None and message.trace_id != own.trace_id:
+                self._links.append(Link(message, {"triggerbus.link": "origin"}))
+        self._parent = parent
+        before_joins = before.joins if before is not None else {}
+        if parent is not None and (before_joins or after.joins):
+            for key, value in after.joins.items():
+                if before_joins.get(key) != value:
+                    record_arrival(stored, key, parent)
+            for key in before_joins:
+                if key not in after.joins:
+                    self._links.extend(join_links(stored, key))
+                    stored.pop(JOIN_PREFIX + key, None)
+        if stored != after.trace:
+            after = msgspec.structs.replace(after, trace=stored)
+        self._snapshot = after
+        return after
+
+    def publish(self, input: PublishInput) -> Headers:
+        if self._parent is None:
+            return _NO_HEADERS
+        links = self._links if isinstance(input.message, InvokeChunk) else ()
+        return _publish(self._tracing, self._parent, input, links)
+
+    def observe(self, name: str, attributes: dict[str, Any]) -> None:
+        super().observe(name, attributes)
+        snapshot = self._snapshot
+        if name != "execution_closed" or snapshot is None or not snapshot.trace:
+            return
+        error = snapshot.error
+        self._tracing.export_execution_span(
+            snapshot.trace,
+            name=f"execution {self._input.flow}",
+            attributes={
+                "triggerbus.flow": self._input.flow,
+                "triggerbus.execution_id": self._input.execution_id,
+                "triggerbus.status": str(attributes.get("status", snapshot.status)),
+                "triggerbus.close_reason": str(attributes.get("reason", "")),
+                **({"error.type": error.error_type} if error is not None else {}),
+            },
+            started_at=snapshot.started_at or snapshot.created_at,
+            closed_at=snapshot.closed_at or time.time(),
+            error=f"{error.error_type}: {error.message}" if error is not None else None,
+        )
+
+    def _trace_id(self) -> str:
+        return f"{self._parent.trace_id:032x}" if self._parent is not None else ""
+
+    def _span_id(self) -> str:
+        return f"{self._parent.span_id:016x}" if self._parent is not None else ""
+
+
+# --- publishing ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _producer(
+    tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any
+) -> Iterator[dict[str, str] | None]:
+    message = input.message
+    attributes: dict[str, Any] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": input.subject,
+        "messaging.message.id": message.id,
+        "triggerbus.flow": input.flow,
+        "triggerbus.execution_id": message.execution_id,
+    }
+    if isinstance(message, InvokeChunk):
+        name = f"invoke {message.chunk}"
+        attributes["messaging.operation.name"] = "invoke"
+        attributes["triggerbus.chunk"] = message.chunk
+        attributes["triggerbus.step"] = message.step
+    else:
+        name = f"emit {message.event}"
+        attributes["messaging.operation.name"] = "emit"
+        attributes["triggerbus.event"] = message.event
+        if message.step is not None:
+            attributes["triggerbus.step"] = message.step
+    span = tracing.start_span(
+        name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=list(links)
+    )
+    try:
+        yield inject(span.get_span_context(), {})
+    except BaseException as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        span.end()
+
+
+def _publish(tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any) -> Headers:
+    if isinstance(input.message, InvokeChunk | EmitEvent):
+        return _producer(tracing, parent, input, links)
+    return contextlib.nullcontext(inject(parent, {}))
+
+
+# --- the process's telemetry -------------------------------------------------------------------
+
+_lock = threading.Lock()
+_current: Telemetry | None = None
+
+
+def configure_telemetry(environ: Mapping[str, str] | None = None) -> Telemetry:
+    """(Re)build the process's telemetry from ``OTEL_*`` (``os.environ`` by default).
+
+    Entry points call it once; a process that never does gets it from the environment on
+    first use. A previous configuration is flushed and shut down.
+    """
+    global _current
+    env = os.environ if environ is None else environ
+    version = _version()
+    built = Telemetry(
+        tracing=tracing_from_env(env, version=version),
+        metrics=metrics_from_env(env, version=version),
+        backlog_interval=min(15.0, export_interval(env)),
+    )
+    with _lock:
+        previous, _current = _current, built
+    if previous is not None:
+        previous.shutdown()
+    return built
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("triggerbus")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def current() -> Telemetry:
+    """The process's telemetry, built from the environment on first use."""
+    telemetry = _current
+    if telemetry is None:
+        with _lock:
+            telemetry = _current
+        if telemetry is None:
+            return configure_telemetry()
+    return telemetry
+
+
+def shutdown_telemetry() -> None:
+    """Flush and stop exporting; the next use builds telemetry from the environment again."""
+    global _current
+    with _lock:
+        previous, _current = _current, None
+    if previous is not None:
+        previous.shutdown()

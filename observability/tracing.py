@@ -1,0 +1,347 @@
+"""OpenTelemetry traces: one trace per execution, across every process it touches.
+
+- The **execution span** is one span, although an execution crosses processes and may last
+  days. Its ids are fixed when the execution starts (:func:`execution_trace`): the trace is the
+  caller's (the ``traceparent`` on the start message) or a new one derived from the execution
+  id, and the span id is derived from the execution id. They are stored in the snapshot
+  (``Snapshot.trace``), so every later message names the span as parent before it exists; the
+  host that closes the execution exports it with ``start_time`` = the start.
+- A **producer span** per publish of an invocation (``invoke <chunk>``) or an emit
+  (``emit <event>``), and a **consumer span** per chunk attempt (``process <chunk>``); retries
+  and redeliveries are separate spans with the same parent.
+- A join that fans in (batch, ``when`` and, collect, for_each's end) puts **links** to every
+  arrival on the invocations it releases.
+
+Names and attributes follow the OpenTelemetry messaging conventions (``messaging.system`` is
+``nats``) plus ``triggerbus.*`` attributes. Export is configured by the standard ``OTEL_*``
+variables (see :func:`tracing_from_env`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
+
+from triggerbus.errors import ConfigurationError
+
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+CALLER_SPAN = "caller_span_id"
+"""Keys of ``Snapshot.trace``; join arrivals are kept under ``join:<key>``."""
+JOIN_PREFIX = "join:"
+MAX_JOIN_LINKS = 128
+
+_forced: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "triggerbus_forced_ids", default=None
+)
+
+
+class _IdGenerator(RandomIdGenerator):
+    """Random ids, except for the execution span, whose ids were fixed at its start."""
+
+    def generate_span_id(self) -> int:
+        forced = _forced.get()
+        return forced[1] if forced else super().generate_span_id()
+
+    def generate_trace_id(self) -> int:
+        forced = _forced.get()
+        return forced[0] if forced else super().generate_trace_id()
+
+
+def _digest(text: str, size: int) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size).digest(), "big")
+    return value or 1
+
+
+def execution_span_id(execution_id: str) -> int:
+    """The execution span's id: fixed by the execution id, so any host can name it."""
+    return _digest(f"span:{execution_id}", 8)
+
+
+def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
+    """The remote span context in message headers (``traceparent``), or None."""
+    if TRACEPARENT not in carrier:
+        return None
+    context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return context if context.is_valid else None
+
+
+def execution_trace(headers: Mapping[str, str], execution_id: str) -> dict[str, str]:
+    """The execution's trace context, decided once at its start and kept in the snapshot.
+
+    The caller's span (``traceparent`` on the start message) becomes the execution span's
+    parent; without one, the trace id is derived from the execution id, so every host that
+    starts the same execution agrees on it.
+    """
+    caller = span_context_of(headers)
+    span_id = execution_span_id(execution_id)
+    if caller is not None:
+        trace_id, flags = caller.trace_id, int(caller.trace_flags)
+    else:
+        trace_id, flags = _digest(f"trace:{execution_id}", 16), int(TraceFlags.SAMPLED)
+    stored = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
+    if caller is not None:
+        stored[CALLER_SPAN] = f"{caller.span_id:016x}"
+        if caller.trace_state:
+            stored[TRACESTATE] = caller.trace_state.to_header()
+    return stored
+
+
+def execution_context(stored: Mapping[str, str]) -> SpanContext | None:
+    """The execution span's context, from the snapshot's trace fields."""
+    return span_context_of(stored)
+
+
+def remote_context(span_context: SpanContext) -> Context:
+    """An OpenTelemetry ``Context`` whose current span is ``span_context`` (a remote parent)."""
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
+
+
+def traceparent(span_context: SpanContext) -> str:
+    return (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
+        f"{int(span_context.trace_flags) & 0xFF:02x}"
+    )
+
+
+def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[str, str]:
+    """Write ``span_context`` into ``headers`` with the configured propagators."""
+    if span_context is not None and span_context.is_valid:
+        propagate.inject(headers, context=remote_context(span_context))
+    return headers
+
+
+def join_links(stored: Mapping[str, str], key: str) -> list[Link]:
+    """Links to every recorded arrival of the join ``key``."""
+    links = []
+    for value in stored.get(JOIN_PREFIX + key, "").split(","):
+        context = span_context_of({TRACEPARENT: value}) if value else None
+        if context is not None:
+            links.append(Link(context, {"triggerbus.link": "join_arrival"}))
+    return links
+
+
+def record_arrival(stored: dict[str, str], key: str, span_context: SpanContext) -> None:
+    """Remember ``span_context`` as one more arrival at the join ``key``."""
+    previous = stored.get(JOIN_PREFIX + key, "")
+    arrivals = [a for a in previous.split(",") if a][-(MAX_JOIN_LINKS - 1) :]
+    arrivals.append(traceparent(span_context))
+    stored[JOIN_PREFIX + key] = ",".join(arrivals)
+
+
+def ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+class Tracing:
+    """A tracer provider of triggerbus's own, exporting where ``OTEL_*`` says.
+
+    It is not installed as the global provider: an application keeps its own; its current
+    span is still the parent of what it starts (context is shared, providers are not).
+    """
+
+    def __init__(self, provider: TracerProvider, *, version: str = "") -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer("triggerbus", version)
+
+    def start_span(
+        self,
+        name: str,
+        *,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: Mapping[str, Any],
+        links: list[Link] | None = None,
+    ) -> trace.Span:
+        context = remote_context(parent) if parent is not None else Context()
+        return self.tracer.start_span(
+            name, context=context, kind=kind, attributes=attributes, links=links or ()
+        )
+
+    def export_execution_span(
+        self,
+        stored: Mapping[str, str],
+        *,
+        name: str,
+        attributes: Mapping[str, Any],
+        started_at: float,
+        closed_at: float,
+        error: str | None,
+    ) -> None:
+        """Export the execution span with the ids fixed at its start."""
+        own = execution_context(stored)
+        if own is None:
+            return
+        caller_id = stored.get(CALLER_SPAN)
+        if caller_id:
+            state = TraceState.from_header([stored[TRACESTATE]]) if TRACESTATE in stored else None
+            parent: Context = remote_context(
+                SpanContext(
+                    own.trace_id,
+                    int(caller_id, 16),
+                    is_remote=True,
+                    trace_flags=own.trace_flags,
+                    trace_state=state,
+                )
+            )
+        else:
+            parent = Context()
+        token = _forced.set((own.trace_id, own.span_id))
+        try:
+            span = self.tracer.start_span(
+                name,
+                context=parent,
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+                start_time=ns(started_at),
+            )
+        finally:
+            _forced.reset(token)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=ns(max(closed_at, started_at)))
+
+    def force_flush(self, timeout_millis: int = 5_000) -> bool:
+        return self.provider.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+@contextmanager
+def current(span: trace.Span) -> Iterator[None]:
+    """Make ``span`` current, so logs and the user's own spans inside it nest under it."""
+    with trace.use_span(span, end_on_exit=False, record_exception=False):
+        yield
+
+
+# --- configuration from OTEL_* ---------------------------------------------------------------
+
+
+def enabled_by(environ: Mapping[str, str], signal: str) -> bool:
+    """Whether ``OTEL_*`` asks for ``signal`` (``traces`` or ``metrics``) to be exported.
+
+    Off when ``OTEL_SDK_DISABLED=true``, when ``OTEL_<SIGNAL>_EXPORTER=none``, and when nothing
+    names an exporter or an OTLP endpoint: telemetry is opt-in and costs nothing when off.
+    """
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
+    if exporters:
+        return exporters != "none"
+    return bool(
+        environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def otlp_protocol(environ: Mapping[str, str], signal: str) -> str:
+    protocol = (
+        environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    if protocol not in ("http/protobuf", "grpc"):
+        raise ConfigurationError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL {protocol!r} is not supported; use http/protobuf or grpc"
+        )
+    return protocol
+
+
+def otlp_endpoint(environ: Mapping[str, str], signal: str, protocol: str) -> str | None:
+    """The endpoint the spec's rules give: per-signal as is, the base one plus ``/v1/<signal>``."""
+    specific = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if specific:
+        return specific
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not base:
+        return None
+    if protocol == "grpc":
+        return base
+    return base.rstrip("/") + f"/v1/{signal}"
+
+
+def resource_from(environ: Mapping[str, str]) -> Resource:
+    attributes: dict[str, Any] = {}
+    for pair in environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            attributes[key.strip()] = value.strip()
+    attributes["service.name"] = environ.get("OTEL_SERVICE_NAME") or attributes.get(
+        "service.name", "triggerbus"
+    )
+    return Resource.create(attributes)
+
+
+def _span_exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+    names = [
+        n.strip().lower()
+        for n in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")
+        if n.strip()
+    ]
+    exporters: list[SpanExporter] = []
+    for name in names:
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            protocol = otlp_protocol(environ, "traces")
+            endpoint = otlp_endpoint(environ, "traces", protocol)
+            if protocol == "grpc":
+                try:
+                    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                        OTLPSpanExporter as GrpcSpanExporter,
+                    )
+                except ImportError as exc:
+                    raise ConfigurationError(
+                        "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
+                        ", or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+                    ) from exc
+                exporters.append(GrpcSpanExporter(endpoint=endpoint))
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter as HttpSpanExporter,
+                )
+
+                exporters.append(HttpSpanExporter(endpoint=endpoint))
+        elif name != "none":
+            raise ConfigurationError(
+                f"OTEL_TRACES_EXPORTER {name!r} is not supported; use otlp, console or none"
+            )
+    return exporters
+
+
+def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracing | None:
+    """A :class:`Tracing` exporting as ``OTEL_*`` says, or None when tracing is off."""
+    if not enabled_by(environ, "traces"):
+        return None
+    exporters = _span_exporters(environ)
+    if not exporters:
+        return None
+    provider = TracerProvider(resource=resource_from(environ), id_generator=_IdGenerator())
+    for exporter in exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return Tracing(provider, version=version)
