@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -41,6 +41,8 @@ class Worker:
         concurrency: Invocations of each chunk running at once in this process.
         host_executions: Whether to host execution actors too.
         shutdown_grace: Seconds running invocations get to finish after a stop request.
+        more_flows: Further flows hosted alongside (a flow's sub-flows, or several flows in
+            one process); ``chunks`` filters their chunks by name too.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Worker:
         shutdown_grace: float = 30.0,
         consumer_policy: ConsumerPolicy | None = None,
         after_store: Callable[[], None] | None = None,
+        more_flows: Sequence[HostedFlow] = (),
     ) -> None:
         self._bus = bus
         self._flow = flow
@@ -76,6 +79,24 @@ class Worker:
             if host_executions
             else None
         )
+        self._more_hosts: list[ChunkHost | ExecutionHost] = []
+        for other in more_flows:
+            if host_executions:
+                self._more_hosts.append(
+                    ExecutionHost(bus, other, consumer_policy=consumer_policy)
+                )
+            wanted = [n for n in other.handlers if chunks is None or n in chunks]
+            if wanted:
+                self._more_hosts.append(
+                    ChunkHost(
+                        bus,
+                        other,
+                        self._replies,
+                        chunks=wanted,
+                        concurrency=concurrency,
+                        consumer_policy=consumer_policy,
+                    )
+                )
         if self._chunk_host is None and self._execution_host is None:
             raise LifecycleError("a worker must host at least one chunk or the execution actors")
         self._grace = shutdown_grace
@@ -100,7 +121,7 @@ class Worker:
         await self._replies.start()
         hosts: list[ChunkHost | ExecutionHost] = [
             h for h in (self._execution_host, self._chunk_host) if h is not None
-        ]
+        ] + self._more_hosts
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(host.run()) for host in hosts]

@@ -20,7 +20,7 @@ from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.embedded import EmbeddedServer
 from triggerbus.bus.jetstream import Bus
-from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.provision import ConsumerPolicy, StoragePolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
@@ -122,7 +122,11 @@ class LocalRuntime:
             if self._bus is not None:
                 return
             url = self.settings.nats_url or embedded_url(self.settings)
-            bus = await Bus.open(ConnectOptions.from_settings(self.settings, url), self.subjects)
+            bus = await Bus.open(
+                ConnectOptions.from_settings(self.settings, url),
+                self.subjects,
+                storage=StoragePolicy(replicas=self.settings.replicas),
+            )
             replies = ReplyRouter(bus.nc)
             await replies.start()
             self._bus, self._replies = bus, replies
@@ -158,7 +162,10 @@ class LocalRuntime:
             hosted = HostedFlow(graph, flow.handlers(), local_resources=local_resources)
             await self._start_hosts(hosted)
             self._flows[graph.flow] = hosted
-            return hosted
+        # The sub-flows it starts run as executions of their own flows, hosted alongside.
+        for sub_flow in flow.hosted_flows()[1:]:
+            await self.ensure_flow(sub_flow)
+        return hosted
 
     async def _start_hosts(self, hosted: HostedFlow) -> None:
         assert self._group is not None

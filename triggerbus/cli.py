@@ -27,6 +27,7 @@ from triggerbus.config import Settings
 from triggerbus.errors import ConfigurationError, TriggerbusError
 from triggerbus.flow import TriggerFlow
 from triggerbus.observability.logging import configure_logging
+from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
 
 log = structlog.get_logger()
 
@@ -70,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Host replicas of a flow's chunks, competing with every other replica for "
         "their invocations. Stops taking work on SIGTERM/SIGINT, finishes what it holds, exits.",
     )
-    worker.add_argument("target", help="the flow, as module:variable (e.g. app.flows:flow)")
+    worker.add_argument(
+        "target",
+        nargs="+",
+        help="the flow, as module:variable (e.g. app.flows:flow); several may be given, and "
+        "each flow's sub-flows are hosted with it",
+    )
     worker.add_argument(
         "--chunk",
         action="append",
@@ -147,7 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fmt=settings.log_format,  # type: ignore[arg-type]
         )
         if args.command == "worker":
-            return asyncio.run(_run_worker(args, settings))
+            configure_telemetry()  # OTEL_*; flushed when the worker stops
+            try:
+                return asyncio.run(_run_worker(args, settings))
+            finally:
+                shutdown_telemetry()
         if args.command == "graph":
             return _print_graph(args, settings)
         if args.command == "dlq":
@@ -170,9 +180,12 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             "a worker needs a shared NATS server: set TRIGGERBUS_NATS_URL or pass --nats-url "
             "(the embedded server is private to one process)"
         )
-    flow = load_flow(args.target)
+    flows: dict[str, TriggerFlow] = {}
+    for target in args.target:
+        for each in load_flow(target).hosted_flows():
+            flows.setdefault(each.name, each)
     chunks: list[str] | None = [] if args.no_chunks else args.chunks
-    hosted = HostedFlow(flow.graph(), flow.handlers())
+    hosted, *more = [HostedFlow(f.graph(), f.handlers()) for f in flows.values()]
     subjects = Subjects(settings.prefix)
     bus = await Bus.open(ConnectOptions.from_settings(settings, settings.nats_url), subjects)
     try:
@@ -189,6 +202,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
                 if settings.fault_kill_after_stores
                 else None
             ),
+            more_flows=more,
         )
         install_signal_handlers(worker)
         await worker.run()

@@ -46,6 +46,8 @@ from triggerbus.errors import (
     ExecutionNotFoundError,
     ValueNotSerializableError,
 )
+from triggerbus.observability.telemetry import PublishInput
+from triggerbus.observability.telemetry import current as telemetry
 
 if TYPE_CHECKING:
     from triggerbus.flow import TriggerFlow
@@ -438,7 +440,9 @@ class Execution:
 
     async def _publish(self, runtime: LocalRuntime, message: Any) -> None:
         subject = runtime.subjects.mailbox(self.flow_name, self.id)
-        await runtime.bus.publish(subject, encode(message), msg_id=message.id)
+        # The caller's current span (if any) travels with the message.
+        with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
+            await runtime.bus.publish(subject, encode(message), msg_id=message.id, headers=headers)
 
     async def _request(
         self, runtime: LocalRuntime, message: Any, *, if_duplicate: Reply | None = None
@@ -453,7 +457,10 @@ class Execution:
         try:
             addressed = msgspec.structs.replace(message, reply_to=reply_to)
             subject = runtime.subjects.mailbox(self.flow_name, self.id)
-            fresh = await runtime.bus.publish_once(subject, encode(addressed), msg_id=message.id)
+            with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
+                fresh = await runtime.bus.publish_once(
+                    subject, encode(addressed), msg_id=message.id, headers=headers
+                )
             if not fresh and if_duplicate is not None:
                 return if_duplicate
             return decode(reply_decoder, await future)

@@ -122,7 +122,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         nats_url: str,
         prefix: str,
@@ -133,7 +133,8 @@ class WorkerProcess:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self._argv = [sys.executable, "-m", "triggerbus", "worker", target]
+        targets = [target] if isinstance(target, str) else list(target)
+        self._argv = [sys.executable, "-m", "triggerbus", "worker", *targets]
         for chunk in chunks or ():
             self._argv += ["--chunk", chunk]
         if no_executions:
