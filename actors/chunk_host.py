@@ -224,6 +224,8 @@ class ChunkHost:
 
     async def _run(self, invocation: InvokeChunk, delivery: Delivery, observed: Attempt) -> None:
         port = _Port(self._bus, self._replies, self._flow.name, observed)
+        if invocation.stream_to is not None:  # a sub-flow's chunk: items go to the parent
+            port.stream_target = invocation.stream_to.stream_target()
         resources = {**invocation.resources, **self._flow.local_resources(invocation.execution_id)}
         data = TriggerFlowRuntimeData(invocation, port, resources=resources)
         handler = self._flow.handlers[invocation.chunk]
@@ -403,6 +405,7 @@ class _Port:
         self._observed = observed
         self._loop = asyncio.get_running_loop()
         self._tail: asyncio.Future[None] | None = None
+        self.stream_target: tuple[str, str] | None = None
 
     @property
     def on_loop(self) -> bool:
@@ -456,7 +459,8 @@ class _Port:
             ) from exc
         subjects = self._bus.subjects
         if isinstance(message, StreamItem | StreamEnded):
-            subject = subjects.stream(self._flow, message.execution_id)
+            flow, execution_id = self.stream_target or (self._flow, message.execution_id)
+            subject = subjects.stream(flow, execution_id)
         else:
             subject = subjects.mailbox(self._flow, message.execution_id)
 

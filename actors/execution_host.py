@@ -43,6 +43,7 @@ from triggerbus.contracts.outbox import (
     Observe,
     OutboxCommand,
     ScheduleTimer,
+    SendMailbox,
     SendReply,
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
@@ -337,10 +338,13 @@ class ExecutionHost:
             match command:
                 case Invoke(chunk_token=token, message=invoke):
                     stored.append(self._publish(handling, subjects.run(flow, token), invoke))
-                case AppendStream(message=item):
-                    stored.append(
-                        self._publish(handling, subjects.stream(flow, execution_id), item)
-                    )
+                case AppendStream(message=item, flow=stream_flow):
+                    # A sub-flow's items go to its parent's stream (``stream_flow`` is set).
+                    target = subjects.stream(stream_flow or flow, item.execution_id)
+                    stored.append(self._publish(handling, target, item))
+                case SendMailbox(flow=other_flow, message=message):
+                    target = subjects.mailbox(other_flow, message.execution_id)
+                    stored.append(self._publish(handling, target, message))
                 case _:
                     after.append(command)
         if stored:
