@@ -270,10 +270,12 @@ class TriggerFlowRuntimeData:
     async_put = async_put_into_stream
 
     def stop_stream(self) -> None:
-        self._send_sync(self._stream_end())
+        if self._invocation.stream_to is None:  # a sub-flow does not end its parent's stream
+            self._send_sync(self._stream_end())
 
     async def async_stop_stream(self) -> None:
-        await self._port.send(self._stream_end())
+        if self._invocation.stream_to is None:
+            await self._port.send(self._stream_end())
 
     def _stream_item(self, item: Any) -> StreamItem:
         return StreamItem(id=self._next_id(), execution_id=self.execution_id, value=item)

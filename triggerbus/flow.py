@@ -346,6 +346,69 @@ class TriggerFlowProcess:
         self._flow._add_edge(self._signal, operator_id)
         return self._at(Signal(type="event", name=emit))
 
+    # --- sub-flows ---------------------------------------------------------------------------
+
+    def to_sub_flow(
+        self,
+        trigger_flow: TriggerFlow,
+        *,
+        side_branch: bool = False,
+        name: str | None = None,
+        capture: Mapping[str, Any] | None = None,
+        write_back: Mapping[str, Any] | None = None,
+        concurrency: int | None = None,
+    ) -> TriggerFlowProcess:
+        """Run ``trigger_flow`` as a child execution and continue with its result.
+
+        The child is its own execution (its own mailbox and snapshot); its stream items go to
+        this execution's stream. Without ``write_back`` the parent continues with the child's
+        ``$final_result`` (its close snapshot when it has none).
+
+        Args:
+            capture: What the child starts with: ``{"input": "value.path"}`` (or a mapping
+                ``{"input": {"key": "value.path"}}``), ``{"runtime_data": {"key":
+                "runtime_data.path"}}``; sources are ``value``, ``runtime_data`` and
+                ``resources``. Default: the input is this position's value.
+            write_back: What the parent takes back: ``{"value": "result.path"}`` (or a
+                mapping) and ``{"runtime_data": {"key": "result.path"}}``.
+        """
+        if not isinstance(trigger_flow, TriggerFlow):
+            raise FlowDefinitionError(
+                f"to_sub_flow() takes a TriggerFlow, not {type(trigger_flow).__name__}"
+            )
+        _check_bindings(capture, {"input", "runtime_data"}, "capture")
+        _check_bindings(write_back, {"value", "runtime_data"}, "write_back")
+        child = trigger_flow.graph()
+        capture_spec = dict(capture) if capture else None
+        write_back_spec = dict(write_back) if write_back else None
+        ident = digest(
+            "sub_flow", self._signal, child.flow, capture_spec, write_back_spec, concurrency,
+            name, length=16,
+        )
+        emit = f"SubFlow-{ident}"
+        operator = f"sub-flow-{ident}"
+        self._flow._add_operator(
+            Operator(
+                id=operator,
+                kind="sub_flow",
+                name=name or f"sub_flow:{child.flow}",
+                emits=(emit,),
+                options={
+                    "flow": child.flow,
+                    "fingerprint": child.fingerprint,
+                    "capture": capture_spec,
+                    "write_back": write_back_spec,
+                    "concurrency": concurrency,
+                    "emit": emit,
+                },
+            )
+        )
+        self._flow._sub_flows[child.flow] = trigger_flow
+        self._flow._add_edge(self._signal, operator)
+        if side_branch:
+            return self
+        return self._at(Signal(type="event", name=emit))
+
     def ____(self, *args: Any, **kwargs: Any) -> TriggerFlowProcess:
         """A separator for long chains; does nothing."""
         return self
@@ -380,6 +443,7 @@ class TriggerFlow:
         self._internal: dict[str, TriggerFlowChunk] = {}
         self._collections: dict[str, list[str]] = {}
         self._collect_ops: dict[str, dict[str, tuple[str, str]]] = {}
+        self._sub_flows: dict[str, TriggerFlow] = {}
         self._operators: dict[str, Operator] = {}
         self._edges: list[Edge] = []
         self._graph: FlowGraph | None = None
@@ -452,6 +516,23 @@ class TriggerFlow:
 
     def if_condition(self, condition: Any) -> TriggerFlowProcess:
         return self._start.if_condition(condition)
+
+    def to_sub_flow(self, trigger_flow: TriggerFlow, **options: Any) -> TriggerFlowProcess:
+        """Run ``trigger_flow`` as a child execution first (see ``TriggerFlowProcess``)."""
+        return self._start.to_sub_flow(trigger_flow, **options)
+
+    def hosted_flows(self) -> list[TriggerFlow]:
+        """This flow and, recursively, the sub-flows it starts: what a process hosting it
+        must host too."""
+        found: dict[str, TriggerFlow] = {}
+        pending: list[TriggerFlow] = [self]
+        while pending:
+            flow = pending.pop(0)
+            if flow.name in found:
+                continue
+            found[flow.name] = flow
+            pending.extend(flow._sub_flows.values())
+        return list(found.values())
 
     def when(self, trigger_or_triggers: Any, *, mode: WhenMode = "and") -> TriggerFlowProcess:
         """A position that fires on an event, a chunk's completion, a state key, or a join of
@@ -681,7 +762,7 @@ class TriggerFlow:
             chunk_name, handler = chunk
             return self._declare_chunk(handler, chunk_name)
         if isinstance(chunk, TriggerFlow):
-            raise FlowDefinitionError("sub-flows (to_sub_flow) are not supported yet")
+            raise FlowDefinitionError("to run a flow inside another, use to_sub_flow(flow)")
         if callable(chunk):
             return self._declare_chunk(chunk, name or getattr(chunk, "__name__", "chunk"))
         raise FlowDefinitionError(
@@ -803,6 +884,24 @@ def _route_operator(block: _Block) -> Operator:
             "collect": f"match-collect-{block.id}",
         },
     )
+
+
+def _check_bindings(spec: Mapping[str, Any] | None, scopes: set[str], what: str) -> None:
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping):
+        raise FlowDefinitionError(f"to_sub_flow({what}=...) takes a mapping")
+    for scope, binding in spec.items():
+        if scope not in scopes:
+            raise FlowDefinitionError(
+                f"to_sub_flow({what}=...) scope {scope!r} is not supported; use "
+                f"{sorted(scopes)} (flow_data and resources bindings are not carried across "
+                "executions; every child sees the parent's resources)"
+            )
+        if not isinstance(binding, str | Mapping):
+            raise FlowDefinitionError(
+                f"to_sub_flow({what}={{{scope!r}: ...}}) takes a path string or a mapping"
+            )
 
 
 def _condition_label(condition: Any) -> Any:
