@@ -1,18 +1,33 @@
 """The one place where nats-py exceptions become triggerbus exceptions.
 
-Every call into nats-py from ``bus/`` runs inside :func:`translate_nats_errors`, so no nats type
-escapes the bus layer and callers above it catch only the tree in :mod:`triggerbus.errors`.
+Every call into nats-py from ``bus/`` runs inside :func:`translate_nats_errors` (or
+:func:`call_retrying`, which translates the same way once it gives up), so no nats type escapes
+the bus layer and callers above it catch only the tree in :mod:`triggerbus.errors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
+import structlog
 
 from triggerbus.errors import BusError, BusUnavailableError, RevisionConflictError
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+RETRY_WINDOW = 15.0
+"""Seconds a JetStream call keeps retrying transient failures: a clustered stream whose leader
+died elects a new one within a few seconds (raft election timeouts), and a client whose server
+died reconnects to another within about as long."""
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 1.0
 
 # JetStream API codes for a failed compare-and-set ("wrong last sequence"); nats-py turns them
 # into KeyWrongLastSequenceError only for KV calls, a stream publish with an expected-sequence
@@ -57,6 +72,67 @@ def translate_nats_errors(
         yield
     except nats.errors.Error as exc:
         raise _translate(exc, subject=subject, key=key, url=url) from exc
+
+
+def unanswered(exc: nats.errors.Error) -> bool:
+    """True when the call certainly had no effect and nobody answered: no responders (a
+    stream or API with no leader right now), or JetStream saying it is temporarily unavailable
+    (503, e.g. no meta leader). Retrying such a call can never apply it twice."""
+    return isinstance(
+        exc,
+        nats.errors.NoRespondersError
+        | nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServiceUnavailableError,
+    )
+
+
+def transient(exc: nats.errors.Error) -> bool:
+    """:func:`unanswered`, or a timeout (which may hide a call that did take effect): what a
+    leader election or a reconnect to another server produces. Retry only calls that are safe
+    to repeat: a publish with a ``Nats-Msg-Id``, a read, a compare-and-set."""
+    return unanswered(exc) or isinstance(
+        exc, nats.errors.TimeoutError | nats.errors.StaleConnectionError
+    )
+
+
+async def call_retrying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry_if: Callable[[nats.errors.Error], bool] = transient,
+    window: float = RETRY_WINDOW,
+    subject: str | None = None,
+    key: str | None = None,
+    url: str | None = None,
+) -> T:
+    """Await ``call()``, repeating it with bounded backoff while it fails in a way ``retry_if``
+    calls transient, for at most ``window`` seconds; then raise as :func:`translate_nats_errors`.
+
+    A compare-and-set conflict, a closed connection or any other error is raised at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window
+    backoff = _FIRST_BACKOFF
+    attempt = 1
+    while True:
+        try:
+            result = await call()
+        except nats.errors.Error as exc:
+            if (
+                _is_wrong_last_sequence(exc)
+                or not retry_if(exc)
+                or loop.time() + backoff > deadline
+            ):
+                raise _translate(exc, subject=subject, key=key, url=url) from exc
+            log.debug(
+                "bus_call_retrying", subject=subject, key=key, attempt=attempt, error=repr(exc)
+            )
+            await asyncio.sleep(backoff)  # backoff between real attempts, not a wait for time
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+            attempt += 1
+            continue
+        if attempt > 1:
+            log.info("bus_call_recovered", subject=subject, key=key, attempts=attempt)
+        return result
 
 
 def _translate(

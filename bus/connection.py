@@ -20,9 +20,14 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
-from triggerbus.errors import BusUnavailableError, ConfigurationError, ServerTooOldError
+from triggerbus.errors import (
+    BusError,
+    BusUnavailableError,
+    ConfigurationError,
+    ServerTooOldError,
+)
 
-from ._errors import translate_nats_errors
+from ._errors import call_retrying
 
 if TYPE_CHECKING:
     from triggerbus.config import Settings
@@ -47,6 +52,8 @@ _RECONNECT_FOREVER = -1
 
 # JetStream API error code: "jetstream not enabled for account".
 _JS_NOT_ENABLED_FOR_ACCOUNT = 10039
+# Seconds one account-info request may take; a cluster without a meta leader does not answer.
+_JS_INFO_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,17 +261,31 @@ def _check_version(nc: Client, url: str) -> None:
 
 
 async def _check_jetstream(nc: Client, url: str) -> None:
-    with translate_nats_errors(subject="$JS.API.INFO", url=url):
-        try:
-            await nc.jetstream().account_info()
-        except nats.js.errors.ServiceUnavailableError as exc:
-            # No responder at all means JetStream is off; 10039 means it is off for this account.
-            if exc.err_code not in (None, _JS_NOT_ENABLED_FOR_ACCOUNT):
-                raise
-            raise ServerTooOldError(
-                f"NATS server at {url} has JetStream disabled; start nats-server with `-js` "
-                "(or enable JetStream for this account in its configuration)"
-            ) from exc
+    """Ask JetStream for the account's info; a cluster still electing its meta leader (it times
+    out, then answers 503) is waited out for up to ``RETRY_WINDOW`` seconds."""
+    js = nc.jetstream(timeout=_JS_INFO_TIMEOUT)
+    try:
+        await call_retrying(
+            js.account_info, retry_if=_jetstream_starting, subject="$JS.API.INFO", url=url
+        )
+    except BusError as exc:
+        cause = exc.__cause__
+        # No responder at all means JetStream is off; 10039 means it is off for this account.
+        if not isinstance(cause, nats.js.errors.ServiceUnavailableError) or cause.err_code not in (
+            None,
+            _JS_NOT_ENABLED_FOR_ACCOUNT,
+        ):
+            raise
+        raise ServerTooOldError(
+            f"NATS server at {url} has JetStream disabled; start nats-server with `-js` "
+            "(or enable JetStream for this account in its configuration)"
+        ) from cause
+
+
+def _jetstream_starting(exc: nats.errors.Error) -> bool:
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return exc.err_code not in (None, _JS_NOT_ENABLED_FOR_ACCOUNT)
+    return isinstance(exc, nats.errors.TimeoutError)
 
 
 def _credentials(options: ConnectOptions) -> dict[str, str]:

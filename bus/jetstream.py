@@ -19,7 +19,12 @@ from nats.js.api import DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from triggerbus.bus._errors import translate_nats_errors
+from triggerbus.bus._errors import (
+    call_retrying,
+    transient,
+    translate_nats_errors,
+    unanswered,
+)
 from triggerbus.bus.connection import ConnectOptions, connect
 from triggerbus.bus.provision import (
     ConsumerPolicy,
@@ -220,12 +225,21 @@ class Bus:
         msg_id: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> int:
-        """Publish into a stream and wait for the store's ack; returns the stream sequence."""
+        """Publish into a stream and wait for the store's ack; returns the stream sequence.
+
+        Transient failures (a stream electing a leader, a reconnect) are retried for up to
+        ``RETRY_WINDOW`` seconds before the error is raised.
+        """
         all_headers = dict(headers or {})
         if msg_id:
             all_headers[MSG_ID_HEADER] = msg_id
-        with translate_nats_errors(subject=subject):
-            ack = await self.js.publish(subject, payload, headers=all_headers or None)
+        # With an id, a retry the stream already holds is dropped as a duplicate, so even a
+        # timed-out attempt may be repeated; without one, only an attempt nobody answered.
+        ack = await call_retrying(
+            lambda: self.js.publish(subject, payload, headers=all_headers or None),
+            retry_if=transient if msg_id else unanswered,
+            subject=subject,
+        )
         return int(ack.seq)
 
     async def publish_once(
@@ -238,8 +252,9 @@ class Bus:
     ) -> bool:
         """Publish with de-duplication; False when the stream already held ``msg_id``."""
         all_headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
-        with translate_nats_errors(subject=subject):
-            ack = await self.js.publish(subject, payload, headers=all_headers)
+        ack = await call_retrying(
+            lambda: self.js.publish(subject, payload, headers=all_headers), subject=subject
+        )
         return not bool(ack.duplicate)
 
     async def publish_core(
@@ -263,8 +278,7 @@ class Bus:
     async def load(self, key: str) -> tuple[bytes, int] | None:
         """The value and revision at ``key``, or ``None``."""
         try:
-            with translate_nats_errors(key=key):
-                entry = await self.kv.get(key)
+            entry = await call_retrying(lambda: self.kv.get(key), key=key)
         except Exception as exc:
             if isinstance(exc.__cause__, nats.js.errors.KeyNotFoundError):
                 return None
@@ -276,13 +290,19 @@ class Bus:
     async def store(self, key: str, payload: bytes, *, revision: int | None) -> int:
         """Write ``key`` if its revision is still ``revision`` (``None``: if absent).
 
+        A write that timed out may have been applied; its retry then finds its own revision and
+        raises a conflict, which the caller resolves by reloading, as for any other writer.
+
         Raises:
             RevisionConflictError: somebody else wrote first.
         """
-        with translate_nats_errors(key=key):
-            if revision is None:
-                return int(await self.kv.create(key, payload))
-            return int(await self.kv.update(key, payload, last=revision))
+        if revision is None:
+            written = await call_retrying(lambda: self.kv.create(key, payload), key=key)
+        else:
+            written = await call_retrying(
+                lambda: self.kv.update(key, payload, last=revision), key=key
+            )
+        return int(written)
 
     # --- consuming ----------------------------------------------------------------------------
 

@@ -7,11 +7,14 @@ deployment (or an operator) may depend on it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import nats.js.errors
 import structlog
+from nats.aio.client import Client
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -23,16 +26,25 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from triggerbus.bus._errors import translate_nats_errors
+from triggerbus.bus._errors import call_retrying, translate_nats_errors
 from triggerbus.bus.subjects import Subjects
-from triggerbus.errors import ProvisioningDriftError
+from triggerbus.errors import ConfigurationError, ProvisioningDriftError
 
 log = structlog.get_logger()
 
 
+# JetStream API codes: "replicas > 1 not supported in non-clustered mode", "insufficient
+# resources" (fewer servers than replicas).
+_REPLICAS_UNSUPPORTED_CODES = frozenset({10074, 10023})
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoragePolicy:
-    """Retention and durability knobs an operator may tune."""
+    """Retention and durability knobs an operator may tune.
+
+    ``replicas`` applies to every stream and the bucket (their consumers inherit it): 3 on a
+    cluster of at least 3 JetStream servers keeps everything available when one server dies.
+    """
 
     replicas: int = 1
     stream_max_age: float = 24 * 3600.0
@@ -98,9 +110,34 @@ async def provision(
 ) -> None:
     """Create the streams and the executions bucket, or check that they match."""
     policy = policy or StoragePolicy()
-    for config in stream_configs(subjects, policy):
-        await _ensure_stream(js, config)
-    await _ensure_bucket(js, subjects, policy)
+    with _replicas_checked(policy):
+        for config in stream_configs(subjects, policy):
+            await _ensure_stream(js, config)
+        await _ensure_bucket(js, subjects, policy)
+
+
+async def stream_leader(nc: Client, stream: str) -> str | None:
+    """The name of the server leading ``stream`` now, or ``None`` while it elects one (or when
+    the server is not clustered)."""
+    js = nc.jetstream()
+    info = await call_retrying(lambda: js.stream_info(stream), subject=stream)
+    return info.cluster.leader if info.cluster is not None else None
+
+
+@contextmanager
+def _replicas_checked(policy: StoragePolicy) -> Iterator[None]:
+    """Say what to change when the servers cannot hold ``policy.replicas`` copies."""
+    try:
+        yield
+    except Exception as exc:
+        cause = exc.__cause__
+        if policy.replicas > 1 and getattr(cause, "err_code", None) in _REPLICAS_UNSUPPORTED_CODES:
+            raise ConfigurationError(
+                f"TRIGGERBUS_REPLICAS={policy.replicas} needs a NATS cluster with at least "
+                f"{policy.replicas} JetStream servers ({getattr(cause, 'description', cause)}); "
+                "lower it, or point TRIGGERBUS_NATS_URL at such a cluster"
+            ) from exc
+        raise
 
 
 async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
@@ -123,10 +160,13 @@ async def _ensure_bucket(js: JetStreamContext, subjects: Subjects, policy: Stora
     bucket = subjects.executions_bucket
     with translate_nats_errors(subject=bucket):
         try:
-            await js.key_value(bucket)
-            return
+            status = await (await js.key_value(bucket)).status()
         except nats.js.errors.BucketNotFoundError:
             pass
+        else:
+            wanted = StreamConfig(num_replicas=policy.replicas)
+            _check_drift(bucket, wanted, status.stream_info.config, ("num_replicas",))
+            return
         await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket,

@@ -21,7 +21,7 @@ from triggerbus.actors.worker import Worker, install_signal_handlers, kill_after
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.dead_letters import get_dead_letter, list_dead_letters, replay_dead_letter
 from triggerbus.bus.jetstream import Bus
-from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.provision import ConsumerPolicy, StoragePolicy
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
 from triggerbus.errors import ConfigurationError, TriggerbusError
@@ -187,7 +187,11 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     chunks: list[str] | None = [] if args.no_chunks else args.chunks
     hosted, *more = [HostedFlow(f.graph(), f.handlers()) for f in flows.values()]
     subjects = Subjects(settings.prefix)
-    bus = await Bus.open(ConnectOptions.from_settings(settings, settings.nats_url), subjects)
+    bus = await Bus.open(
+        ConnectOptions.from_settings(settings, settings.nats_url),
+        subjects,
+        storage=StoragePolicy(replicas=settings.replicas),
+    )
     try:
         worker = Worker(
             bus,
@@ -217,7 +221,11 @@ async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             "dead letters live on a shared NATS server: set TRIGGERBUS_NATS_URL or --nats-url"
         )
     subjects = Subjects(settings.prefix)
-    bus = await Bus.open(ConnectOptions.from_settings(settings, settings.nats_url), subjects)
+    bus = await Bus.open(
+        ConnectOptions.from_settings(settings, settings.nats_url),
+        subjects,
+        storage=StoragePolicy(replicas=settings.replicas),
+    )
     try:
         if args.dlq_command == "list":
             for stored in await list_dead_letters(bus, flow=args.flow, limit=args.limit):

@@ -39,6 +39,9 @@ class Settings:
             long the work of a dead worker waits.
         fault_kill_after_stores: Fault injection for tests: an execution host SIGKILLs its own
             process after this many snapshot writes, before publishing the outbox.
+        replicas: Copies JetStream keeps of every stream and of the executions bucket; 3 on a
+            cluster of at least 3 servers survives the loss of one. Every process provisions
+            with it, so all must agree (a difference is reported as drift).
     """
 
     nats_url: str | None = None
@@ -61,6 +64,7 @@ class Settings:
     log_format: str = "auto"
     ack_wait: float = 30.0
     fault_kill_after_stores: int | None = None
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -116,6 +120,7 @@ class Settings:
                 if get("FAULT_KILL_AFTER_STORES")
                 else None
             ),
+            replicas=_positive_int(get("REPLICAS"), "REPLICAS", 1),
         )
 
 
