@@ -219,6 +219,8 @@ def _on_start(work: _Work, message: StartExecution) -> None:
         skip_exceptions=message.skip_exceptions,
         resources=message.resources,
         parent=message.parent,
+        flow_data=message.flow_data,
+        flow_data_revision=message.flow_data_revision,
     )
     for key, value in message.state.items():
         apply_state_op(work.state, "set", key, copy.deepcopy(value))
@@ -379,13 +381,12 @@ def _on_seal(work: _Work, message: SealExecution) -> None:
 
 def _on_flow_data(work: _Work, message: FlowDataChanged) -> None:
     """A flow-data change fires this execution's ``flow_data`` listeners once per revision."""
-    if (
-        work.get("lifecycle") != "open"
-        or work.get("status") != "running"
-        or message.revision <= work.get("flow_data_revision")
-    ):
+    if work.closed:
         return
-    work.set(flow_data_revision=message.revision)
+    if message.revision > work.get("flow_data_revision"):
+        work.set(flow_data=message.data, flow_data_revision=message.revision)
+    if work.get("lifecycle") != "open" or work.get("status") != "running":
+        return
     work.observe("flow_data_changed", key=message.key, revision=message.revision)
     _emit(work, Signal(type="flow_data", name=message.key), message.value, layers=())
 
@@ -542,6 +543,7 @@ def _dispatch(work: _Work, queued: QueuedInvocation) -> None:
         resources=work.get("resources"),
         sent_at=work.now,
         stream_to=work.get("parent"),
+        flow_data=work.get("flow_data"),
     )
     work.outbox.append(Invoke(chunk_token=spec.token, message=message))
     work.observe("chunk_invoked", chunk=node.chunk, step=node.id)

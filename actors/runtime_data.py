@@ -43,6 +43,10 @@ class ChunkPort(Protocol):
     def run_blocking(self, coroutine: Any) -> Any:
         """From a sync handler's thread: run ``coroutine`` on the host loop and wait for it."""
 
+    def change_flow_data(self, op: str, key: str, value: Any, emit: bool) -> Any:
+        """Queue a flow-data change behind everything sent before it; await the result to
+        wait until it is stored and announced."""
+
     @property
     def on_loop(self) -> bool:
         """True when called from the host's event loop (an async handler)."""
@@ -96,6 +100,43 @@ class StateView:
         return copy.deepcopy(self._data._state)
 
 
+class FlowStateView:
+    """``data.flow_state``: the flow data (shared by every execution of the flow) as of this
+    chunk's dispatch, plus this chunk's own changes."""
+
+    def __init__(self, data: TriggerFlowRuntimeData) -> None:
+        self._data = data
+
+    def get(self, key: str | None = None, default: Any = None) -> Any:
+        return self._data.get_flow_data(key, default)
+
+    def set(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._data.set_flow_data(key, value, emit=emit)
+
+    def append(self, key: str, value: Any, *, emit: bool = True) -> None:
+        self._data.append_flow_data(key, value, emit=emit)
+
+    def delete(self, key: str, *, emit: bool = True) -> None:
+        self._data.del_flow_data(key, emit=emit)
+
+    async def async_get(self, key: str | None = None, default: Any = None) -> Any:
+        return self._data.get_flow_data(key, default)
+
+    async def async_set(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._data.async_set_flow_data(key, value, emit=emit)
+
+    async def async_append(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._data.async_append_flow_data(key, value, emit=emit)
+
+    async def async_delete(self, key: str, *, emit: bool = True) -> None:
+        await self._data.async_del_flow_data(key, emit=emit)
+
+    async_del = async_delete
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data._flow_data)
+
+
 class TriggerFlowRuntimeData:
     """The ``data`` argument of a chunk handler (TriggerFlow's name and surface)."""
 
@@ -110,8 +151,10 @@ class TriggerFlowRuntimeData:
         self._port = port
         self._state = copy.deepcopy(invocation.state)
         self._resources = dict(resources or {})
+        self._flow_data = copy.deepcopy(invocation.flow_data)
         self._sequence = 0
         self.state = StateView(self)
+        self.flow_state = FlowStateView(self)
 
     # --- what triggered this chunk --------------------------------------------------------
 
@@ -227,6 +270,48 @@ class TriggerFlowRuntimeData:
             self._port.run_blocking(self._port.send(message))
         return None
 
+    # --- flow data (shared by every execution of the flow) ------------------------------------
+
+    def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
+        """The flow data as of this chunk's dispatch, plus this chunk's own changes."""
+        if key is None:
+            return copy.deepcopy(self._flow_data)
+        value = get_path(self._flow_data, key, _MISSING)
+        return default if value is _MISSING else copy.deepcopy(value)
+
+    def set_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
+        self._change_flow_data("set", key, value, emit=emit, wait=False)
+
+    def append_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
+        self._change_flow_data("append", key, value, emit=emit, wait=False)
+
+    def del_flow_data(self, key: str, *, emit: bool = True, **_: Any) -> None:
+        self._change_flow_data("delete", key, None, emit=emit, wait=False)
+
+    async def async_set_flow_data(
+        self, key: str, value: Any, *, emit: bool = True, **_: Any
+    ) -> None:
+        await self._change_flow_data("set", key, value, emit=emit, wait=True)
+
+    async def async_append_flow_data(
+        self, key: str, value: Any, *, emit: bool = True, **_: Any
+    ) -> None:
+        await self._change_flow_data("append", key, value, emit=emit, wait=True)
+
+    async def async_del_flow_data(self, key: str, *, emit: bool = True, **_: Any) -> None:
+        await self._change_flow_data("delete", key, None, emit=emit, wait=True)
+
+    def _change_flow_data(self, op: str, key: str, value: Any, *, emit: bool, wait: bool) -> Any:
+        if op != "delete" or get_path(self._flow_data, key, _MISSING) is not _MISSING:
+            apply_state_op(self._flow_data, op, key, copy.deepcopy(value))
+        if wait:
+            return self._port.change_flow_data(op, key, value, emit)
+        if self._port.on_loop:
+            self._port.change_flow_data(op, key, value, emit)
+        else:
+            self._port.run_blocking(_change_on_loop(self._port, op, key, value, emit))
+        return None
+
     # --- events -----------------------------------------------------------------------------
 
     async def async_emit(self, event: str, value: Any = None, **_: Any) -> list[Any] | None:
@@ -302,6 +387,11 @@ class TriggerFlowRuntimeData:
             f"<TriggerFlowRuntimeData chunk={self.chunk_name!r} "
             f"execution={self.execution_id!r} trigger={self.trigger_event!r}>"
         )
+
+
+async def _change_on_loop(port: ChunkPort, op: str, key: str, value: Any, emit: bool) -> None:
+    """Runs on the host loop: the port's chain is not thread-safe."""
+    await port.change_flow_data(op, key, value, emit)
 
 
 TriggerFlowEventData = TriggerFlowRuntimeData

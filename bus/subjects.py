@@ -6,8 +6,9 @@ Layout (ARCHITECTURE §3), with ``p`` the configured prefix:
     p.<flow>.exec.<execution>     execution mailbox     stream p_exec    (work queue)
     p.<flow>.stream.<execution>   runtime stream        stream p_stream  (limits, max age)
     p.<flow>.closed.<execution>   close notifications   core NATS
+    p.<flow>.flow_data            flow-data changes     core NATS
     p.<flow>.dlq.<chunk>          dead letters          stream p_dlq
-    KV p_executions, key <flow>.<execution>
+    KV p_executions, key <flow>.<execution>, and <flow>.=flow_data for the flow's shared data
 
 Flow and chunk names arrive already folded into tokens (triggerbus/_naming.py).
 """
@@ -76,6 +77,10 @@ class Subjects:
     def closed(self, flow: str, execution_id: str) -> str:
         return f"{self.prefix}.{flow}.closed.{execution_id}"
 
+    def flow_data(self, flow: str) -> str:
+        """Core NATS: changes of the flow's shared data (``FlowDataUpdated``)."""
+        return f"{self.prefix}.{flow}.flow_data"
+
     def dead_letter(self, flow: str, chunk: str) -> str:
         return f"{self.prefix}.{flow}.dlq.{chunk}"
 
@@ -95,6 +100,11 @@ class Subjects:
     # KV
     def execution_key(self, flow: str, execution_id: str) -> str:
         return f"{flow}.{execution_id}"
+
+    def flow_data_key(self, flow: str) -> str:
+        """The flow data shared by every execution of ``flow``. ``=`` cannot appear in an
+        execution id, so this key never meets an execution's (KV keys refuse ``$``)."""
+        return f"{flow}.=flow_data"
 
     @staticmethod
     def execution_id_of(subject: str) -> str:

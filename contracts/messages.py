@@ -71,6 +71,8 @@ class StartExecution(Wire, tag="start"):
     sent_at: float = 0.0
     state: dict[str, Any] = {}
     parent: ParentRef | None = None
+    flow_data: dict[str, Any] = {}
+    flow_data_revision: int = 0
 
 
 class ChunkCompleted(Wire, tag="chunk_completed"):
@@ -156,6 +158,8 @@ class FlowDataChanged(Wire, tag="flow_data"):
     key: str
     value: Any = None
     revision: int = 0
+    data: dict[str, Any] = {}
+    """The whole flow data at ``revision``; chunks dispatched later read it."""
     sent_at: float = 0.0
 
 
@@ -207,6 +211,7 @@ class InvokeChunk(Wire, tag="invoke"):
     state: dict[str, Any] = {}
     resources: dict[str, Any] = {}
     sent_at: float = 0.0
+    flow_data: dict[str, Any] = {}
     stream_to: ParentRef | None = None
     """Where stream items go instead of this execution's stream (a sub-flow's parent)."""
 

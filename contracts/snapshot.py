@@ -95,8 +95,10 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """The execution's trace context, fixed at its start (observability/tracing.py)."""
     parent: ParentRef | None = None
     """Set on a sub-flow's execution: whom to notify on close and whose stream gets items."""
+    flow_data: dict[str, Any] = {}
     flow_data_revision: int = 0
-    """The newest flow-data revision this execution has fired listeners for."""
+    """The flow data (shared by the flow's executions) as of the newest change seen, which
+    chunks dispatched from now on read."""
 
 
 snapshot_decoder = msgspec.json.Decoder(Snapshot)

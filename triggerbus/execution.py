@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from triggerbus.contracts.messages import (
     ErrorInfo,
     ExecutionClosed,
     Reply,
+    SealExecution,
     StartExecution,
     StateWritten,
     StreamEnded,
@@ -251,7 +253,10 @@ class Execution:
         return decode(snapshot_decoder, loaded[0]), loaded[1]
 
     async def _start(self, runtime: LocalRuntime, initial_value: Any) -> Reply:
+        from triggerbus.actors.flow_data import load_flow_data
+
         register_resources(self.id, self._resources)
+        flow_data, flow_data_revision = await load_flow_data(runtime.bus, self.flow_name)
         message = StartExecution(
             id=f"{self.id}:start",
             execution_id=self.id,
@@ -263,6 +268,8 @@ class Execution:
             skip_exceptions=self._skip_exceptions,
             resources=_serialisable(self._resources),
             sent_at=time.time(),
+            flow_data=flow_data,
+            flow_data_revision=flow_data_revision,
         )
         self._started = True
         self._status = "running"
@@ -298,6 +305,8 @@ class Execution:
         reply = await self._request(runtime, message)
         if not reply.ok:
             self._raise(reply.error)
+        if reply.ignored:
+            self._warn_ignored(f"event {event!r}", reply.ignored)
         return reply.value
 
     def emit(self, event: str, value: Any = None) -> list[Any] | None:
@@ -335,6 +344,75 @@ class Execution:
         reply = await self._request(runtime, message)
         if not reply.ok:
             self._raise(reply.error)
+        if reply.ignored:
+            self._warn_ignored(f"state write {key!r}", reply.ignored)
+
+    def _warn_ignored(self, what: str, lifecycle: str) -> None:
+        if lifecycle in ("sealed", "closed", "open"):
+            self._lifecycle = lifecycle
+        log.warning("request_ignored", what=what, lifecycle=lifecycle, execution_id=self.id)
+        warnings.warn(
+            f"execution {self.id} of flow {self.flow_name!r} ignored {what} because it is "
+            f"{lifecycle}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    # --- flow data ------------------------------------------------------------------------------
+
+    async def async_get_flow_data(self, key: str | None = None, default: Any = None) -> Any:
+        """The flow's shared data (see ``TriggerFlow.async_get_flow_data``)."""
+        return await self._flow.async_get_flow_data(key, default)
+
+    async def async_set_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._flow.async_set_flow_data(key, value, emit=emit)
+
+    async def async_append_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        await self._flow.async_append_flow_data(key, value, emit=emit)
+
+    async def async_del_flow_data(self, key: str, *, emit: bool = True) -> None:
+        await self._flow.async_del_flow_data(key, emit=emit)
+
+    # --- seal -----------------------------------------------------------------------------------
+
+    async def async_seal(self, *, reason: str = "manual") -> Execution:
+        """Stop accepting events and state writes from outside; work in flight continues and
+        may still emit. A sealed execution does not close by idleness: close it (or unseal)."""
+        await self._seal(True, reason)
+        return self
+
+    async def async_unseal(self, *, reason: str = "manual") -> Execution:
+        """Accept outside events again. A closed (or closing) execution stays as it is, with
+        a warning."""
+        await self._seal(False, reason)
+        return self
+
+    def seal(self, **options: Any) -> Execution:
+        return run_sync(self.async_seal(**options))
+
+    def unseal(self, **options: Any) -> Execution:
+        return run_sync(self.async_unseal(**options))
+
+    async def _seal(self, sealed: bool, reason: str) -> None:
+        if self._close_snapshot is not None:
+            if not sealed:
+                self._warn_ignored("unseal", "closed")
+            return
+        runtime = await self._runtime()
+        message = SealExecution(
+            id=f"{self.id}:seal:{uuid.uuid4().hex}",
+            execution_id=self.id,
+            sealed=sealed,
+            reason=reason,
+        )
+        reply = await self._request(runtime, message)
+        if not reply.ok:
+            self._raise(reply.error)
+        if reply.ignored:
+            if not sealed:
+                self._warn_ignored("unseal", reply.ignored)
+            return
+        self._lifecycle = str(reply.value)
 
     # --- close ----------------------------------------------------------------------------------
 

@@ -245,6 +245,7 @@ class TriggerFlowProcess:
                 _judge(block.cases, block.mode), f"match-{block.id}", internal=True
             )
             block.judge = judge.name
+            self._flow._judges[judge.name] = block
             judged = Signal(type="event", name=judge.trigger)
             self._flow._add_edge(judged, f"match-route-{block.id}")
         self._flow._put_operator(_route_operator(block))
@@ -444,6 +445,9 @@ class TriggerFlow:
         self._collections: dict[str, list[str]] = {}
         self._collect_ops: dict[str, dict[str, tuple[str, str]]] = {}
         self._sub_flows: dict[str, TriggerFlow] = {}
+        self._judges: dict[str, Any] = {}
+        self._registered_handlers: dict[str, Handler] = {}
+        self._registered_conditions: dict[str, Handler] = {}
         self._operators: dict[str, Operator] = {}
         self._edges: list[Edge] = []
         self._graph: FlowGraph | None = None
@@ -589,6 +593,161 @@ class TriggerFlow:
         return {
             name: chunk.handler for name, chunk in [*self._chunks.items(), *self._internal.items()]
         }
+
+    # --- definitions as data ------------------------------------------------------------------
+
+    def register_chunk_handler(self, handler: Handler, *, name: str | None = None) -> Handler:
+        """Make ``handler`` available, by ``name`` (default: its ``__name__``), to flow
+        configs loaded into this flow; exported configs name it the same way."""
+        if isinstance(handler, TriggerFlowChunk):
+            name, handler = name or handler.name, handler.handler
+        self._registered_handlers[name or handler.__name__] = handler
+        return handler
+
+    def register_condition_handler(self, handler: Handler, *, name: str | None = None) -> Handler:
+        """Like ``register_chunk_handler``, for callable ``case``/``if_condition`` conditions."""
+        self._registered_conditions[name or handler.__name__] = handler
+        return handler
+
+    def get_flow_config(self, **_: Any) -> dict[str, Any]:
+        """The flow as JSON-able data: its compiled graph and the names of its handlers."""
+        from triggerbus.definition import flow_config
+
+        return flow_config(self)
+
+    def get_json_flow(
+        self, save_to: str | os.PathLike[str] | None = None, *, encoding: str | None = "utf-8"
+    ) -> str:
+        """The flow config as JSON text, also written to ``save_to`` when given."""
+        from triggerbus.definition import to_json
+
+        return to_json(self.get_flow_config(), save_to, encoding)  # type: ignore[arg-type]
+
+    def get_yaml_flow(
+        self, save_to: str | os.PathLike[str] | None = None, *, encoding: str | None = "utf-8"
+    ) -> str:
+        """The flow config as YAML text (needs PyYAML), also written to ``save_to``."""
+        from triggerbus.definition import to_yaml
+
+        return to_yaml(self.get_flow_config(), save_to, encoding)  # type: ignore[arg-type]
+
+    def load_flow_config(
+        self,
+        config: Mapping[str, Any],
+        *,
+        replace: bool = True,
+        handlers: Mapping[str, Handler] | None = None,
+        conditions: Mapping[str, Handler] | None = None,
+    ) -> TriggerFlow:
+        """Replace this flow's definition with ``config``.
+
+        Handlers are found by name among those registered on this flow (and ``handlers`` /
+        ``conditions``); a chunk defined on this flow also provides its handler under its
+        name. Raises ``FlowDefinitionError`` naming any handler that is missing.
+        """
+        from triggerbus.definition import load_config
+
+        del replace  # a config always replaces the definition
+        known = {name: chunk.handler for name, chunk in self._chunks.items()}
+        known.update(self._registered_handlers)
+        known.update(handlers or {})
+        known_conditions = {**self._registered_conditions, **(conditions or {})}
+        load_config(self, config, known, known_conditions)
+        return self
+
+    def load_json_flow(
+        self,
+        path_or_content: str | os.PathLike[str],
+        *,
+        replace: bool = True,
+        encoding: str | None = "utf-8",
+        **options: Any,
+    ) -> TriggerFlow:
+        """``load_flow_config`` from JSON text or a JSON file."""
+        from pathlib import Path
+
+        from triggerbus.definition import read_json
+
+        source = path_or_content if isinstance(path_or_content, str) else Path(path_or_content)
+        return self.load_flow_config(read_json(source, encoding), replace=replace, **options)
+
+    def load_yaml_flow(
+        self,
+        path_or_content: str | os.PathLike[str],
+        *,
+        replace: bool = True,
+        encoding: str | None = "utf-8",
+        **options: Any,
+    ) -> TriggerFlow:
+        """``load_flow_config`` from YAML text or a YAML file (needs PyYAML)."""
+        from pathlib import Path
+
+        from triggerbus.definition import read_yaml
+
+        source = path_or_content if isinstance(path_or_content, str) else Path(path_or_content)
+        return self.load_flow_config(read_yaml(source, encoding), replace=replace, **options)
+
+    def to_mermaid(self, *, mode: Literal["simplified", "detailed"] = "simplified") -> str:
+        """A Mermaid ``flowchart`` of the compiled graph."""
+        from triggerbus.definition import to_mermaid
+
+        return to_mermaid(self, mode)
+
+    # --- flow data (shared by every execution of the flow, in every process) --------------------
+
+    async def async_get_flow_data(self, key: str | None = None, default: Any = None) -> Any:
+        """The flow data as stored now (``key`` may be dotted; ``None``: the whole dict)."""
+        from triggerbus._runtime import get_runtime
+        from triggerbus.actors.flow_data import load_flow_data
+        from triggerbus.actors.state_paths import get_path
+
+        runtime = await get_runtime()
+        data, _ = await load_flow_data(runtime.bus, self.name)
+        return data if key is None else get_path(data, key, default)
+
+    def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
+        """Sync twin of ``async_get_flow_data``."""
+        from triggerbus._sync import run_sync
+
+        return run_sync(self.async_get_flow_data(key, default))
+
+    async def async_set_flow_data(
+        self, key: str, value: Any, *, emit: bool = True, **_: Any
+    ) -> None:
+        """Change the flow data and fire ``when({"flow_data": key})`` in every live execution
+        of this flow (in any process); returns once the change is stored and announced."""
+        await self._change_flow_data("set", key, value, emit=emit)
+
+    async def async_append_flow_data(
+        self, key: str, value: Any, *, emit: bool = True, **_: Any
+    ) -> None:
+        await self._change_flow_data("append", key, value, emit=emit)
+
+    async def async_del_flow_data(self, key: str, *, emit: bool = True, **_: Any) -> None:
+        await self._change_flow_data("delete", key, None, emit=emit)
+
+    def set_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
+        from triggerbus._sync import run_sync
+
+        run_sync(self.async_set_flow_data(key, value, emit=emit))
+
+    def append_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
+        from triggerbus._sync import run_sync
+
+        run_sync(self.async_append_flow_data(key, value, emit=emit))
+
+    def del_flow_data(self, key: str, *, emit: bool = True, **_: Any) -> None:
+        from triggerbus._sync import run_sync
+
+        run_sync(self.async_del_flow_data(key, emit=emit))
+
+    async def _change_flow_data(self, op: str, key: str, value: Any, *, emit: bool) -> None:
+        from triggerbus._runtime import get_runtime
+        from triggerbus.actors.flow_data import change_flow_data
+
+        runtime = await get_runtime()
+        await runtime.ensure_flow(self)
+        await change_flow_data(runtime.bus, self.name, op, key, value, emit=emit)  # type: ignore[arg-type]
 
     # --- running -----------------------------------------------------------------------------
 
