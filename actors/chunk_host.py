@@ -444,6 +444,14 @@ class _Port:
             )
         return reply.value
 
+    def change_flow_data(self, op: str, key: str, value: Any, emit: bool) -> Any:
+        from triggerbus.actors.flow_data import change_flow_data
+
+        async def change() -> None:
+            await change_flow_data(self._bus, self._flow, op, key, value, emit=emit)  # type: ignore[arg-type]
+
+        return self._chain(change)
+
     async def drain(self) -> None:
         if self._tail is not None:
             await self._tail

@@ -154,18 +154,54 @@ class ExecutionHost:
             filter_subject=subjects.mailboxes(self._flow.name),
             policy=self._policy,
         )
+        flow_data = await self._bus.subscribe(subjects.flow_data(self._flow.name))
         self._ready.set()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
+                relay = group.create_task(self._relay_flow_data(flow_data))
                 await self._consume(consumer, group)
+                relay.cancel()
                 # Stopping: pending timers are abandoned (an execution whose timer is lost
                 # closes on its next message or by an explicit close); lanes drain by themselves.
                 for task in list(self._timer_tasks):
                     task.cancel()
         finally:
             self._group = None
+            await flow_data.close()
             await consumer.close()
+
+    async def _relay_flow_data(self, subscription: Any) -> None:
+        """Turn each flow-data broadcast into a ``FlowDataChanged`` for every live execution
+        this host holds; ids carry the revision, so a change relayed by two hosts counts once."""
+        from triggerbus.contracts.messages import FlowDataChanged, flow_data_decoder
+
+        while True:
+            data, _ = await subscription.next()
+            try:
+                update = decode(flow_data_decoder, data)
+            except WireError as exc:
+                log.warning("flow_data_update_refused", reason=exc.reason)
+                continue
+            if not update.emit:
+                continue
+            live = [e for e, (snap, _) in self._cache.items() if snap.lifecycle != "closed"]
+            for execution_id in live:
+                changed = FlowDataChanged(
+                    id=f"{execution_id}:flow_data:{update.revision}",
+                    execution_id=execution_id,
+                    key=update.key,
+                    value=update.value,
+                    revision=update.revision,
+                    data=update.data,
+                    sent_at=self._clock(),
+                )
+                subject = self._bus.subjects.mailbox(self._flow.name, execution_id)
+                try:
+                    await self._bus.publish(subject, encode(changed), msg_id=changed.id)
+                except Exception:
+                    # One execution's delivery fails alone; the others still get the change.
+                    log.exception("flow_data_relay_failed", execution_id=execution_id)
 
     async def _consume(self, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
         permits = asyncio.Semaphore(self._capacity)
