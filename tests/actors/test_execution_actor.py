@@ -1529,3 +1529,79 @@ class TestCollect:
         driver.emit("A", 3)
         seen = [i.value for i in driver.invoked() if i.chunk == "seen"]
         assert seen == [{"a": 1, "b": 2}, {"a": 3, "b": 2}][:fires]
+
+
+class TestSealFlowDataSubFlow:
+    def test_seal_ignores_outside_state_writes_and_unseal_reopens(self) -> None:
+        from triggerbus.contracts.messages import SealExecution
+
+        flow = TriggerFlow(name="seal")
+        flow.when({"runtime_data": "k"}).to(("on_k", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        driver.send(SealExecution(id="s1", execution_id=EXECUTION, reply_to="seal"))
+        assert driver.replies("seal") == [Reply(ok=True, value="sealed")]
+        assert invokes(driver.write("k", 1, reply_to="w")) == []
+        assert driver.replies("w") == [Reply(ok=True, value=[], ignored="sealed")]
+        driver.send(SealExecution(id="s2", execution_id=EXECUTION, sealed=False))
+        assert [i.chunk for i in invokes(driver.write("k", 2))] == ["on_k"]
+
+    def test_flow_data_change_fires_listeners_once_and_reaches_later_chunks(self) -> None:
+        from triggerbus.contracts.messages import FlowDataChanged
+
+        flow = TriggerFlow(name="fd")
+        flow.when({"flow_data": "t"}).to(("on_t", noop))
+        driver = Driver(flow)
+        driver.start(None, auto_close=False)
+        change = FlowDataChanged(
+            id=f"{EXECUTION}:flow_data:3", execution_id=EXECUTION, key="t", value=5,
+            revision=3, data={"t": 5},
+        )
+        [invocation] = invokes(driver.send(change))
+        assert (invocation.value, invocation.trigger_type, invocation.flow_data) == (
+            5,
+            "flow_data",
+            {"t": 5},
+        )
+        assert driver.send(change).duplicate
+
+    def test_sub_flow_starts_a_child_and_continues_with_its_result(self) -> None:
+        from triggerbus.contracts.messages import SubFlowClosed
+        from triggerbus.contracts.outbox import SendMailbox
+
+        child = TriggerFlow(name="child")
+        child.to(("c", noop)).end()
+        flow = TriggerFlow(name="parent")
+        flow.to_sub_flow(child).to(("after", noop)).end()
+        driver = Driver(flow)
+        transition = driver.start("x")
+        [start] = [c for c in transition.outbox if isinstance(c, SendMailbox)]
+        assert start.flow == "child" and start.message.value == "x"
+        assert start.message.parent is not None
+        step = start.message.parent.step
+        driver.send(
+            SubFlowClosed(
+                id=f"{EXECUTION}:{step}:sub_flow_closed", execution_id=EXECUTION, step=step,
+                child_execution_id=start.message.execution_id, status="completed",
+                snapshot={"$final_result": "c(x)"},
+            )
+        )
+        driver.run()
+        assert driver.closed().snapshot == {"$final_result": "after(c(x))"}
+
+    def test_a_child_closing_notifies_its_parent_and_leaves_the_parents_stream_open(
+        self,
+    ) -> None:
+        from triggerbus.contracts.messages import ParentRef
+        from triggerbus.contracts.outbox import SendMailbox
+
+        child = TriggerFlow(name="child")
+        child.to(("c", noop)).end()
+        driver = Driver(child)
+        driver.start("x", parent=ParentRef(flow="parent", execution_id="p1", step=4))
+        driver.run()
+        notices = [c for c in driver.commands() if isinstance(c, SendMailbox)]
+        assert [(n.flow, n.message.step, n.message.snapshot) for n in notices] == [
+            ("parent", 4, {"$final_result": "c(x)"})
+        ]
+        assert of_type(driver.commands(), AppendStream) == []
