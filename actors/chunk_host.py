@@ -185,8 +185,13 @@ class ChunkHost:
         try:
             await self._handle(chunk, delivery)
         except Exception:
-            # One message fails alone: it stays unacked and is redelivered after ack_wait.
+            # One message fails alone: handed back, it is redelivered soon (backing off with
+            # each attempt); if even the nak fails, ack_wait brings it back.
             log.exception("chunk_delivery_crashed", chunk=chunk, subject=delivery.subject)
+            try:
+                await delivery.nak(delay=min(self._policy.ack_wait, 0.5 * delivery.num_delivered))
+            except Exception as exc:
+                log.warning("chunk_delivery_nak_failed", subject=delivery.subject, error=repr(exc))
         finally:
             self._in_flight -= 1
             permits.release()

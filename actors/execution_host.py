@@ -28,6 +28,8 @@ from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.subjects import MAILBOX_DLQ
 from triggerbus.contracts.codec import WireError, decode, encode
 from triggerbus.contracts.messages import (
+    ChunkCompleted,
+    ChunkFailed,
     DeadLetter,
     ErrorInfo,
     MailboxMessage,
@@ -59,6 +61,9 @@ from triggerbus.observability.telemetry import (
 log = structlog.get_logger()
 
 MAX_CAS_RETRIES = 16
+OVERTAKE_RETRY_DELAY = 0.2
+"""Seconds a chunk outcome waits before it is offered again when older messages of its
+execution are still in the mailbox."""
 MISMATCH_REDELIVERIES = 20
 CACHE_SIZE = 10_000
 _loose = msgspec.json.Decoder()
@@ -239,8 +244,12 @@ class ExecutionHost:
                     with bound_contextvars(flow=self._flow.name, execution_id=execution_id):
                         await self._handle(execution_id, delivery)
                 except Exception:
-                    # One message fails alone: unacked, it comes back after ack_wait.
+                    # One message fails alone: it is handed back for a prompt retry. The cached
+                    # snapshot may be ahead of what was published (a write whose outbox did not
+                    # go out), so the next message reloads it and re-performs its outbox.
                     log.exception("mailbox_message_crashed", subject=delivery.subject)
+                    self._cache.pop(execution_id, None)
+                    await _hand_back(delivery, self._policy.ack_wait)
                 finally:
                     self._in_flight -= 1
                     permits.release()
@@ -268,6 +277,13 @@ class ExecutionHost:
             self._flow.fingerprint,
         ):
             await self._mismatch(delivery, message, message.fingerprint)
+            return
+        if isinstance(message, ChunkCompleted | ChunkFailed) and await self._overtakes(
+            execution_id, delivery
+        ):
+            log.debug("chunk_outcome_deferred", message_id=message.id)
+            self._cache.pop(execution_id, None)  # the older message may be applied elsewhere
+            await delivery.nak(delay=OVERTAKE_RETRY_DELAY)
             return
         observed = MailboxInput(self._flow.name, execution_id, delivery.headers, message)
         with self._telemetry.mailbox(observed) as handling:
@@ -311,6 +327,34 @@ class ExecutionHost:
         raise RevisionConflictError(
             f"gave up after {MAX_CAS_RETRIES} conflicting writes", key=execution_id
         )
+
+    async def _overtakes(self, execution_id: str, delivery: Delivery) -> bool:
+        """Whether an older message of this execution is still in the mailbox, unapplied.
+
+        A chunk publishes its effects (state writes, emits) before its outcome, but a
+        redelivered effect (its first delivery lost with a dying server, or its host crashed)
+        comes back after ``ack_wait``, behind the outcome; applied first, the outcome would
+        finish the step and the effect would be ignored. So an outcome waits until every
+        older message of its execution is applied (acked ones are gone from the work queue;
+        applied ones whose ack is still on its way are skipped).
+        """
+        loaded = await self._snapshot(execution_id)
+        applied = set(loaded[0].applied) if loaded else set()
+        stream = self._bus.subjects.exec_stream
+        sequence = 1
+        while True:
+            older = await self._bus.first_message(
+                stream, delivery.subject, from_sequence=sequence
+            )
+            if older is None or older[0] >= delivery.stream_sequence:
+                return False
+            try:
+                older_id = decode(mailbox_decoder, older[1]).id
+            except WireError:
+                older_id = None  # refused and dead-lettered when its turn comes; no wait
+            if older_id is not None and older_id not in applied:
+                return True
+            sequence = older[0] + 1
 
     async def _snapshot(self, execution_id: str) -> tuple[Snapshot, int] | None:
         cached = self._cache.get(execution_id)
@@ -477,6 +521,15 @@ class ExecutionHost:
             f"this host {self._flow.fingerprint}",
             reply_to=getattr(message, "reply_to", None),
         )
+
+
+async def _hand_back(delivery: Delivery, ack_wait: float) -> None:
+    """Ask for a redelivery soon (backing off with each attempt) rather than after ack_wait;
+    if even that fails, ack_wait brings it back."""
+    try:
+        await delivery.nak(delay=min(ack_wait, 0.5 * delivery.num_delivered))
+    except Exception as exc:
+        log.warning("mailbox_message_nak_failed", subject=delivery.subject, error=repr(exc))
 
 
 def _loose_reply_to(data: bytes) -> str | None:

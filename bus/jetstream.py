@@ -264,6 +264,27 @@ class Bus:
         with translate_nats_errors(subject=subject):
             await self.nc.publish(subject, payload, headers=dict(headers) if headers else None)
 
+    async def first_message(
+        self, stream: str, subject: str, *, from_sequence: int = 1
+    ) -> tuple[int, bytes] | None:
+        """The oldest message ``stream`` still holds on ``subject`` at or after
+        ``from_sequence``, as (sequence, data), or ``None``.
+
+        On a work-queue stream that walks the subject's queue from its head: acked messages are
+        gone. Asked of the stream's leader (not a direct get from a replica that may lag), so
+        every message whose publish was acknowledged is seen.
+        """
+        try:
+            raw = await call_retrying(
+                lambda: self.js.get_msg(stream, seq=from_sequence, subject=subject, next=True),
+                subject=subject,
+            )
+        except BusError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        return int(raw.seq or 0), raw.data or b""
+
     async def flush(self) -> None:
         with translate_nats_errors():
             await self.nc.flush()

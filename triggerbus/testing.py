@@ -14,21 +14,26 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
-from triggerbus.bus.embedded import EmbeddedServer
+from triggerbus.bus.connection import ConnectOptions, connect
+from triggerbus.bus.embedded import ClusterConfig, EmbeddedServer
+from triggerbus.bus.provision import stream_leader
 
 log = structlog.get_logger()
 
 __all__ = [
+    "NatsCluster",
     "NatsServerHandle",
     "WorkerProcess",
     "docker_available",
+    "nats_cluster",
     "nats_server",
     "unique_prefix",
 ]
@@ -64,6 +69,103 @@ def nats_server(store_dir: str | None = None) -> Iterator[NatsServerHandle]:
         return
     with EmbeddedServer(store_dir=store_dir) as server:
         yield server
+
+
+class NatsCluster:
+    """A JetStream cluster of embedded nats-servers on loopback, started by :func:`nats_cluster`.
+
+    Servers are named ``n0``, ``n1``, ...; stream infos name their leader the same way, so a
+    test can find the server leading a stream and kill it.
+    """
+
+    def __init__(self, servers: Sequence[EmbeddedServer]) -> None:
+        self._servers = {str(server.server_name): server for server in servers}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._servers)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every server's client URL, dead ones included (as a client would be configured)."""
+        return [server.url for server in self._servers.values()]
+
+    @property
+    def url(self) -> str:
+        """The client URLs joined by commas: a ``TRIGGERBUS_NATS_URL`` value."""
+        return ",".join(self.urls)
+
+    def server(self, name: str) -> EmbeddedServer:
+        return self._servers[name]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one server, as a crash would."""
+        self._servers[name].kill()
+
+    async def wait_ready(self) -> None:
+        """Wait until JetStream answers through the running servers (a meta leader is elected);
+        bound it by the caller. Connecting does the waiting (see ``bus.connection``)."""
+        nc = await connect(self._options())
+        await nc.close()
+
+    async def leader_of(self, stream: str) -> str | None:
+        """The name of the server leading ``stream``, or ``None`` while it elects one."""
+        nc = await connect(self._options())
+        try:
+            return await stream_leader(nc, stream)
+        finally:
+            await nc.close()
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.stop()
+
+    def _options(self) -> ConnectOptions:
+        running = [s.url for s in self._servers.values() if s.running]
+        return ConnectOptions(servers=running, name="triggerbus-testing")
+
+
+@contextlib.asynccontextmanager
+async def nats_cluster(size: int = 3, base_dir: str | None = None) -> AsyncIterator[NatsCluster]:
+    """Run a JetStream cluster of ``size`` nats-servers on loopback for the block.
+
+    Yields once JetStream has a meta leader. Clustered JetStream needs its routes configured
+    up front, so the route ports are picked free beforehand (a port another process grabs in
+    between makes the start fail with the server's log, never hang).
+
+    Args:
+        size: How many servers; 3 keeps a quorum when one dies.
+        base_dir: Parent of the servers' store directories (``n0``, ``n1``, ...); temporary
+            directories when ``None``.
+    """
+    cluster_name = "tb-" + secrets.token_hex(4)
+    ports = _free_ports(size)
+    routes = [f"nats://127.0.0.1:{port}" for port in ports]
+    servers = [
+        EmbeddedServer(
+            store_dir=None if base_dir is None else str(Path(base_dir) / f"n{i}"),
+            server_name=f"n{i}",
+            cluster=ClusterConfig(name=cluster_name, port=port, routes=routes),
+        )
+        for i, port in enumerate(ports)
+    ]
+    cluster = NatsCluster(servers)
+    try:
+        for server in servers:
+            server.start()
+        await cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (held together while choosing)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def unique_prefix() -> str:
