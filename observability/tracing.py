@@ -342,6 +342,9 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
     if not exporters:
         return None
     provider = TracerProvider(resource=resource_from(environ), id_generator=_IdGenerator())
+    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY")
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, schedule_delay_millis=float(delay) if delay else None)
+        )
     return Tracing(provider, version=version)

@@ -58,7 +58,11 @@ async def observed(runtime) -> AsyncIterator[tuple[list[events.Event], OtlpRecei
     unsubscribe = events.subscribe(seen.append)
     with OtlpReceiver() as receiver:
         configure_telemetry(
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none"}
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_METRICS_EXPORTER": "none",
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+            }
         )
         try:
             yield seen, receiver

@@ -1,0 +1,262 @@
+"""Trace context in every message, a whole trace whoever starts or resumes an execution, metrics,
+configuration by OTEL_*, and nothing at all when telemetry is off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+
+from triggerbus import TriggerFlow
+from triggerbus._runtime import close_runtime, get_runtime
+from triggerbus.bus.subjects import Subjects
+from triggerbus.errors import ConfigurationError
+from triggerbus.observability import tracing
+from triggerbus.observability.telemetry import (
+    PublishInput,
+    configure_telemetry,
+    current,
+    shutdown_telemetry,
+)
+from triggerbus.observability.testing import OtlpReceiver, ReceivedSpan
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+FOREIGN_TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def _flow(name: str) -> TriggerFlow:
+    flow = TriggerFlow(name=name)
+
+    @flow.chunk("first")
+    async def first(data):
+        await data.async_put_into_stream({"n": data.value})
+        return data.value
+
+    @flow.chunk("later")
+    async def later(data):
+        return f"later {data.value}"
+
+    flow.to(first).end()
+    flow.when("resume").to(later)
+    return flow
+
+
+@pytest.fixture
+async def receiver(runtime) -> AsyncIterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        configure_telemetry(
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_METRIC_EXPORT_INTERVAL": "200",
+                "OTEL_BSP_SCHEDULE_DELAY": "50",
+                "OTEL_SERVICE_NAME": "tracing-test",
+            }
+        )
+        try:
+            yield receiver
+        finally:
+            shutdown_telemetry()
+
+
+async def _stream_headers(nats_url: str, subject: str) -> list[dict[str, str]]:
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+        headers: list[dict[str, str]] = []
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            headers.append(dict(msg.headers or {}))
+            if json.loads(msg.data)["kind"] == "end":
+                return headers
+    finally:
+        await nc.close()
+
+
+async def _publish_start(
+    nats_url: str, prefix: str, flow: str, execution_id: str, headers: dict[str, str]
+) -> None:
+    """Start an execution as another service would: plain JSON on the mailbox subject."""
+    nc = await nats.connect(nats_url)
+    try:
+        start = {"kind": "start", "id": f"{execution_id}:start", "execution_id": execution_id,
+                 "value": 1, "auto_close": False}  # fmt: skip
+        await nc.jetstream().publish(
+            Subjects(prefix).mailbox(flow, execution_id),
+            json.dumps(start).encode(),
+            headers=headers or None,
+        )
+    finally:
+        await nc.close()
+
+
+def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.name == name]
+
+
+class TestTelemetryOff:
+    def test_no_endpoint_or_sdk_disabled_means_no_tracing_and_no_metrics(self) -> None:
+        """Opt-in: nothing configured, or OTEL_SDK_DISABLED, builds no provider at all."""
+        try:
+            for environ in (
+                {},
+                {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"},
+                {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none",
+                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"},
+            ):  # fmt: skip
+                telemetry = configure_telemetry(environ)
+                assert telemetry.tracing is None and telemetry.metrics is None
+                publish = telemetry.publish(PublishInput("f", "s", object()))
+                assert publish is telemetry.publish(PublishInput("g", "t", object()))
+                with publish as headers:
+                    assert headers is None
+        finally:
+            shutdown_telemetry()
+
+    async def test_messages_carry_no_trace_headers_when_off(
+        self, runtime, nats_url: str, prefix: str
+    ) -> None:
+        configure_telemetry({})
+        try:
+            flow = _flow("untraced")
+            async with asyncio.timeout(30):
+                execution = flow.create_execution(auto_close_timeout=0)
+                await execution.async_start(3)
+                headers = await _stream_headers(
+                    nats_url, Subjects(prefix).stream(flow.name, execution.execution_id)
+                )
+        finally:
+            shutdown_telemetry()
+        assert headers and all(set(h) == {"Nats-Msg-Id"} for h in headers)
+
+
+class TestTraceContext:
+    async def test_every_message_carries_the_execution_trace(
+        self, receiver: OtlpReceiver, nats_url: str, prefix: str
+    ) -> None:
+        flow = _flow("headers")
+        async with asyncio.timeout(30):
+            execution = flow.create_execution(auto_close_timeout=0)
+            await execution.async_start(3)
+            headers = await _stream_headers(
+                nats_url, Subjects(prefix).stream(flow.name, execution.execution_id)
+            )
+            spans = await receiver.wait_for(lambda s: bool(_named(s, "execution headers")))
+        (own,) = _named(spans, "execution headers")
+        assert headers and all(h["traceparent"].split("-")[1] == own.trace_id for h in headers)
+        assert own.parent_span_id == ""  # nobody had a span open: the execution is the root
+
+    async def test_plain_nats_start_with_a_traceparent_joins_the_callers_trace(
+        self, receiver: OtlpReceiver, nats_url: str, prefix: str
+    ) -> None:
+        flow = _flow("foreign_caller")
+        await (await get_runtime()).ensure_flow(flow)
+        async with asyncio.timeout(30):
+            caller = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+            await _publish_start(nats_url, prefix, flow.name, "ext-1", caller)
+            await _close(flow, "ext-1")
+            spans = await receiver.wait_for(lambda s: bool(_named(s, "execution foreign_caller")))
+        (own,) = _named(spans, "execution foreign_caller")
+        assert own.trace_id == CALLER_TRACE and own.parent_span_id == CALLER_SPAN
+        (invoke,) = _named(spans, "invoke first")
+        assert invoke.trace_id == CALLER_TRACE and invoke.parent_span_id == own.span_id
+
+    async def test_plain_nats_start_without_traceparent_and_a_late_resume_make_one_trace(
+        self, receiver: OtlpReceiver, nats_url: str, prefix: str
+    ) -> None:
+        """The trace is fixed at the start and kept in the snapshot: a host that loads the
+        execution cold, much later, continues it; a resume carrying another trace is linked."""
+        flow = _flow("resumed")
+        await (await get_runtime()).ensure_flow(flow)
+        async with asyncio.timeout(30):
+            await _publish_start(nats_url, prefix, flow.name, "ext-2", {})
+            await receiver.wait_for(lambda s: bool(_named(s, "process first")))
+            await close_runtime()  # every host forgets the execution: the next one loads it cold
+            await (await get_runtime()).ensure_flow(flow)
+            nc = await nats.connect(nats_url)
+            try:
+                emit = {"kind": "emit", "id": "ext-2:resume", "execution_id": "ext-2",
+                        "event": "resume", "value": 2}  # fmt: skip
+                await nc.jetstream().publish(
+                    Subjects(prefix).mailbox(flow.name, "ext-2"),
+                    json.dumps(emit).encode(),
+                    headers={"traceparent": f"00-{FOREIGN_TRACE}-{CALLER_SPAN}-01"},
+                )
+            finally:
+                await nc.close()
+            await receiver.wait_for(lambda s: bool(_named(s, "process later")))
+            await _close(flow, "ext-2")
+            spans = await receiver.wait_for(lambda s: bool(_named(s, "execution resumed")))
+        (own,) = _named(spans, "execution resumed")
+        assert own.parent_span_id == ""
+        mine = [s for s in spans if s.attributes.get("triggerbus.execution_id") == "ext-2"]
+        assert {s.trace_id for s in mine} == {own.trace_id}
+        (invoke_later,) = _named(spans, "invoke later")
+        assert invoke_later.parent_span_id == own.span_id
+        assert [(t, a["triggerbus.link"]) for t, _, a in invoke_later.links] == [
+            (FOREIGN_TRACE, "origin")
+        ]
+        assert own.start_ns <= min(s.start_ns for s in mine)
+
+
+async def _close(flow: TriggerFlow, execution_id: str) -> Any:
+    """Close an execution started by someone else, through the documented mailbox."""
+    runtime = await get_runtime()
+    nc = await nats.connect(runtime.bus.url)
+    try:
+        close = {"kind": "close", "id": f"{execution_id}:close", "execution_id": execution_id}
+        await nc.jetstream().publish(
+            runtime.subjects.mailbox(flow.name, execution_id), json.dumps(close).encode()
+        )
+    finally:
+        await nc.close()
+
+
+class TestMetrics:
+    async def test_chunk_and_execution_metrics_and_backlog_are_exported(
+        self, receiver: OtlpReceiver
+    ) -> None:
+        flow = _flow("metered")
+        async with asyncio.timeout(30):
+            await flow.create_execution(auto_close_timeout=0).async_start(1)
+            await asyncio.to_thread(current().force_flush)
+            names = await receiver.wait_for_metrics(
+                "triggerbus.chunk.duration",
+                "triggerbus.chunk.invocations",
+                "triggerbus.executions",
+                "triggerbus.chunk.backlog",
+            )
+        assert "triggerbus.chunk.duration" in names
+        statuses = {
+            attrs.get("status")
+            for name, attrs, _ in receiver.metric_points
+            if name == "triggerbus.executions"
+        }
+        assert {"started", "completed"} <= statuses
+        backlog = [p for p in receiver.metric_points if p[0] == "triggerbus.chunk.backlog"]
+        assert {attrs["triggerbus.chunk"] for _, attrs, _ in backlog} == {"first", "later"}
+
+
+class TestConfiguration:
+    def test_endpoints_follow_the_otlp_rules(self) -> None:
+        base = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"}
+        assert tracing.otlp_endpoint(base, "traces", "http/protobuf") == (
+            "http://collector:4318/v1/traces"
+        )
+        assert tracing.otlp_endpoint(base, "metrics", "grpc") == "http://collector:4318/"
+        specific = {**base, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:1/x"}
+        assert tracing.otlp_endpoint(specific, "traces", "http/protobuf") == "http://t:1/x"
+
+    def test_grpc_is_supported_and_unknown_protocols_are_refused(self) -> None:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRICS_EXPORTER": "none"}  # fmt: skip
+        try:
+            assert configure_telemetry(env).tracing is not None
+            with pytest.raises(ConfigurationError, match="http/protobuf or grpc"):
+                configure_telemetry({**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+        finally:
+            shutdown_telemetry()
