@@ -9,5 +9,6 @@ COPY contracts ./contracts
 COPY observability ./observability
 COPY examples ./examples
 RUN pip install --no-cache-dir .
-ENV TRIGGERBUS_LOG_FORMAT=json
+ENV TRIGGERBUS_LOG_FORMAT=json \
+    PYTHONUNBUFFERED=1
 ENTRYPOINT ["triggerbus"]
