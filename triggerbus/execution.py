@@ -57,6 +57,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
+RECHECK_SECONDS = 5.0
+"""How long a handle waits on a reply or close notification before consulting the stored
+snapshot, in case the notification was lost during a disconnection."""
+
+
 class ExecutionResult:
     """``execution.result``: what is known about the outcome, as TriggerFlow exposes it."""
 
@@ -242,8 +247,17 @@ class Execution:
         stored = await self._load(runtime)
         if stored is not None and stored[0].lifecycle == "closed":
             return _closed_from(stored[0]), stored
-        data, _ = await closed_sub.next()
-        return decode(closed_decoder, data), await self._load(runtime)
+        while True:
+            # The notification is core NATS: it is lost if it is sent while this process is
+            # disconnected (a server restart). KV is the truth, so look there now and then.
+            try:
+                async with asyncio.timeout(RECHECK_SECONDS):
+                    data, _ = await closed_sub.next()
+                return decode(closed_decoder, data), await self._load(runtime)
+            except TimeoutError:
+                stored = await self._load(runtime)
+                if stored is not None and stored[0].lifecycle == "closed":
+                    return _closed_from(stored[0]), stored
 
     async def _load(self, runtime: LocalRuntime) -> tuple[Snapshot, int] | None:
         key = runtime.subjects.execution_key(self.flow_name, self.id)
@@ -541,7 +555,15 @@ class Execution:
                 )
             if not fresh and if_duplicate is not None:
                 return if_duplicate
-            return decode(reply_decoder, await future)
+            while True:
+                # Replies are core NATS and can be lost while this process is disconnected;
+                # a start can be confirmed from the stored snapshot instead.
+                try:
+                    async with asyncio.timeout(RECHECK_SECONDS):
+                        return decode(reply_decoder, await asyncio.shield(future))
+                except TimeoutError:
+                    if if_duplicate is not None and await self._load(runtime) is not None:
+                        return if_duplicate
         finally:
             runtime.replies.discard(reply_to)
 
