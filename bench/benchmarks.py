@@ -569,12 +569,19 @@ def bench_scaling(ctx: Context) -> dict:
     return {"rows": rows, "details": details}
 
 
+def bench_telemetry(ctx: Context) -> dict:
+    from bench.telemetry import bench_telemetry as run  # it imports this module
+
+    return run(ctx)
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict]] = {
     "hop": bench_hop,
     "throughput": bench_throughput,
     "fanout": bench_fanout,
     "stream": bench_stream,
     "scaling": bench_scaling,
+    "telemetry": bench_telemetry,
 }
 
 

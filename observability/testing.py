@@ -69,7 +69,10 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 class OtlpReceiver:
     """A threaded HTTP server taking OTLP protobuf posts; thread-safe, awaitable."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, decode: bool = True) -> None:
+        """``decode=False`` only counts requests and bytes (a benchmark's cheap sink)."""
+        self.decode = decode
+        self.bytes_received = 0
         self.spans: list[ReceivedSpan] = []
         self.metric_names: set[str] = set()
         self.metric_points: list[tuple[str, dict[str, Any], float]] = []
@@ -87,7 +90,13 @@ class OtlpReceiver:
                     body = gzip.decompress(body)
                 elif encoding == "deflate":
                     body = zlib.decompress(body)
-                if self.path.endswith("/v1/traces"):
+                with receiver._lock:
+                    receiver.bytes_received += len(body)
+                if not receiver.decode:
+                    with receiver._lock:
+                        receiver.requests += 1
+                    reply: Any = trace_service_pb2.ExportTraceServiceResponse()
+                elif self.path.endswith("/v1/traces"):
                     receiver._take_traces(body)
                     reply = trace_service_pb2.ExportTraceServiceResponse()
                 elif self.path.endswith("/v1/metrics"):

@@ -1,0 +1,105 @@
+"""Benchmark 7: what telemetry costs.
+
+- Chain and fan-out throughput in one process with tracing off (no ``OTEL_*``) and on
+  (spans and metrics exported over OTLP/HTTP to a receiver on loopback that only counts bytes),
+  alternated off/on/on/off so drift cancels out.
+- The seam's cost when off: one ``publish`` round trip (what every bus publish pays) and one
+  chunk attempt scope, timed over many calls, then multiplied by the publishes an execution
+  makes and compared with the time an execution takes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import flows
+from bench.benchmarks import Context, configure_for, row, throughput_run
+from triggerbus.contracts.messages import InvokeChunk
+from triggerbus.observability.telemetry import (
+    AttemptInput,
+    PublishInput,
+    configure_telemetry,
+    shutdown_telemetry,
+)
+from triggerbus.observability.testing import OtlpReceiver
+
+SEAM_CALLS = 200_000
+
+
+def _seam_cost_ns() -> dict[str, float]:
+    """Nanoseconds per call of the seam with telemetry off."""
+    telemetry = configure_telemetry({})
+    invocation = InvokeChunk(id="e:1:0", flow="f", execution_id="e", fingerprint="x",
+                             chunk="c", step=1)  # fmt: skip
+    publish = PublishInput("f", "tb.f.run.c", invocation)
+    began = time.perf_counter_ns()
+    for _ in range(SEAM_CALLS):
+        with telemetry.publish(publish):
+            pass
+    publish_ns = (time.perf_counter_ns() - began) / SEAM_CALLS
+    attempt = AttemptInput(flow="f", chunk="c", subject="tb.f.run.c", consumer="run_f_c",
+                           headers={}, invocation=invocation, attempt=1)  # fmt: skip
+    telemetry.center._subscribers = ()  # the attempt's events without the log subscriber
+    began = time.perf_counter_ns()
+    for _ in range(SEAM_CALLS // 10):
+        with telemetry.attempt(attempt) as observed:
+            observed.finished()
+    attempt_ns = (time.perf_counter_ns() - began) / (SEAM_CALLS // 10)
+    shutdown_telemetry()
+    return {"publish_ns": round(publish_ns, 1), "attempt_ns": round(attempt_ns, 1)}
+
+
+def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], Any],
+                environ: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    configure_telemetry(environ)
+    try:
+        prefix = configure_for(ctx, worker_chunks=False)
+        return throughput_run(ctx, prefix, flow, count, expected, worker_chunks=False)
+    finally:
+        shutdown_telemetry()
+
+
+def bench_telemetry(ctx: Context) -> dict:
+    details: dict[str, Any] = {"seam_off": _seam_cost_ns()}
+    rows = []
+    width = flows.FANOUT_WIDTH
+    cases = [
+        ("chain", flows.chain, ctx.sizes.chain, lambda v: v + 3),
+        ("fan-out", flows.fanout, ctx.sizes.fanout, lambda v: sum(v + i for i in range(width))),
+    ]
+    with OtlpReceiver(decode=False) as receiver:
+        on = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_SERVICE_NAME": "bench",
+            "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        }
+        for label, flow, count, expected in cases:
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for mode in ("off", "on", "on", "off"):
+                bytes_before = receiver.bytes_received
+                result = _throughput(ctx, flow, count, expected, {} if mode == "off" else on)
+                result["otlp_bytes"] = receiver.bytes_received - bytes_before
+                runs[mode].append(result)
+            details[label] = runs
+            off = sum(r["executions_per_s"] for r in runs["off"]) / 2
+            on_eps = sum(r["executions_per_s"] for r in runs["on"]) / 2
+            exported = sum(r["otlp_bytes"] for r in runs["on"])
+            rows.append(row("7 telemetry", f"{label} executions/s, tracing + metrics on",
+                            round(on_eps, 1), "exec/s", anchor="tracing off",
+                            anchor_value=round(off, 1),
+                            note=f"OTLP/HTTP to a loopback receiver, {exported:,} bytes "
+                                 "exported; mean of 2 runs each, alternated"))  # fmt: skip
+            writes = runs["off"][0]["writes_per_execution"]
+            per_exec_ns = details["seam_off"]["publish_ns"] * writes
+            exec_ns = 1e9 / max(off, 1e-9)
+            rows.append(row("7 telemetry", f"{label}: seam cost per execution, telemetry off",
+                            round(per_exec_ns / 1000, 2), "us",
+                            note=f"{details['seam_off']['publish_ns']} ns per publish x "
+                                 f"{writes} publishes; {100 * per_exec_ns / exec_ns:.3f}% of "
+                                 "an execution's time"))  # fmt: skip
+    rows.append(row("7 telemetry", "one chunk attempt's seam, telemetry off",
+                    details["seam_off"]["attempt_ns"], "ns",
+                    note="no span; its events reach the Event Center"))  # fmt: skip
+    return {"rows": rows, "details": details}
