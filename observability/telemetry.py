@@ -393,7 +393,9 @@ class _TracedHandling(Handling):
         stored = dict(after.trace)
         started_here = False
         if not stored and after.status != "created":
-            stored = execution_trace(self._input.headers, self._input.execution_id)
+            stored = execution_trace(
+                self._input.headers, self._input.execution_id, self._tracing.sampled
+            )
             started_here = True
         own = execution_context(stored)
         message = span_context_of(self._input.headers)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from collections.abc import Iterator, Mapping
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -90,19 +92,26 @@ def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
     return context if context.is_valid else None
 
 
-def execution_trace(headers: Mapping[str, str], execution_id: str) -> dict[str, str]:
+def execution_trace(
+    headers: Mapping[str, str],
+    execution_id: str,
+    sampled: Callable[[int], bool] | None = None,
+) -> dict[str, str]:
     """The execution's trace context, decided once at its start and kept in the snapshot.
 
     The caller's span (``traceparent`` on the start message) becomes the execution span's
     parent; without one, the trace id is derived from the execution id, so every host that
-    starts the same execution agrees on it.
+    starts the same execution agrees on it, and ``sampled(trace_id)`` (the configured sampler)
+    decides, once for the whole execution, whether it is recorded.
     """
     caller = span_context_of(headers)
     span_id = execution_span_id(execution_id)
     if caller is not None:
         trace_id, flags = caller.trace_id, int(caller.trace_flags)
     else:
-        trace_id, flags = _digest(f"trace:{execution_id}", 16), int(TraceFlags.SAMPLED)
+        trace_id = _digest(f"trace:{execution_id}", 16)
+        keep = sampled(trace_id) if sampled is not None else True
+        flags = int(TraceFlags.SAMPLED) if keep else int(TraceFlags.DEFAULT)
     stored = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
     if caller is not None:
         stored[CALLER_SPAN] = f"{caller.span_id:016x}"
@@ -167,6 +176,11 @@ class Tracing:
     def __init__(self, provider: TracerProvider, *, version: str = "") -> None:
         self.provider = provider
         self.tracer = provider.get_tracer("triggerbus", version)
+
+    def sampled(self, trace_id: int) -> bool:
+        """The configured sampler's decision for a new root (an execution nobody traced)."""
+        result = self.provider.sampler.should_sample(None, trace_id, "execution")
+        return result.decision.is_sampled()
 
     def start_span(
         self,
@@ -294,6 +308,8 @@ def resource_from(environ: Mapping[str, str]) -> Resource:
     attributes["service.name"] = environ.get("OTEL_SERVICE_NAME") or attributes.get(
         "service.name", "triggerbus"
     )
+    # Replicas of one service (compose --scale) stay apart: the host (a container's id) and pid.
+    attributes.setdefault("service.instance.id", f"{socket.gethostname()}:{os.getpid()}")
     return Resource.create(attributes)
 
 

@@ -260,3 +260,15 @@ class TestConfiguration:
                 configure_telemetry({**env, "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
         finally:
             shutdown_telemetry()
+
+    def test_an_untraced_start_is_sampled_once_for_the_whole_execution(self) -> None:
+        """With no caller span the sampler decides at the start; the caller's flag otherwise."""
+        kept = tracing.execution_trace({}, "e1", lambda trace_id: True)
+        dropped = tracing.execution_trace({}, "e1", lambda trace_id: False)
+        assert kept["traceparent"].endswith("-01") and dropped["traceparent"].endswith("-00")
+        assert kept["traceparent"][:-2] == dropped["traceparent"][:-2]  # same ids either way
+        caller = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"}
+        assert tracing.execution_trace(caller, "e1", lambda trace_id: True)[
+            "traceparent"
+        ].startswith(f"00-{CALLER_TRACE}-")
+        assert tracing.execution_trace(caller, "e1")["traceparent"].endswith("-00")
