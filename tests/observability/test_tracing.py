@@ -272,3 +272,52 @@ class TestConfiguration:
             "traceparent"
         ].startswith(f"00-{CALLER_TRACE}-")
         assert tracing.execution_trace(caller, "e1")["traceparent"].endswith("-00")
+
+
+class TestJoinLinks:
+    async def test_when_and_for_each_joins_link_every_arrival(self, receiver: OtlpReceiver) -> None:
+        """A ``when`` in and mode and a ``for_each`` end fan in: the invocation they release
+        links the arrivals that came before the last one (which is its parent)."""
+        flow = TriggerFlow(name="joins")
+
+        @flow.chunk("items")
+        async def items(data):
+            return [1, 2, 3]
+
+        @flow.chunk("double")
+        async def double(data):
+            return data.value * 2
+
+        @flow.chunk("after_loop")
+        async def after_loop(data):
+            await data.async_emit("A", 1)
+            await data.async_emit("B", 2)
+            return data.value
+
+        @flow.chunk("both")
+        async def both(data):
+            return data.value
+
+        flow.to(items).for_each().to(double).end_for_each().to(after_loop).end()
+        flow.when(["A", "B"]).to(both)
+        async with asyncio.timeout(30):
+            result = await flow.create_execution(auto_close_timeout=0).async_start(None)
+            spans = await receiver.wait_for(lambda s: bool(_named(s, "execution joins")))
+        assert result["$final_result"] == [2, 4, 6]
+        by_id = {s.span_id: s for s in spans}
+
+        (invoke_after,) = _named(spans, "invoke after_loop")
+        arrivals = {s.span_id for s in _named(spans, "process double")}
+        assert len(arrivals) == 3 and invoke_after.parent_span_id in arrivals
+        # The loop's join opens at the split: the span that opened it is linked too.
+        (split,) = _named(spans, "process items")
+        assert {span_id for _, span_id, _ in invoke_after.links} == (
+            arrivals - {invoke_after.parent_span_id}
+        ) | {split.span_id}
+
+        (invoke_both,) = _named(spans, "invoke both")
+        emits = {s.span_id for s in spans if s.name in ("emit A", "emit B")}
+        assert by_id[invoke_both.parent_span_id].name == "emit B"
+        assert {span_id for _, span_id, _ in invoke_both.links} == emits - {
+            invoke_both.parent_span_id
+        }
