@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
@@ -31,6 +32,8 @@ from triggerbus.contracts.messages import (
     DeadLetter,
     EmitEvent,
     InvokeChunk,
+    PauseForInterrupt,
+    Reply,
     StateWritten,
     StreamEnded,
     StreamItem,
@@ -393,7 +396,7 @@ class _heartbeat:
 
 # --- the port: a handler's effects, in order ------------------------------------------------------
 
-Outgoing = EmitEvent | StateWritten | StreamItem | StreamEnded
+Outgoing = EmitEvent | StateWritten | StreamItem | StreamEnded | PauseForInterrupt
 
 
 class _Port:
@@ -448,6 +451,15 @@ class _Port:
                 remote_traceback=reply.error.traceback,
             )
         return reply.value
+
+    async def ask(self, message: PauseForInterrupt) -> Reply:
+        reply_to, future = self._replies.open()
+        addressed = msgspec.structs.replace(message, reply_to=reply_to)
+        try:
+            await self._chain(self._prepare(addressed))
+            return decode(reply_decoder, await future)
+        finally:
+            self._replies.discard(reply_to)
 
     def change_flow_data(self, op: str, key: str, value: Any, emit: bool) -> Any:
         from triggerbus.actors.flow_data import change_flow_data

@@ -32,11 +32,15 @@ from triggerbus.contracts.messages import (
     InvokeChunk,
     MailboxMessage,
     ParentRef,
+    PauseForInterrupt,
     Reply,
+    ResumeContext,
+    ResumeInterrupt,
     SealExecution,
     StartExecution,
     StateWritten,
     StreamEnded,
+    StreamItem,
     SubFlowClosed,
     TimerFired,
 )
@@ -51,7 +55,7 @@ from triggerbus.contracts.outbox import (
     SendReply,
     StoredOutbox,
 )
-from triggerbus.contracts.snapshot import Node, QueuedInvocation, Snapshot
+from triggerbus.contracts.snapshot import Interrupt, Node, QueuedInvocation, Snapshot
 
 AUTO_CLOSE_TIMER = "auto_close"
 APPLIED_IDS_KEPT = 4096
@@ -113,6 +117,10 @@ def apply(
             _on_flow_data(work, message)
         case SubFlowClosed():
             _on_sub_flow_closed(work, message)
+        case PauseForInterrupt():
+            _on_pause(work, message)
+        case ResumeInterrupt():
+            _on_resume(work, message)
         case _:
             assert_never(message)
     if work.rejected:
@@ -137,10 +145,13 @@ class _Work:
     joins: dict[str, Any]
     running: list[int]
     queue: list[QueuedInvocation]
+    interrupts: dict[str, Interrupt]
     changes: dict[str, Any] = field(default_factory=dict)
     outbox: list[OutboxCommand] = field(default_factory=list)
     rejected: str = ""
     stale_timer: bool = False
+    resume: ResumeContext | None = None
+    """Set while a resume's continuation runs: chunks dispatched meanwhile see it."""
 
     @classmethod
     def begin(cls, index: GraphIndex, snapshot: Snapshot, now: float) -> _Work:
@@ -153,6 +164,7 @@ class _Work:
             joins=copy.deepcopy(snapshot.joins),
             running=list(snapshot.running),
             queue=list(snapshot.queue),
+            interrupts=dict(snapshot.interrupts),
         )
 
     def get(self, name: str) -> Any:
@@ -168,6 +180,16 @@ class _Work:
     @property
     def closed(self) -> bool:
         return self.get("lifecycle") == "closed"
+
+    @property
+    def active(self) -> bool:
+        """Started and not finished: running, or waiting on an interrupt."""
+        return self.get("status") in ("running", "waiting")
+
+    @property
+    def waiting(self) -> list[str]:
+        """Ids of the interrupts still waiting for ``continue_with``."""
+        return [i for i, record in self.interrupts.items() if record.status == "waiting"]
 
     def new_node(self, **fields: Any) -> Node:
         node_id = self.get("next_node")
@@ -198,6 +220,7 @@ class _Work:
             joins=self.joins,
             running=self.running,
             queue=self.queue,
+            interrupts=self.interrupts,
             applied=applied,
             outbox=StoredOutbox(message_id=message_id, commands=list(self.outbox)),
         )
@@ -240,6 +263,11 @@ def _on_chunk_completed(work: _Work, message: ChunkCompleted) -> None:
     if node is None:
         return  # a late duplicate, a step never dispatched, or the execution failed
     _release_permit(work, node.id)
+    if node.interrupt:
+        # The chunk paused: its downstream runs when the interrupt is resumed, not now.
+        work.observe("chunk_succeeded", chunk=node.chunk, step=node.id, paused=node.interrupt)
+        _finish(work, work.update(node, ready=True, result=message.result, pending=0))
+        return
     node = work.update(node, ready=True, result=message.result, pending=1)
     work.observe("chunk_succeeded", chunk=node.chunk, step=node.id)
     spec = work.index.chunks[node.chunk]
@@ -317,7 +345,7 @@ def _on_state_written(work: _Work, message: StateWritten) -> None:
     changed = message.op != "delete" or has_path(work.state, message.key)
     new_value = apply_state_op(work.state, message.op, message.key, message.value)
     work.observe("state_written", key=message.key, op=message.op)
-    if not message.emit or not changed or work.get("status") != "running":
+    if not message.emit or not changed or not work.active:
         work.reply(message.reply_to, Reply(ok=True, value=[]))
         return
     if message.reply_to and message.step is not None:
@@ -335,6 +363,20 @@ def _on_state_written(work: _Work, message: StateWritten) -> None:
 def _on_close(work: _Work, message: CloseExecution) -> None:
     if work.closed:
         work.reply(message.reply_to, Reply(ok=True, value=close_snapshot(work.base)))
+        return
+    waiting = work.waiting
+    if waiting and message.pending_interrupts != "cancel":
+        error = ErrorInfo(
+            error_type="PendingInterruptsError",
+            message=f"can not close execution {work.execution_id} while interrupts are "
+            f"waiting: {sorted(waiting)}; resume them with continue_with(...) or close with "
+            "pending_interrupts='cancel'",
+        )
+        work.observe("close_rejected", waiting=len(waiting))
+        work.reply(message.reply_to, Reply(ok=False, error=error))
+        return
+    if waiting:
+        _cancel(work, message)
         return
     waiters = list(work.get("close_waiters"))
     if message.reply_to:
@@ -357,7 +399,7 @@ def _on_timer(work: _Work, message: TimerFired) -> None:
         # forever (each re-armed timer turns stale in its turn).
         work.stale_timer = True
         return
-    if not work.closed and not work.nodes and not work.queue:
+    if not work.closed and not work.nodes and not work.queue and not work.waiting:
         _close(work, "auto_close_idle_timeout")
 
 
@@ -385,7 +427,7 @@ def _on_flow_data(work: _Work, message: FlowDataChanged) -> None:
         return
     if message.revision > work.get("flow_data_revision"):
         work.set(flow_data=message.data, flow_data_revision=message.revision)
-    if work.get("lifecycle") != "open" or work.get("status") != "running":
+    if work.get("lifecycle") != "open" or not work.active:
         return
     work.observe("flow_data_changed", key=message.key, revision=message.revision)
     _emit(work, Signal(type="flow_data", name=message.key), message.value, layers=())
@@ -495,7 +537,7 @@ def _run_chunk(
     signal: Signal,
     value: Any,
     layers: tuple[str, ...],
-    parent: int,
+    parent: int | None,
     slot: int,
 ) -> None:
     chunk = str(operator.options["chunk"])
@@ -515,6 +557,7 @@ def _run_chunk(
         trigger_event=signal.name,
         trigger_type=signal.type,
         layers=layers,
+        resume=work.resume,
     )
     cap = work.get("concurrency")
     if cap is not None and cap > 0 and len(work.running) >= cap:
@@ -544,6 +587,7 @@ def _dispatch(work: _Work, queued: QueuedInvocation) -> None:
         sent_at=work.now,
         stream_to=work.get("parent"),
         flow_data=work.get("flow_data"),
+        resume=queued.resume,
     )
     work.outbox.append(Invoke(chunk_token=spec.token, message=message))
     work.observe("chunk_invoked", chunk=node.chunk, step=node.id)
@@ -999,7 +1043,7 @@ def _fail(work: _Work, error: ErrorInfo) -> None:
 def _settle_idle(work: _Work) -> None:
     """When nothing is in flight: close if asked to, else arm the auto-close idle timer."""
     if work.closed or work.nodes or work.queue or work.get("status") != "running":
-        return
+        return  # in flight, not started, finished, or waiting on an interrupt
     if work.get("close_requested"):
         _close(work, work.get("close_reason") or "manual")
         return
@@ -1013,13 +1057,24 @@ def _settle_idle(work: _Work) -> None:
         return
     generation = work.get("timer_generation") + 1
     work.set(timer_generation=generation)
-    work.outbox.append(ScheduleTimer(timer=AUTO_CLOSE_TIMER, generation=generation, delay=timeout))
+    work.outbox.append(
+        ScheduleTimer(
+            timer=AUTO_CLOSE_TIMER,
+            generation=generation,
+            delay=timeout,
+            due_at=work.now + timeout,
+        )
+    )
 
 
 def _close(work: _Work, reason: str) -> None:
     status = work.get("status")
     if status == "running":
         status = "completed"
+    for interrupt_id in work.waiting:
+        work.interrupts[interrupt_id] = msgspec.structs.replace(
+            work.interrupts[interrupt_id], status="cancelled"
+        )
     work.set(status=status, lifecycle="closed", close_reason=reason, closed_at=work.now)
     snapshot = close_snapshot(
         msgspec.structs.replace(work.base, **work.changes, state=work.state)
@@ -1050,3 +1105,221 @@ def _close(work: _Work, reason: str) -> None:
         )
         work.outbox.append(SendMailbox(flow=parent.flow, message=notice))
     work.observe("execution_closed", status=status, reason=reason)
+
+
+# --- human in the loop: pause_for / continue_with ------------------------------------------------
+
+
+def _on_pause(work: _Work, message: PauseForInterrupt) -> None:
+    """A running chunk waits for outside input: record the interrupt, status ``waiting``.
+
+    The chunk node stays until the chunk returns, then finishes without emitting its trigger
+    (``_on_chunk_completed``); ``continue_with`` continues the flow from the interrupt.
+    """
+    node = work.nodes.get(message.step)
+    problem = ""
+    if work.closed:
+        problem = "the execution is closed"
+    elif node is None or node.kind != "chunk" or not node.started or node.ready:
+        problem = f"step {message.step} is not a running chunk"
+    existing = work.interrupts.get(message.interrupt_id)
+    if not problem and existing is not None and existing.status == "waiting":
+        if existing.source_step == message.step:
+            work.reply(message.reply_to, Reply(ok=True, value=_record(existing)))
+            return
+        problem = f"interrupt {message.interrupt_id!r} is already waiting"
+    resume_to = message.resume_to
+    if not problem and not _valid_resume_to(resume_to):
+        problem = f"resume_to must be 'next', 'self' or {{'event': name}}, not {resume_to!r}"
+    limit = message.max_resumes
+    if not problem and resume_to == "self" and limit is not None and (
+        message.resume_count >= limit
+    ):
+        problem = (
+            f"self resume limit reached for interrupt {message.interrupt_id!r}: "
+            f"resume_count={message.resume_count}, max_resumes={limit}"
+        )
+    if problem:
+        error = ErrorInfo(error_type="InterruptError", message=f"can not pause: {problem}")
+        work.reply(message.reply_to, Reply(ok=False, error=error))
+        return
+    assert node is not None
+    spec = work.index.chunks[node.chunk]
+    source = msgspec.to_builtins(message.source_signal) if message.source_signal else None
+    interrupt = Interrupt(
+        id=message.interrupt_id,
+        type=message.type,
+        payload=message.payload,
+        resume_event=message.resume_event,
+        resume_to=resume_to,
+        source_execution_id=work.execution_id,
+        source_flow_name=work.base.flow,
+        source_operator_id=node.operator,
+        source_chunk=node.chunk,
+        source_step=node.id,
+        source_signal=source,
+        continuation_event=spec.trigger,
+        resume_count=message.resume_count if resume_to == "self" else 0,
+        max_resumes=limit if resume_to == "self" else None,
+        created_at=work.now,
+    )
+    work.interrupts[interrupt.id] = interrupt
+    work.update(node, interrupt=interrupt.id)
+    work.set(status="waiting")
+    record = _record(interrupt)
+    _stream_item(
+        work,
+        f"{message.id}:pause",
+        {
+            "type": "interrupt",
+            "action": "pause",
+            "execution_id": work.execution_id,
+            "interrupt": record,
+            "signal": source,
+        },
+    )
+    work.observe("execution_paused", chunk=node.chunk, step=node.id, interrupt=interrupt.id)
+    work.reply(message.reply_to, Reply(ok=True, value=record))
+
+
+def _on_resume(work: _Work, message: ResumeInterrupt) -> None:
+    """Answer a waiting interrupt and continue where its ``resume_to`` says."""
+    lifecycle = work.get("lifecycle")
+    if lifecycle != "open":
+        work.observe("resume_ignored", lifecycle=lifecycle, interrupt=message.interrupt_id)
+        work.reply(message.reply_to, Reply(ok=True, value=None, ignored=lifecycle))
+        return
+    interrupt = work.interrupts.get(message.interrupt_id)
+    request = message.resume_request_id
+    refusal: tuple[str, str] | None = None
+    if interrupt is None:
+        refusal = ("InterruptNotFoundError", f"interrupt {message.interrupt_id!r} not found")
+    elif request is not None and request in interrupt.resume_requests:
+        if interrupt.resume_requests[request] != message.value:
+            refusal = (
+                "ResumeConflictError",
+                f"interrupt {message.interrupt_id!r} was already resumed by request "
+                f"{request!r} with a different value",
+            )
+        else:  # the same request again: answered, applied once
+            work.reply(message.reply_to, Reply(ok=True, value=_record(interrupt)))
+            return
+    elif interrupt.status != "waiting":
+        refusal = (
+            "InterruptNotWaitingError",
+            f"interrupt {message.interrupt_id!r} is not waiting (it is {interrupt.status})",
+        )
+    count = interrupt.resume_count if interrupt is not None else 0
+    if refusal is None and interrupt is not None and interrupt.resume_to == "self":
+        count += 1
+        if interrupt.max_resumes is not None and count > interrupt.max_resumes:
+            refusal = (
+                "ResumeLimitError",
+                f"self resume limit reached for interrupt {message.interrupt_id!r}: "
+                f"resume_count={count}, max_resumes={interrupt.max_resumes}",
+            )
+    if refusal is not None:
+        error_type, reason = refusal
+        text = f"can not continue execution {work.execution_id}: {reason}"
+        work.observe("resume_refused", interrupt=message.interrupt_id, error_type=error_type)
+        work.reply(message.reply_to, Reply(ok=False, error=ErrorInfo(error_type=error_type,
+                                                                      message=text)))
+        return
+    assert interrupt is not None
+    requests = dict(interrupt.resume_requests)
+    if request is not None:
+        requests[request] = message.value
+    interrupt = msgspec.structs.replace(
+        interrupt,
+        status="resumed",
+        resume_value=message.value,
+        resumed_at=work.now,
+        resume_request_id=request,
+        resumed_by=message.actor,
+        resume_count=count,
+        resume_requests=requests,
+    )
+    work.interrupts[interrupt.id] = interrupt
+    work.set(status="waiting" if work.waiting else "running")
+    record = _record(interrupt)
+    _stream_item(
+        work,
+        f"{message.id}:resume",
+        {
+            "type": "interrupt",
+            "action": "resume",
+            "execution_id": work.execution_id,
+            "interrupt": record,
+            "value": message.value,
+        },
+    )
+    work.observe("execution_resumed", interrupt=interrupt.id, resume_to=str(interrupt.resume_to))
+    work.reply(message.reply_to, Reply(ok=True, value=record))
+    _continue_from(work, interrupt, message.value)
+
+
+def _continue_from(work: _Work, interrupt: Interrupt, value: Any) -> None:
+    signal = interrupt.source_signal or {}
+    layers = tuple(str(layer) for layer in signal.get("layers") or ())
+    work.resume = ResumeContext(
+        interrupt_id=interrupt.id,
+        value=value,
+        interrupt=_record(interrupt),
+        origin_signal=interrupt.source_signal,
+        resume_count=interrupt.resume_count,
+    )
+    try:
+        resume_to = interrupt.resume_to
+        if resume_to == "self":
+            operator = work.index.operators[interrupt.source_operator_id]
+            trigger = Signal(
+                type=signal.get("trigger_type", "event"), name=str(signal.get("trigger_event"))
+            )
+            _run_chunk(work, operator, trigger, signal.get("value"), layers, None, 0)
+        elif isinstance(resume_to, dict):
+            _emit(work, Signal(type="event", name=resume_to["event"]), value, layers=())
+        else:
+            event = interrupt.continuation_event or ""
+            _emit(work, Signal(type="event", name=event), value, layers=layers)
+    finally:
+        work.resume = None
+
+
+def _cancel(work: _Work, message: CloseExecution) -> None:
+    """Close now, cancelling waiting interrupts and whatever is in flight."""
+    for node in work.nodes.values():
+        if node.reply_to:
+            work.reply(node.reply_to, Reply(ok=True, value=None, ignored="closed"))
+    work.nodes.clear()
+    work.queue.clear()
+    work.running.clear()
+    work.set(status="cancelled", close_requested=True, close_reason=message.reason)
+    if message.reply_to:
+        work.set(close_waiters=[*work.get("close_waiters"), message.reply_to])
+    _close(work, message.reason)
+
+
+def _valid_resume_to(resume_to: Any) -> bool:
+    if resume_to in ("next", "self"):
+        return True
+    return isinstance(resume_to, dict) and isinstance(resume_to.get("event"), str)
+
+
+def _record(interrupt: Interrupt) -> dict[str, Any]:
+    """The interrupt as callers and stream readers see it (Agently's record keys)."""
+    record: dict[str, Any] = msgspec.to_builtins(interrupt)
+    record["response"] = interrupt.resume_value
+    return record
+
+
+def _stream_item(work: _Work, item_id: str, value: Any) -> None:
+    """An item the runtime itself puts into the stream (the interrupt items TriggerFlow
+    defines): a sub-flow's go to its root's stream, like its chunks' items."""
+    parent: ParentRef | None = work.get("parent")
+    if parent is None:
+        item = StreamItem(id=item_id, execution_id=work.execution_id, value=value)
+        work.outbox.append(AppendStream(message=item))
+        return
+    flow, execution_id = parent.stream_target()
+    item = StreamItem(id=item_id, execution_id=execution_id, value=value)
+    work.outbox.append(AppendStream(message=item, flow=flow))

@@ -33,7 +33,9 @@ from triggerbus.contracts.messages import (
     DeadLetter,
     ErrorInfo,
     MailboxMessage,
+    PauseForInterrupt,
     Reply,
+    ResumeInterrupt,
     StartExecution,
     TimerFired,
     mailbox_decoder,
@@ -378,7 +380,9 @@ class ExecutionHost:
         assert transition.snapshot is not None
         key = self._bus.subjects.execution_key(self._flow.name, execution_id)
         new_revision = await self._bus.store(key, encode(transition.snapshot), revision=revision)
-        if transition.snapshot.lifecycle == "closed":
+        if transition.snapshot.lifecycle == "closed" or _parked(transition.snapshot):
+            # Closed, or waiting on an interrupt with nothing in flight: KV is the truth and
+            # no process keeps it in memory; a resume (any time, any host) loads it cold.
             self._cache.pop(execution_id, None)
         else:
             self._remember(execution_id, transition.snapshot, new_revision)
@@ -399,6 +403,12 @@ class ExecutionHost:
         reply_to = getattr(message, "reply_to", None)
         if isinstance(message, StartExecution) and reply_to:
             await self._reply(reply_to, Reply(ok=True, value=message.execution_id))
+        elif isinstance(message, PauseForInterrupt | ResumeInterrupt) and reply_to:
+            # A redelivered chunk attempt pausing again, or a resume sent twice with one id:
+            # answered with the interrupt as it stands, applied once.
+            interrupt = snapshot.interrupts.get(message.interrupt_id) if snapshot else None
+            value = msgspec.to_builtins(interrupt) if interrupt is not None else None
+            await self._reply(reply_to, Reply(ok=interrupt is not None, value=value))
 
     # --- the outbox ----------------------------------------------------------------------------
 
@@ -530,6 +540,11 @@ async def _hand_back(delivery: Delivery, ack_wait: float) -> None:
         await delivery.nak(delay=min(ack_wait, 0.5 * delivery.num_delivered))
     except Exception as exc:
         log.warning("mailbox_message_nak_failed", subject=delivery.subject, error=repr(exc))
+
+
+def _parked(snapshot: Snapshot) -> bool:
+    """Waiting for ``continue_with`` and nothing else: no node in flight, nothing queued."""
+    return snapshot.status == "waiting" and not snapshot.nodes and not snapshot.queue
 
 
 def _loose_reply_to(data: bytes) -> str | None:

@@ -20,6 +20,10 @@ from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import (
     EmitEvent,
     InvokeChunk,
+    PauseForInterrupt,
+    Reply,
+    ResumeContext,
+    SignalRecord,
     StateWritten,
     StreamEnded,
     StreamItem,
@@ -31,7 +35,9 @@ _MISSING: Any = object()
 class ChunkPort(Protocol):
     """The I/O a handler's effects go through; sends keep their order."""
 
-    def send_nowait(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
+    def send_nowait(
+        self, message: EmitEvent | StateWritten | StreamItem | StreamEnded | PauseForInterrupt
+    ) -> None:
         """Queue a message behind everything sent before it, without waiting."""
 
     async def send(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
@@ -39,6 +45,9 @@ class ChunkPort(Protocol):
 
     async def request(self, message: EmitEvent | StateWritten) -> Any:
         """Send in order and wait for the actor's reply (the cascade's results)."""
+
+    async def ask(self, message: PauseForInterrupt) -> Reply:
+        """Send in order and return the actor's reply as it is (errors included)."""
 
     def run_blocking(self, coroutine: Any) -> Any:
         """From a sync handler's thread: run ``coroutine`` on the host loop and wait for it."""
@@ -137,6 +146,35 @@ class FlowStateView:
         return copy.deepcopy(self._data._flow_data)
 
 
+class TriggerFlowPauseSignal(dict[str, Any]):
+    """What ``pause_for`` returns (the interrupt record); a chunk returns it to pause."""
+
+    @property
+    def interrupt(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class ResumeInfo:
+    """``data.resume``: which interrupt this run continues, and the value it was given."""
+
+    def __init__(self, context: ResumeContext | None) -> None:
+        self.interrupt_id = context.interrupt_id if context else None
+        self.value = context.value if context else None
+        self.interrupt = copy.deepcopy(context.interrupt) if context else None
+        self.origin_signal = copy.deepcopy(context.origin_signal) if context else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "interrupt_id": self.interrupt_id,
+            "value": self.value,
+            "interrupt": self.interrupt,
+            "origin_signal": self.origin_signal,
+        }
+
+    def __repr__(self) -> str:
+        return f"<ResumeInfo interrupt={self.interrupt_id!r}>"
+
+
 class TriggerFlowRuntimeData:
     """The ``data`` argument of a chunk handler (TriggerFlow's name and surface)."""
 
@@ -155,6 +193,8 @@ class TriggerFlowRuntimeData:
         self._sequence = 0
         self.state = StateView(self)
         self.flow_state = FlowStateView(self)
+        self.is_resume = invocation.resume is not None
+        self.resume = ResumeInfo(invocation.resume)
 
     # --- what triggered this chunk --------------------------------------------------------
 
@@ -370,6 +410,99 @@ class TriggerFlowRuntimeData:
             id=f"{self.execution_id}:stream:end", execution_id=self.execution_id, reason="stopped"
         )
 
+    # --- human in the loop -------------------------------------------------------------------
+
+    async def async_pause_for(
+        self,
+        *,
+        type: str = "pause",
+        payload: Any = None,
+        resume_event: str | None = None,
+        interrupt_id: str | None = None,
+        resume_to: Any = None,
+        max_resumes: int | None = 1,
+        **_: Any,
+    ) -> TriggerFlowPauseSignal:
+        """Wait for outside input: the execution records an interrupt, turns ``waiting`` and
+        puts a ``pause`` item into the stream; return the result from the chunk. The flow goes
+        on when someone calls ``continue_with(interrupt_id, value)``: with ``resume_to="next"``
+        (the default) the chunk's downstream receives ``value`` as this chunk's result; with
+        ``"self"`` this chunk runs again with ``data.is_resume`` and ``data.resume.value``;
+        with ``resume_event`` (or ``{"event": name}``) that event is emitted with ``value``.
+
+        Raises:
+            ValueError: ``max_resumes`` is not a non-negative integer or ``None``.
+            RuntimeError: the execution refused the pause (closed, or a ``"self"`` interrupt
+                reached ``max_resumes``).
+        """
+        message = self._pause_message(type, payload, resume_event, interrupt_id, resume_to,
+                                      max_resumes)  # fmt: skip
+        return _paused(await self._port.ask(message))
+
+    def pause_for(self, **options: Any) -> TriggerFlowPauseSignal:
+        """Sync form of ``async_pause_for``. From an async handler it cannot wait: the pause
+        is sent in order and the record built here is returned."""
+        if not self._port.on_loop:
+            return self._port.run_blocking(self.async_pause_for(**options))
+        message = self._pause_message(
+            options.get("type", "pause"),
+            options.get("payload"),
+            options.get("resume_event"),
+            options.get("interrupt_id"),
+            options.get("resume_to"),
+            options.get("max_resumes", 1),
+        )
+        self._port.send_nowait(message)
+        return TriggerFlowPauseSignal(
+            id=message.interrupt_id,
+            type=message.type,
+            payload=message.payload,
+            resume_to=message.resume_to,
+            resume_event=message.resume_event,
+            status="waiting",
+        )
+
+    def _pause_message(
+        self,
+        type: str,
+        payload: Any,
+        resume_event: str | None,
+        interrupt_id: str | None,
+        resume_to: Any,
+        max_resumes: int | None,
+    ) -> PauseForInterrupt:
+        if max_resumes is not None and (
+            not isinstance(max_resumes, int) or isinstance(max_resumes, bool) or max_resumes < 0
+        ):
+            raise ValueError("max_resumes must be a non-negative integer or None")
+        if resume_to is None:
+            resume_to = {"event": resume_event} if resume_event else "next"
+        message_id = self._next_id()
+        resumed = self._invocation.resume
+        # A chunk resumed to itself that pauses again carries its resume count on, unless it
+        # pauses under a different explicit interrupt id (a new gate with its own budget).
+        inherited = 0
+        if resumed is not None and interrupt_id in (None, resumed.interrupt_id):
+            inherited = resumed.resume_count
+        return PauseForInterrupt(
+            id=message_id,
+            execution_id=self.execution_id,
+            step=self._invocation.step,
+            interrupt_id=interrupt_id or f"interrupt-{self._invocation.step}-{self._sequence}",
+            type=type,
+            payload=payload,
+            resume_to=resume_to,
+            resume_event=resume_event,
+            max_resumes=max_resumes,
+            resume_count=inherited,
+            source_signal=SignalRecord(
+                trigger_event=self._invocation.trigger_event,
+                trigger_type=self._invocation.trigger_type,
+                value=self._invocation.value,
+                layers=self._invocation.layers,
+            ),
+        )
+
     # --- plumbing ---------------------------------------------------------------------------
 
     def _send_sync(self, message: EmitEvent | StateWritten | StreamItem | StreamEnded) -> None:
@@ -387,6 +520,13 @@ class TriggerFlowRuntimeData:
             f"<TriggerFlowRuntimeData chunk={self.chunk_name!r} "
             f"execution={self.execution_id!r} trigger={self.trigger_event!r}>"
         )
+
+
+def _paused(reply: Reply) -> TriggerFlowPauseSignal:
+    if not reply.ok:
+        reason = reply.error.message if reply.error else "the execution refused the pause"
+        raise RuntimeError(reason)
+    return TriggerFlowPauseSignal(reply.value or {})
 
 
 async def _change_on_loop(port: ChunkPort, op: str, key: str, value: Any, emit: bool) -> None:

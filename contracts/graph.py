@@ -59,13 +59,21 @@ class Edge(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     operator: str
 
 
-class ChunkSpec(msgspec.Struct, frozen=True, kw_only=True):
+class ChunkSpec(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """A chunk as the bus sees it: its name, the subject token it is invoked on, the event its
-    completion emits, and its declared retry/timeout policy."""
+    completion emits, and its declared retry/timeout policy.
+
+    ``retries``: attempts after the first when the handler raises (0: the first exception
+    fails the execution, as in TriggerFlow); ``backoff``: seconds before each retry (the last
+    repeats); ``timeout``: seconds one attempt may run. Defaults are omitted from the encoding,
+    so a chunk without a policy keeps the fingerprint it had before policies existed."""
 
     name: str
     token: str
     trigger: str
+    retries: int = 0
+    backoff: tuple[float, ...] = ()
+    timeout: float | None = None
 
 
 class FlowGraph(msgspec.Struct, frozen=True, kw_only=True):

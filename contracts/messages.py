@@ -128,13 +128,17 @@ class StateWritten(Wire, tag="state"):
 
 
 class CloseExecution(Wire, tag="close"):
-    """Seal the execution, let in-flight work finish, then close it."""
+    """Seal the execution, let in-flight work finish, then close it.
+
+    An execution waiting on an interrupt refuses to close (``pending_interrupts="reject"``)
+    unless told to cancel its interrupts (``"cancel"``): it then closes as ``cancelled``."""
 
     id: str
     execution_id: str
     reason: str = "manual"
     reply_to: str | None = None
     sent_at: float = 0.0
+    pending_interrupts: Literal["reject", "cancel"] = "reject"
 
 
 class SealExecution(Wire, tag="seal"):
@@ -178,21 +182,81 @@ class SubFlowClosed(Wire, tag="sub_flow_closed"):
 
 
 class TimerFired(Wire, tag="timer"):
-    """A timer the actor asked for has expired; ``generation`` tells a stale one apart."""
+    """A timer the actor asked for has expired; ``generation`` tells a stale one apart.
+
+    The same message waits on the timers stream until ``due_at`` (wall-clock seconds), then
+    an execution host moves it into the mailbox."""
 
     id: str
     execution_id: str
     timer: str
     generation: int
     sent_at: float = 0.0
+    due_at: float = 0.0
+
+
+class SignalRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What triggered a chunk: enough to run it again (``resume_to="self"``)."""
+
+    trigger_event: str
+    trigger_type: TriggerType = "event"
+    value: Any = None
+    layers: tuple[str, ...] = ()
+
+
+class PauseForInterrupt(Wire, tag="pause"):
+    """A running chunk (``step``) asks to wait for outside input (``data.pause_for``).
+
+    ``resume_to`` is ``"next"`` (the chunk's downstream receives the resume value as its
+    result), ``"self"`` (the chunk runs again with ``data.is_resume``) or ``{"event": name}``.
+    ``resume_count`` is how often the chunk was resumed to itself before this pause."""
+
+    id: str
+    execution_id: str
+    step: int
+    interrupt_id: str
+    type: str = "pause"
+    payload: Any = None
+    resume_to: str | dict[str, str] = "next"
+    resume_event: str | None = None
+    max_resumes: int | None = 1
+    resume_count: int = 0
+    source_signal: SignalRecord | None = None
+    reply_to: str | None = None
+    sent_at: float = 0.0
+
+
+class ResumeInterrupt(Wire, tag="resume"):
+    """Continue a waiting execution (``continue_with``): answer interrupt ``interrupt_id``
+    with ``value``. A repeated ``resume_request_id`` with the same value is answered again
+    and applied once."""
+
+    id: str
+    execution_id: str
+    interrupt_id: str
+    value: Any = None
+    resume_request_id: str | None = None
+    actor: str | None = None
+    reply_to: str | None = None
+    sent_at: float = 0.0
 
 
 MailboxMessage = StartExecution | ChunkCompleted | ChunkFailed | EmitEvent | StateWritten | (
     CloseExecution | TimerFired | SealExecution | FlowDataChanged | SubFlowClosed
-)
+) | PauseForInterrupt | ResumeInterrupt
 
 
 # --- chunk invocation ------------------------------------------------------------------------
+
+
+class ResumeContext(msgspec.Struct, frozen=True, kw_only=True):
+    """``data.resume``: the interrupt being continued and the value it was answered with."""
+
+    interrupt_id: str
+    value: Any = None
+    interrupt: dict[str, Any] = {}
+    origin_signal: dict[str, Any] | None = None
+    resume_count: int = 0
 
 
 class InvokeChunk(Wire, tag="invoke"):
@@ -214,6 +278,9 @@ class InvokeChunk(Wire, tag="invoke"):
     flow_data: dict[str, Any] = {}
     stream_to: ParentRef | None = None
     """Where stream items go instead of this execution's stream (a sub-flow's parent)."""
+    resume: ResumeContext | None = None
+    """Set when this run continues an interrupt (``data.is_resume``, ``data.resume``)."""
+
 
 
 # --- runtime stream --------------------------------------------------------------------------

@@ -63,11 +63,13 @@ class NotifyClosed(Command, tag="closed"):
 
 
 class ScheduleTimer(Command, tag="timer"):
-    """Deliver a ``TimerFired`` to the mailbox after ``delay`` seconds."""
+    """Deliver a ``TimerFired`` to the mailbox after ``delay`` seconds, at ``due_at``
+    (wall clock, fixed by the transition, so a re-published outbox sets the same timer)."""
 
     timer: str
     generation: int
     delay: float
+    due_at: float = 0.0
 
 
 class Observe(Command, tag="observe"):

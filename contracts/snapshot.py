@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from triggerbus.contracts.graph import TriggerType
-from triggerbus.contracts.messages import ErrorInfo, ParentRef
+from triggerbus.contracts.messages import ErrorInfo, ParentRef, ResumeContext
 from triggerbus.contracts.outbox import StoredOutbox
 
 Status = Literal["created", "running", "waiting", "completed", "failed", "cancelled"]
@@ -44,6 +44,37 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
     started: bool = False
     layers: tuple[str, ...] = ()
     queued: list[Any] = []
+    interrupt: str = ""
+    """Set on a chunk node that paused (``pause_for``): when it returns, it finishes without
+    emitting its trigger; the interrupt's resume continues the flow."""
+
+
+class Interrupt(msgspec.Struct, frozen=True, kw_only=True):
+    """A ``pause_for`` waiting for (or answered by) ``continue_with``: Agently's interrupt
+    record, less its exchange/provider fields."""
+
+    id: str
+    type: str = "pause"
+    payload: Any = None
+    resume_event: str | None = None
+    resume_to: str | dict[str, str] = "next"
+    status: Literal["waiting", "resumed", "cancelled"] = "waiting"
+    source_execution_id: str = ""
+    source_flow_name: str = ""
+    source_operator_id: str = ""
+    source_chunk: str = ""
+    source_step: int = 0
+    source_signal: dict[str, Any] | None = None
+    continuation_event: str | None = None
+    resume_count: int = 0
+    max_resumes: int | None = None
+    created_at: float = 0.0
+    resumed_at: float | None = None
+    resume_value: Any = None
+    resume_request_id: str | None = None
+    resumed_by: str | None = None
+    resume_requests: dict[str, Any] = {}
+    """``resume_request_id`` -> the value it carried, so a repeat is recognised."""
 
 
 class QueuedInvocation(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +86,7 @@ class QueuedInvocation(msgspec.Struct, frozen=True, kw_only=True):
     trigger_event: str = ""
     trigger_type: TriggerType = "event"
     layers: tuple[str, ...] = ()
+    resume: ResumeContext | None = None
 
 
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,6 +131,8 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     flow_data_revision: int = 0
     """The flow data (shared by the flow's executions) as of the newest change seen, which
     chunks dispatched from now on read."""
+    interrupts: dict[str, Interrupt] = {}
+    """Every interrupt of this execution by id; status ``waiting`` while any is waiting."""
 
 
 snapshot_decoder = msgspec.json.Decoder(Snapshot)

@@ -1605,3 +1605,243 @@ class TestSealFlowDataSubFlow:
             ("parent", 4, {"$final_result": "c(x)"})
         ]
         assert of_type(driver.commands(), AppendStream) == []
+
+
+# --- human in the loop -----------------------------------------------------------------------
+
+
+def pause(
+    driver: Driver, step: int, interrupt_id: str = "i1", *, reply_to: str = "pause-reply",
+    **fields: Any,
+) -> Transition:
+    """The chunk at ``step`` calls ``pause_for``; its invocation gives the source signal."""
+    from triggerbus.contracts.messages import PauseForInterrupt, SignalRecord
+
+    invocation = driver.outstanding[step]
+    return driver.send(
+        PauseForInterrupt(
+            id=f"{EXECUTION}:{step}:{driver.next_id('p')}",
+            execution_id=EXECUTION,
+            step=step,
+            interrupt_id=interrupt_id,
+            source_signal=SignalRecord(
+                trigger_event=invocation.trigger_event,
+                trigger_type=invocation.trigger_type,
+                value=invocation.value,
+                layers=invocation.layers,
+            ),
+            reply_to=reply_to,
+            **fields,
+        )
+    )
+
+
+def resume(
+    driver: Driver, interrupt_id: str = "i1", value: Any = None, *, reply_to: str = "resume-reply",
+    message_id: str | None = None, **fields: Any,
+) -> Transition:
+    from triggerbus.contracts.messages import ResumeInterrupt
+
+    return driver.send(
+        ResumeInterrupt(
+            id=message_id or driver.next_id("resume"),
+            execution_id=EXECUTION,
+            interrupt_id=interrupt_id,
+            value=value,
+            reply_to=reply_to,
+            **fields,
+        )
+    )
+
+
+def stream_values(commands: Iterable[OutboxCommand]) -> list[Any]:
+    from triggerbus.contracts.messages import StreamItem
+
+    return [
+        c.message.value for c in of_type(commands, AppendStream)
+        if isinstance(c.message, StreamItem)
+    ]
+
+
+def ask_flow() -> TriggerFlow:
+    flow = TriggerFlow(name="ask")
+    flow.to(("ask", noop)).to(("after", noop)).end()
+    return flow
+
+
+class TestPauseAndResume:
+    def test_pause_records_a_waiting_interrupt_and_streams_a_pause_item(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close_timeout=5.0)
+        step = driver.step_of("ask")
+        transition = pause(driver, step, payload={"question": "ok?"}, type="approval")
+        assert driver.snapshot is not None and driver.snapshot.status == "waiting"
+        interrupt = driver.snapshot.interrupts["i1"]
+        assert (interrupt.status, interrupt.type, interrupt.payload) == (
+            "waiting", "approval", {"question": "ok?"}
+        )
+        assert interrupt.resume_to == "next" and interrupt.source_step == step
+        [item] = stream_values(transition.outbox)
+        assert (item["type"], item["action"]) == ("interrupt", "pause")
+        assert item["interrupt"]["id"] == "i1"
+        assert item["signal"]["trigger_event"] == "START" and item["signal"]["value"] == "q"
+        [reply] = driver.replies("pause-reply")
+        assert reply.ok and reply.value["id"] == "i1"
+
+    def test_a_paused_chunk_returning_runs_nothing_downstream_and_never_idles_out(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close_timeout=5.0, reply_to="start")
+        step = driver.step_of("ask")
+        pause(driver, step)
+        transition = driver.complete(step, {"paused": True})
+        assert invokes(transition) == []
+        assert of_type(transition.outbox, ScheduleTimer) == []
+        assert driver.snapshot is not None and driver.snapshot.nodes == {}
+        # The start's cascade is over: a caller that did not wait for the close is answered.
+        assert driver.replies("start") == [Reply(ok=True, value=[{"paused": True}])]
+        assert driver.fire_timer(driver.snapshot.timer_generation).snapshot.lifecycle == "open"
+
+    def test_resume_to_next_gives_the_value_to_the_downstream_chunk_as_a_resume(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q")
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        transition = resume(driver, "i1", {"approved": True})
+        [after] = invokes(transition)
+        assert (after.chunk, after.value) == ("after", {"approved": True})
+        assert after.resume is not None and after.resume.interrupt_id == "i1"
+        assert after.resume.value == {"approved": True}
+        assert driver.snapshot is not None and driver.snapshot.status == "running"
+        [item] = stream_values(transition.outbox)
+        assert (item["action"], item["value"]) == ("resume", {"approved": True})
+        assert item["interrupt"]["status"] == "resumed"
+        [reply] = driver.replies("resume-reply")
+        assert reply.ok and reply.value["status"] == "resumed"
+        driver.run()
+        assert driver.closed().snapshot == {"$final_result": "after({'approved': True})"}
+        assert driver.closed().status == "completed"
+
+    def test_resume_to_self_runs_the_chunk_again_with_its_original_value(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q")
+        step = driver.step_of("ask")
+        pause(driver, step, resume_to="self")
+        driver.complete(step, None)
+        [again] = invokes(resume(driver, "i1", "answer"))
+        assert (again.chunk, again.value, again.trigger_event) == ("ask", "q", "START")
+        assert again.step != step
+        assert again.resume is not None and again.resume.value == "answer"
+        assert again.resume.resume_count == 1
+        driver.run()
+        assert driver.closed().snapshot == {"$final_result": "after(ask(q))"}
+
+    def test_resume_event_emits_that_event_with_the_value(self) -> None:
+        flow = ask_flow()
+        flow.when("Approved").to(("approved", noop))
+        driver = Driver(flow)
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step, resume_to={"event": "Approved"}, resume_event="Approved")
+        driver.complete(step, None)
+        [approved] = invokes(resume(driver, "i1", "yes"))
+        assert (approved.chunk, approved.value, approved.trigger_event) == (
+            "approved", "yes", "Approved"
+        )
+
+    def test_unknown_interrupt_is_refused_and_changes_nothing(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q")
+        pause(driver, driver.step_of("ask"))
+        before = driver.snapshot
+        transition = resume(driver, "nope", 1)
+        assert invokes(transition) == []
+        [reply] = driver.replies("resume-reply")
+        assert not reply.ok and reply.error is not None
+        assert reply.error.error_type == "InterruptNotFoundError"
+        assert "'nope' not found" in reply.error.message
+        assert driver.snapshot is not None and before is not None
+        assert driver.snapshot.interrupts == before.interrupts
+        assert driver.snapshot.status == "waiting"
+
+    def test_second_resume_of_an_interrupt_is_refused(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        resume(driver, "i1", 1)
+        transition = resume(driver, "i1", 2, reply_to="again")
+        assert invokes(transition) == []
+        [reply] = driver.replies("again")
+        assert reply.error is not None and reply.error.error_type == "InterruptNotWaitingError"
+
+    def test_repeated_resume_request_id_is_answered_and_applied_once(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        first = resume(driver, "i1", "v", resume_request_id="req-1")
+        second = resume(driver, "i1", "v", resume_request_id="req-1", reply_to="again")
+        assert len(invokes(first)) == 1 and invokes(second) == []
+        assert stream_values(second.outbox) == []
+        [reply] = driver.replies("again")
+        assert reply.ok and reply.value["resume_request_id"] == "req-1"
+        conflict = resume(driver, "i1", "other", resume_request_id="req-1", reply_to="conflict")
+        assert invokes(conflict) == []
+        [refused] = driver.replies("conflict")
+        assert refused.error is not None and refused.error.error_type == "ResumeConflictError"
+
+    def test_duplicate_resume_message_changes_nothing(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        resume(driver, "i1", "v", message_id="r-1")
+        assert resume(driver, "i1", "v", message_id="r-1").duplicate
+
+    def test_self_resume_limit_refuses_the_pause_beyond_max_resumes(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step, resume_to="self", max_resumes=1)
+        driver.complete(step, None)
+        [again] = invokes(resume(driver, "i1", "a"))
+        # The re-run pauses again, carrying its resume count: the limit is reached.
+        pause(driver, again.step, reply_to="second", resume_to="self", max_resumes=1,
+              resume_count=again.resume.resume_count if again.resume else 0)
+        [reply] = driver.replies("second")
+        assert reply.error is not None and "self resume limit reached" in reply.error.message
+
+    def test_close_while_waiting_is_refused_unless_interrupts_are_cancelled(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        driver.close(reply_to="close")
+        [refused] = driver.replies("close")
+        assert refused.error is not None and refused.error.error_type == "PendingInterruptsError"
+        assert driver.snapshot is not None and driver.snapshot.lifecycle == "open"
+        driver.send(
+            CloseExecution(
+                id="c2", execution_id=EXECUTION, reply_to="cancel", pending_interrupts="cancel"
+            )
+        )
+        assert driver.closed().status == "cancelled"
+        assert driver.snapshot.interrupts["i1"].status == "cancelled"
+        ignored = resume(driver, "i1", 1, reply_to="late")
+        assert driver.replies("late") == [Reply(ok=True, value=None, ignored="closed")]
+        assert invokes(ignored) == []
+
+    def test_outside_emits_still_run_while_waiting(self) -> None:
+        flow = ask_flow()
+        flow.when("Ping").to(("pong", noop))
+        driver = Driver(flow)
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        [pong] = invokes(driver.emit("Ping", 1))
+        assert pong.chunk == "pong"

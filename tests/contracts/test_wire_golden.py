@@ -38,6 +38,8 @@ DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "flow_data": messages.mailbox_decoder,
     "sub_flow_closed": messages.mailbox_decoder,
     "flow_data_updated": messages.flow_data_decoder,
+    "pause": messages.mailbox_decoder,
+    "resume": messages.mailbox_decoder,
 }
 MAILBOX_KINDS = [
     "start",
@@ -50,6 +52,8 @@ MAILBOX_KINDS = [
     "seal",
     "flow_data",
     "sub_flow_closed",
+    "pause",
+    "resume",
 ]
 
 
