@@ -15,7 +15,13 @@
     ├── ExecutionError              an execution could not do what was asked
     │   ├── ExecutionNotFoundError
     │   ├── ExecutionClosedError
-    │   └── ChunkFailedError        a chunk raised; carries the remote type, message, traceback
+    │   ├── ChunkFailedError        a chunk raised; carries the remote type, message, traceback
+    │   ├── PendingInterruptsError  close refused while interrupts wait (also a RuntimeError)
+    │   └── InterruptError          continue_with refused; carries ``interrupt_id``
+    │       ├── InterruptNotFoundError    no such interrupt (also a KeyError)
+    │       ├── InterruptNotWaitingError  already resumed or cancelled, or a conflicting
+    │       │                             resume_request_id (also a ValueError)
+    │       └── ResumeLimitError          a "self" interrupt used up max_resumes (RuntimeError)
     └── LifecycleError              a handle or host used out of order (closed, started twice)
 
 This module imports nothing of the project, so any layer may raise these.
@@ -140,6 +146,35 @@ class ChunkFailedError(ExecutionError):
         self.error_type = error_type
         self.error_message = error_message
         self.remote_traceback = remote_traceback
+
+
+class PendingInterruptsError(ExecutionError, RuntimeError):
+    """The execution waits on interrupts and was asked to close without cancelling them."""
+
+
+class InterruptError(ExecutionError):
+    """``continue_with`` was refused; ``interrupt_id`` names the interrupt."""
+
+    def __init__(
+        self, message: str, *, flow: str = "", execution_id: str = "", interrupt_id: str = ""
+    ) -> None:
+        super().__init__(message, flow=flow, execution_id=execution_id)
+        self.interrupt_id = interrupt_id
+
+
+class InterruptNotFoundError(InterruptError, KeyError):
+    """The execution has no interrupt with that id."""
+
+    __str__ = BaseException.__str__
+
+
+class InterruptNotWaitingError(InterruptError, ValueError):
+    """The interrupt was already resumed or cancelled, or its ``resume_request_id`` was used
+    with a different value."""
+
+
+class ResumeLimitError(InterruptError, RuntimeError):
+    """A ``resume_to="self"`` interrupt was resumed ``max_resumes`` times already."""
 
 
 class LifecycleError(TriggerbusError):

@@ -8,6 +8,8 @@ reply subjects, the runtime stream and the close notification.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 import time
 import uuid
 import warnings
@@ -32,6 +34,7 @@ from triggerbus.contracts.messages import (
     ErrorInfo,
     ExecutionClosed,
     Reply,
+    ResumeInterrupt,
     SealExecution,
     StartExecution,
     StateWritten,
@@ -46,6 +49,12 @@ from triggerbus.errors import (
     ExecutionClosedError,
     ExecutionError,
     ExecutionNotFoundError,
+    FingerprintMismatchError,
+    InterruptError,
+    InterruptNotFoundError,
+    InterruptNotWaitingError,
+    PendingInterruptsError,
+    ResumeLimitError,
     ValueNotSerializableError,
 )
 from triggerbus.observability.telemetry import PublishInput
@@ -56,6 +65,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger()
 
+
+SAVED_KIND = "triggerbus.execution"
+"""The ``kind`` of what ``save()`` returns."""
+_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 RECHECK_SECONDS = 5.0
 """How long a handle waits on a reply or close notification before consulting the stored
@@ -107,9 +120,10 @@ class Execution:
         runtime_resources: dict[str, Any] | None = None,
         auto_close: bool = True,
         auto_close_timeout: float | None = 10.0,
+        idempotency_key: str | None = None,
     ) -> None:
         self._flow = flow
-        self.id = execution_id or uuid.uuid4().hex
+        self.id = execution_id or execution_id_for(idempotency_key) or uuid.uuid4().hex
         self._skip_exceptions = skip_exceptions
         self._concurrency = concurrency
         self._resources = dict(runtime_resources or {})
@@ -140,8 +154,12 @@ class Execution:
         return self._flow.name
 
     def get_status(self) -> str:
-        """``created``, ``running``, ``completed``, ``failed`` or ``cancelled`` as last seen."""
+        """``created``, ``running``, ``waiting``, ``completed``, ``failed`` or ``cancelled``,
+        as last seen (``async_get_snapshot()`` reads the stored truth)."""
         return self._status
+
+    def is_waiting(self) -> bool:
+        return self._status == "waiting"
 
     def get_lifecycle_state(self) -> str:
         return self._lifecycle
@@ -213,6 +231,7 @@ class Execution:
             if not reply.ok:
                 self._raise(reply.error)
             if not self._auto_close:
+                self._refresh(await self._load(runtime))  # running, or waiting on an interrupt
                 return self
             if not wait_for_result:
                 return None
@@ -430,18 +449,35 @@ class Execution:
 
     # --- close ----------------------------------------------------------------------------------
 
-    async def async_close(self, *, reason: str = "manual") -> dict[str, Any]:
-        """Seal, let in-flight work finish, close; returns the close snapshot. Idempotent."""
+    async def async_close(
+        self, *, reason: str = "manual", pending_interrupts: str = "reject"
+    ) -> dict[str, Any]:
+        """Seal, let in-flight work finish, close; returns the close snapshot. Idempotent.
+
+        Raises:
+            PendingInterruptsError: interrupts are waiting; resume them, or pass
+                ``pending_interrupts="cancel"`` to close as ``cancelled``.
+        """
+        if pending_interrupts not in ("reject", "cancel"):
+            raise ValueError("pending_interrupts must be 'reject' or 'cancel'")
         if self._close_snapshot is not None:
             return dict(self._close_snapshot)
         runtime = await self._runtime()
         if not self._started:
             self._started = True
         message = CloseExecution(
-            id=f"{self.id}:close:{uuid.uuid4().hex}", execution_id=self.id, reason=reason
+            id=f"{self.id}:close:{uuid.uuid4().hex}",
+            execution_id=self.id,
+            reason=reason,
+            pending_interrupts=pending_interrupts,  # type: ignore[arg-type]
         )
         reply = await self._request(runtime, message)
         if not reply.ok:
+            if reply.error and reply.error.error_type == "PendingInterruptsError":
+                self._status = "waiting"
+                raise PendingInterruptsError(
+                    reply.error.message, flow=self.flow_name, execution_id=self.id
+                )
             if reply.error and reply.error.error_type == "ContractError":
                 raise ExecutionNotFoundError(
                     f"execution {self.id!r} of flow {self.flow_name!r} was never started",
@@ -450,7 +486,8 @@ class Execution:
                 )
             self._raise(reply.error)
         snapshot = dict(reply.value or {})
-        self._mark_closed(snapshot, status=None, reason=reason)
+        cancelled = "cancelled" if pending_interrupts == "cancel" else None
+        self._mark_closed(snapshot, status=cancelled, reason=reason)
         self._refresh(await self._load(runtime))
         return dict(snapshot)
 
@@ -469,6 +506,195 @@ class Execution:
                 execution_id=self.id,
             )
         return msgspec.to_builtins(decode(snapshot_decoder, loaded[0]))
+
+    # --- human in the loop ----------------------------------------------------------------------
+
+    async def async_continue_with(
+        self,
+        interrupt_id: str,
+        value: Any = None,
+        *,
+        resume_request_id: str | None = None,
+        actor: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Answer a waiting interrupt (``data.pause_for``) with ``value`` and let the flow go on.
+
+        Works from any process and any handle of the execution (``flow.create_execution(
+        execution_id=...)``), any time later. Returns the interrupt record once the resume is
+        stored (the downstream cascade runs on). A repeated ``resume_request_id`` with the
+        same value returns the record again and is applied once. On a closed or sealed
+        execution it changes nothing, warns, and returns ``None`` (as TriggerFlow does).
+
+        Raises:
+            InterruptNotFoundError: the execution has no such interrupt.
+            InterruptNotWaitingError: it was already resumed or cancelled, or
+                ``resume_request_id`` was used before with a different value.
+            ResumeLimitError: a ``resume_to="self"`` interrupt used up ``max_resumes``.
+            ExecutionNotFoundError: the execution was never started.
+        """
+        runtime = await self._runtime()
+        message = ResumeInterrupt(
+            id=f"{self.id}:resume:{uuid.uuid4().hex}",
+            execution_id=self.id,
+            interrupt_id=interrupt_id,
+            value=value,
+            resume_request_id=resume_request_id,
+            actor=actor,
+            sent_at=time.time(),
+        )
+        try:
+            reply = await self._request(runtime, message)
+        except NotSerializable as exc:
+            raise ValueNotSerializableError(
+                f"the value for interrupt {interrupt_id!r} cannot be sent over the bus: {exc}",
+                type_name=exc.type_name,
+            ) from exc
+        if reply.ignored:
+            self._warn_ignored(f"continue_with({interrupt_id!r})", reply.ignored)
+            return None
+        if not reply.ok:
+            raise self._interrupt_error(reply.error, interrupt_id)
+        self._started = True
+        self._status = "running"
+        return dict(reply.value or {})
+
+    def continue_with(self, interrupt_id: str, value: Any = None, **options: Any) -> Any:
+        """Sync twin of ``async_continue_with``."""
+        return run_sync(self.async_continue_with(interrupt_id, value, **options))
+
+    async def async_get_interrupts(self) -> dict[str, dict[str, Any]]:
+        """Every interrupt of the execution by id, as stored."""
+        snapshot = await self._stored()
+        return {key: msgspec.to_builtins(i) for key, i in snapshot.interrupts.items()}
+
+    async def async_get_pending_interrupts(self) -> dict[str, dict[str, Any]]:
+        """The interrupts still waiting for ``continue_with``, by id."""
+        interrupts = await self.async_get_interrupts()
+        return {key: i for key, i in interrupts.items() if i["status"] == "waiting"}
+
+    async def async_get_interrupt(self, interrupt_id: str) -> dict[str, Any] | None:
+        return (await self.async_get_interrupts()).get(interrupt_id)
+
+    def get_interrupts(self) -> dict[str, dict[str, Any]]:
+        return run_sync(self.async_get_interrupts())
+
+    def get_pending_interrupts(self) -> dict[str, dict[str, Any]]:
+        return run_sync(self.async_get_pending_interrupts())
+
+    def get_interrupt(self, interrupt_id: str) -> dict[str, Any] | None:
+        return run_sync(self.async_get_interrupt(interrupt_id))
+
+    def _interrupt_error(self, error: ErrorInfo | None, interrupt_id: str) -> ExecutionError:
+        kinds: dict[str, type[InterruptError]] = {
+            "InterruptNotFoundError": InterruptNotFoundError,
+            "InterruptNotWaitingError": InterruptNotWaitingError,
+            "ResumeConflictError": InterruptNotWaitingError,
+            "ResumeLimitError": ResumeLimitError,
+        }
+        kind = kinds.get(error.error_type) if error is not None else None
+        if kind is None or error is None:
+            try:
+                self._raise(error)
+            except ExecutionError as exc:
+                return exc
+            raise AssertionError("unreachable")
+        return kind(
+            error.message, flow=self.flow_name, execution_id=self.id, interrupt_id=interrupt_id
+        )
+
+    # --- save and load ---------------------------------------------------------------------------
+
+    async def async_save(self) -> dict[str, Any]:
+        """The execution's stored snapshot as JSON-able data; ``load()`` restores it, in this
+        store or another one."""
+        snapshot = await self._stored()
+        return {
+            "kind": SAVED_KIND,
+            "v": 1,
+            "flow": self.flow_name,
+            "execution_id": self.id,
+            "fingerprint": snapshot.fingerprint,
+            "snapshot": msgspec.to_builtins(snapshot),
+        }
+
+    def save(self) -> dict[str, Any]:
+        return run_sync(self.async_save())
+
+    async def async_load(self, saved: dict[str, Any], *, replace: bool = False) -> Execution:
+        """Restore a saved execution into the store and bind this handle to it.
+
+        Loading what the store already holds only binds the handle. A different stored state
+        is kept unless ``replace`` is true. Returns this handle: ``continue_with``, ``emit``
+        and ``close`` then act on the restored execution, from any process.
+
+        Raises:
+            ExecutionError: ``saved`` is not a saved execution of this flow, or the store
+                holds a different state of it and ``replace`` is false.
+            FingerprintMismatchError: the execution was saved from a different definition.
+        """
+        if not isinstance(saved, dict) or saved.get("kind") != SAVED_KIND:
+            raise ExecutionError(
+                "load() takes what save() returned (a dict with kind "
+                f"{SAVED_KIND!r})", flow=self.flow_name,
+            )
+        if saved.get("flow") != self.flow_name:
+            raise ExecutionError(
+                f"the saved execution belongs to flow {saved.get('flow')!r}, not "
+                f"{self.flow_name!r}", flow=self.flow_name,
+            )
+        snapshot = decode(snapshot_decoder, msgspec.json.encode(saved.get("snapshot")))
+        fingerprint = self._flow.graph().fingerprint
+        if snapshot.fingerprint != fingerprint:
+            raise FingerprintMismatchError(
+                f"execution {snapshot.execution_id!r} was saved from a different definition of "
+                f"flow {self.flow_name!r}; load it where the flow is defined the same way",
+                flow=self.flow_name, expected=snapshot.fingerprint, actual=fingerprint,
+            )
+        runtime = await self._runtime()
+        self.id = snapshot.execution_id
+        key = runtime.subjects.execution_key(self.flow_name, self.id)
+        stored = await self._load(runtime)
+        if stored is None:
+            revision = await runtime.bus.store(key, encode(snapshot), revision=None)
+        elif stored[0] == snapshot:
+            revision = stored[1]
+        elif replace:
+            revision = await runtime.bus.store(key, encode(snapshot), revision=stored[1])
+        else:
+            raise ExecutionError(
+                f"execution {self.id!r} is already in the store with a different state; pass "
+                "replace=True to overwrite it", flow=self.flow_name, execution_id=self.id,
+            )
+        self._adopt(snapshot, revision)
+        return self
+
+    def load(self, saved: dict[str, Any], **options: Any) -> Execution:
+        return run_sync(self.async_load(saved, **options))
+
+    def _adopt(self, snapshot: Snapshot, revision: int) -> None:
+        """Take a stored snapshot as this handle's view."""
+        self._started = snapshot.status != "created"
+        self._start_claim = (None,) if self._started else None
+        self._status = snapshot.status
+        self._lifecycle = snapshot.lifecycle
+        self._auto_close = snapshot.auto_close
+        self._auto_close_timeout = snapshot.auto_close_timeout
+        self._created_at = snapshot.created_at or self._created_at
+        if snapshot.lifecycle == "closed":
+            self._close_snapshot = close_snapshot(snapshot)
+        self._refresh((snapshot, revision))
+
+    async def _stored(self) -> Snapshot:
+        runtime = await self._runtime()
+        stored = await self._load(runtime)
+        if stored is None:
+            raise ExecutionNotFoundError(
+                f"no execution {self.id!r} in flow {self.flow_name!r}",
+                flow=self.flow_name,
+                execution_id=self.id,
+            )
+        self._refresh(stored)
+        return stored[0]
 
     # --- runtime stream -----------------------------------------------------------------------
 
@@ -596,6 +822,8 @@ class Execution:
             return
         snapshot, revision = stored
         self._state_version = max(self._state_version, revision)
+        if snapshot.status in ("running", "waiting") and self._close_snapshot is None:
+            self._status = snapshot.status
         if snapshot.started_at:
             self._started_at = snapshot.started_at
         if snapshot.lifecycle == "closed":
@@ -635,6 +863,17 @@ class Execution:
 
     def __repr__(self) -> str:
         return f"<Execution {self.id} of {self.flow_name!r} {self._status}>"
+
+
+def execution_id_for(idempotency_key: str | None) -> str | None:
+    """The execution id an idempotency key names: the key itself when it is a valid id
+    (letters, digits, ``-``, ``_``), else a digest of it. Starting twice with one key starts
+    one execution, and both callers get its result."""
+    if idempotency_key is None:
+        return None
+    if _ID.fullmatch(idempotency_key):
+        return idempotency_key
+    return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 
 
 def _closed_from(snapshot: Snapshot) -> ExecutionClosed:

@@ -760,13 +760,23 @@ class TriggerFlow:
         runtime_resources: dict[str, Any] | None = None,
         auto_close: bool = True,
         auto_close_timeout: float | None = 10.0,
+        idempotency_key: str | None = None,
     ) -> Execution:
-        """A handle for a new execution; nothing is sent until it starts."""
+        """A handle for a new execution; nothing is sent until it starts.
+
+        ``execution_id`` (or ``idempotency_key``, any string) names the execution: starting
+        the same one twice, from any process, runs it once and gives every caller its
+        result. A handle made with the id of an existing execution can continue, emit into,
+        save and close it.
+        """
         from triggerbus.execution import Execution
 
+        if execution_id is not None and idempotency_key is not None:
+            raise ValueError("pass execution_id or idempotency_key, not both")
         return Execution(
             self,
             execution_id=execution_id,
+            idempotency_key=idempotency_key,
             skip_exceptions=self._skip_exceptions if skip_exceptions is None else skip_exceptions,
             concurrency=concurrency,
             runtime_resources=runtime_resources,
