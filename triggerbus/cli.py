@@ -2,6 +2,8 @@
 
 triggerbus worker module:flow [--chunk NAME]... [--concurrency N] [--no-executions]
 triggerbus graph module:flow
+triggerbus resume module:flow EXECUTION_ID INTERRUPT_ID [--value JSON] [--request-id ID]
+triggerbus dlq list|show|replay
 """
 
 from __future__ import annotations
@@ -117,6 +119,32 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("target", help="the flow, as module:variable")
     graph.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
     graph.add_argument("--full", action="store_true", help="print the whole compiled graph")
+    resume = commands.add_parser(
+        "resume",
+        help="continue an execution waiting on an interrupt (continue_with)",
+        description="Answer a waiting interrupt (data.pause_for) of a running execution with a "
+        "JSON value and print the interrupt record. Any process may do this, any time later.",
+    )
+    resume.add_argument("target", help="the flow, as module:variable")
+    resume.add_argument("execution_id", help="the waiting execution")
+    resume.add_argument("interrupt_id", help="the interrupt to answer")
+    resume.add_argument(
+        "--value", default="null", metavar="JSON", help="the answer, as JSON (default null)"
+    )
+    resume.add_argument(
+        "--request-id",
+        dest="resume_request_id",
+        metavar="ID",
+        help="an idempotency key: the same id with the same value is applied once",
+    )
+    resume.add_argument("--actor", help="who answers (recorded in the interrupt)")
+    resume.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS",
+        help="how long to wait for the execution's answer (default 30)",
+    )
+    resume.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    resume.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+
     dlq = commands.add_parser(
         "dlq",
         help="inspect and replay dead letters",
@@ -162,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _print_graph(args, settings)
         if args.command == "dlq":
             return asyncio.run(_dead_letters(args, settings))
+        if args.command == "resume":
+            return asyncio.run(_resume(args, settings))
     except TriggerbusError as exc:
         print(f"triggerbus: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -243,6 +273,75 @@ async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             sys.stdout.write(f"replayed {args.sequence} to {subject}\n")
     finally:
         await bus.close()
+    return 0
+
+
+async def _resume(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+    import uuid
+
+    from triggerbus.contracts.codec import WireError, decode, encode
+    from triggerbus.contracts.messages import ResumeInterrupt, reply_decoder
+
+    if settings.nats_url is None:
+        raise ConfigurationError(
+            "waiting executions live on a shared NATS server: set TRIGGERBUS_NATS_URL or "
+            "--nats-url"
+        )
+    try:
+        value = msgspec.json.decode(args.value.encode())
+    except msgspec.DecodeError as exc:
+        raise ConfigurationError(f"--value must be JSON ({exc}); e.g. --value '\"yes\"'") from exc
+    flow = load_flow(args.target)
+    subjects = Subjects(settings.prefix)
+    bus = await Bus.open(
+        ConnectOptions.from_settings(settings, settings.nats_url),
+        subjects,
+        storage=StoragePolicy(replicas=settings.replicas),
+    )
+    try:
+        inbox = bus.new_inbox()
+        answers = await bus.subscribe(inbox)
+        message = ResumeInterrupt(
+            id=f"{args.execution_id}:resume:{args.resume_request_id or uuid.uuid4().hex}",
+            execution_id=args.execution_id,
+            interrupt_id=args.interrupt_id,
+            value=value,
+            resume_request_id=args.resume_request_id,
+            actor=args.actor,
+            reply_to=inbox,
+            sent_at=time.time(),
+        )
+        mailbox = subjects.mailbox(flow.name, args.execution_id)
+        fresh = await bus.publish_once(mailbox, encode(message), msg_id=message.id)
+        if not fresh:
+            sys.stderr.write("triggerbus: this resume request was already sent; nothing changed\n")
+            return 0
+        try:
+            async with asyncio.timeout(args.timeout):
+                data, _ = await answers.next()
+        except TimeoutError:
+            raise TriggerbusError(
+                f"no answer from execution {args.execution_id!r} within {args.timeout} s; is an "
+                "execution host of the flow running (`triggerbus worker`)?"
+            ) from None
+        finally:
+            await answers.close()
+        try:
+            reply = decode(reply_decoder, data)
+        except WireError as exc:
+            raise TriggerbusError(f"unreadable answer: {exc.reason}") from exc
+    finally:
+        await bus.close()
+    if reply.ignored:
+        sys.stderr.write(f"triggerbus: the execution is {reply.ignored}; nothing changed\n")
+        return 0
+    if not reply.ok:
+        error = reply.error
+        reason = f"{error.error_type}: {error.message}" if error else "refused"
+        sys.stderr.write(f"triggerbus: {reason}\n")
+        return EXIT_ERROR
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(reply.value)).decode() + "\n")
     return 0
 
 

@@ -1,0 +1,98 @@
+"""continue_with from another process: a plain NATS client (no triggerbus import) publishing
+the documented JSON, correct, duplicated and malformed; and the ``triggerbus resume`` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tests._helpers import ROOT, load_module
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def _plain(url: str, subject: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = _run(str(ROOT / "tests/durability/plain_resume.py"), url, subject,
+                json.dumps(messages))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def test_plain_nats_resume_correct_duplicated_and_malformed(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    flow = load_module("tests/flows/approval.py", "approval_plain").flow
+    execution = flow.create_execution(auto_close=False)
+    subject = f"{prefix}.{flow.name}.exec.{execution.id}"
+
+    def resume(msg_id: str, **fields: Any) -> dict[str, Any]:
+        body = {"kind": "resume", "id": msg_id, "execution_id": execution.id, **fields}
+        return {"message": body, "msg_id": msg_id}
+
+    async with asyncio.timeout(90):
+        await execution.async_start("doc-9")
+        before = await execution.async_get_snapshot()
+        assert before["status"] == "waiting"
+
+        # Malformed: no interrupt_id, then a value of the wrong type. A clear error reply,
+        # and the execution is exactly as it was.
+        malformed = await asyncio.to_thread(_plain, nats_url, subject, [
+            resume("bad-1", value="yes"),
+            resume("bad-2", interrupt_id=7, value="yes"),
+        ])  # fmt: skip
+        assert [m["reply"]["ok"] for m in malformed] == [False, False]
+        errors = [m["reply"]["error"] for m in malformed]
+        assert errors[0]["error_type"] == "ContractError"
+        assert "missing required field `interrupt_id`" in errors[0]["message"]
+        assert "$.interrupt_id" in errors[1]["message"]
+        after_malformed = await execution.async_get_snapshot()
+        assert after_malformed["interrupts"] == before["interrupts"]
+        assert after_malformed["status"] == "waiting"
+        assert after_malformed["applied"] == before["applied"]
+
+        # Correct, then duplicated twice: the same message again (JetStream drops it) and a
+        # new message with the same resume_request_id (answered, applied once).
+        ok = resume("ok-1", interrupt_id="approve", value="yes", resume_request_id="req-9")
+        again = resume("ok-2", interrupt_id="approve", value="yes", resume_request_id="req-9")
+        results = await asyncio.to_thread(_plain, nats_url, subject, [ok, ok, again])
+        snapshot = await execution.async_close()
+
+    correct, same_id, same_request = results
+    assert correct["reply"]["ok"] and correct["reply"]["value"]["status"] == "resumed"
+    assert correct["reply"]["value"]["resume_request_id"] == "req-9"
+    assert same_id == {"duplicate": True, "reply": None}
+    assert same_request["reply"]["ok"]
+    assert same_request["reply"]["value"]["resumed_at"] == correct["reply"]["value"]["resumed_at"]
+    assert snapshot["published"] == ["yes"], "the resume was applied exactly once"
+    assert snapshot["$final_result"]["approved"] == "yes"
+
+
+async def test_cli_resume_answers_and_refuses_clearly(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    flow = load_module("tests/flows/approval.py", "approval_cli").flow
+    execution = flow.create_execution(auto_close=False)
+    env = {"TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = ["-m", "triggerbus", "resume", "tests.flows.approval:flow", execution.id]
+    async with asyncio.timeout(90):
+        await execution.async_start("cli")
+        unknown = await asyncio.to_thread(_run, *cli, "nope", "--value", "1", env=env)
+        done = await asyncio.to_thread(
+            _run, *cli, "approve", "--value", '{"by": "cli"}', "--request-id", "r1", env=env
+        )
+        snapshot = await execution.async_close()
+    assert unknown.returncode == 1
+    assert "InterruptNotFoundError" in unknown.stderr and "'nope' not found" in unknown.stderr
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resume_value"] == {"by": "cli"}
+    assert snapshot["$final_result"]["approved"] == {"by": "cli"}
