@@ -54,6 +54,10 @@ log = structlog.get_logger()
 
 FINGERPRINT_MISMATCH_REDELIVERIES = 20
 """How often a mismatched process hands an invocation back before dead-lettering it."""
+CRASH_REDELIVERIES = 5
+"""Deliveries beyond a chunk's attempts (``retries + 1``) allowed for workers that died
+mid-chunk; past them the invocation is dead-lettered and the execution fails, so a chunk that
+kills its worker every time cannot loop forever."""
 
 
 @dataclass(frozen=True)
@@ -231,15 +235,52 @@ class ChunkHost:
                 await self._run(invocation, delivery, observed)
 
     async def _run(self, invocation: InvokeChunk, delivery: Delivery, observed: Attempt) -> None:
-        port = _Port(self._bus, self._replies, self._flow.name, observed)
-        if invocation.stream_to is not None:  # a sub-flow's chunk: items go to the parent
-            port.stream_target = invocation.stream_to.stream_target()
-        resources = {**invocation.resources, **self._flow.local_resources(invocation.execution_id)}
-        data = TriggerFlowRuntimeData(invocation, port, resources=resources)
-        handler = self._flow.handlers[invocation.chunk]
-        async with _heartbeat(delivery, self._policy.ack_wait):
-            outcome = await _call(handler, data, port)
-            await port.drain()
+        spec = self._flow.index.chunks[invocation.chunk]
+        attempt = delivery.num_delivered
+        if attempt > spec.retries + 1 + CRASH_REDELIVERIES:
+            outcome: _Returned | _Raised = _Raised(
+                "ChunkRedeliveredError",
+                f"chunk {invocation.chunk!r} was delivered {attempt} times without an outcome "
+                "(the worker running it died each time); giving up",
+                "",
+            )
+        else:
+            port = _Port(self._bus, self._replies, self._flow.name, observed)
+            if invocation.stream_to is not None:  # a sub-flow's chunk: items go to the parent
+                port.stream_target = invocation.stream_to.stream_target()
+            resources = {
+                **invocation.resources,
+                **self._flow.local_resources(invocation.execution_id),
+            }
+            data = TriggerFlowRuntimeData(invocation, port, resources=resources)
+            handler = self._flow.handlers[invocation.chunk]
+            async with _heartbeat(delivery, self._policy.ack_wait):
+                outcome = await _call(handler, data, port, time_limit=spec.timeout)
+                await port.drain()
+            if isinstance(outcome, _Raised) and attempt <= spec.retries:
+                # Attempts remain: hand it back for later. Its effects were sent with ids
+                # that the next attempt repeats, so they are applied once.
+                delay = spec.backoff[min(attempt, len(spec.backoff)) - 1] if spec.backoff else 0.0
+                log.warning(
+                    "chunk_attempt_retrying",
+                    error_type=outcome.error_type,
+                    error=outcome.message,
+                    delay=delay,
+                    retries=spec.retries,
+                )
+                observed.finished(error_type=outcome.error_type, message=outcome.message)
+                await delivery.nak(delay=delay)
+                return
+        if isinstance(outcome, _Raised) and (spec.retries or attempt > spec.retries + 1):
+            # Retries spent (or the worker kept dying): the invocation goes to the dead
+            # letters with its error, then the execution hears of the failure.
+            await self._dead_letter(
+                delivery,
+                invocation.chunk,
+                f"retries exhausted after {attempt} attempts: {outcome.error_type}: "
+                f"{outcome.message}",
+                invocation,
+            )
         mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
         message = _outcome_message(invocation, outcome)
         with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
@@ -297,6 +338,7 @@ class ChunkHost:
             data=delivery.data.decode("utf-8", errors="replace"),
             headers=delivery.headers,
             chunk=chunk,
+            execution_id=invocation.execution_id if invocation else "",
         )
         token = self._flow.index.chunks[chunk].token if chunk in self._flow.index.chunks else chunk
         subject = self._bus.subjects.dead_letter(self._flow.name, token)
@@ -319,15 +361,33 @@ class _Raised:
 
 
 async def _call(
-    handler: Callable[..., Any], data: TriggerFlowRuntimeData, port: _Port
+    handler: Callable[..., Any],
+    data: TriggerFlowRuntimeData,
+    port: _Port,
+    *,
+    time_limit: float | None = None,
 ) -> _Returned | _Raised:
+    deadline = asyncio.timeout(time_limit)
     try:
-        if inspect.iscoroutinefunction(handler):
-            value = await handler(data)
-        else:
-            value = await asyncio.to_thread(handler, data)
-            if inspect.isawaitable(value):
-                value = await value
+        try:
+            async with deadline:
+                if inspect.iscoroutinefunction(handler):
+                    value = await handler(data)
+                else:
+                    # A sync handler's thread cannot be stopped: on timeout the attempt fails
+                    # and the thread runs on to its end, its late effects ignored or applied
+                    # as the execution stands.
+                    value = await asyncio.to_thread(handler, data)
+                    if inspect.isawaitable(value):
+                        value = await value
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError, reported as it is
+            return _Raised(
+                "TimeoutError",
+                f"chunk {data.chunk_name!r} did not finish within its timeout of {time_limit} s",
+                "",
+            )
         encode(value)
     except NotSerializable as exc:
         return _Raised(

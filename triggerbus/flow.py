@@ -460,15 +460,33 @@ class TriggerFlow:
         """The flow's name as it appears in subjects."""
         return self.graph().flow
 
-    def chunk(self, handler_or_name: Handler | str | None = None, /) -> Any:
-        """Declare a chunk: ``@flow.chunk``, ``@flow.chunk("name")`` or ``flow.chunk(func)``."""
+    def chunk(
+        self,
+        handler_or_name: Handler | str | None = None,
+        /,
+        *,
+        retries: int = 0,
+        backoff: float | tuple[float, ...] | list[float] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Declare a chunk: ``@flow.chunk``, ``@flow.chunk("name")`` or ``flow.chunk(func)``.
+
+        Args:
+            retries: how often an attempt that raises is tried again before the execution
+                fails with its error (0, the default, is TriggerFlow's behaviour: the first
+                exception fails it). When retries are spent the invocation is dead-lettered.
+            backoff: seconds before each retry; the last value repeats (default 1, 5, 30).
+            timeout: seconds one attempt may run before it fails with ``TimeoutError``
+                (counted like any exception; default: no limit).
+        """
+        policy = _chunk_policy(retries, backoff, timeout)
         if handler_or_name is None:
-            return lambda handler: self._declare_chunk(handler, handler.__name__)
+            return lambda handler: self._declare_chunk(handler, handler.__name__, policy=policy)
         if isinstance(handler_or_name, str):
             chunk_name = handler_or_name
-            return lambda handler: self._declare_chunk(handler, chunk_name)
+            return lambda handler: self._declare_chunk(handler, chunk_name, policy=policy)
         if callable(handler_or_name):
-            return self._declare_chunk(handler_or_name, handler_or_name.__name__)
+            return self._declare_chunk(handler_or_name, handler_or_name.__name__, policy=policy)
         raise FlowDefinitionError(
             f"chunk() takes a function or a name, not {type(handler_or_name).__name__}"
         )
@@ -575,7 +593,12 @@ class TriggerFlow:
         """The compiled graph; identical in every process that defines the flow the same way."""
         if self._graph is None:
             chunks = tuple(
-                ChunkSpec(name=c.name, token=token(c.name), trigger=c.trigger)
+                ChunkSpec(
+                    name=c.name,
+                    token=token(c.name),
+                    trigger=c.trigger,
+                    **_spec_policy(self._operators[c.operator_id].options.get("policy")),
+                )
                 for c in [*self._chunks.values(), *self._internal.values()]
             )
             graph = FlowGraph(
@@ -883,7 +906,12 @@ class TriggerFlow:
     # --- internals ---------------------------------------------------------------------------
 
     def _declare_chunk(
-        self, handler: Handler, name: str, *, internal: bool = False
+        self,
+        handler: Handler,
+        name: str,
+        *,
+        internal: bool = False,
+        policy: dict[str, Any] | None = None,
     ) -> TriggerFlowChunk:
         registry = self._internal if internal else self._chunks
         existing = registry.get(name)
@@ -908,7 +936,8 @@ class TriggerFlow:
                 kind="chunk",
                 name=unique,
                 emits=(chunk.trigger,),
-                options={"chunk": unique},
+                # The retry policy rides in the operator too, so a flow config carries it.
+                options={"chunk": unique, **({"policy": policy} if policy else {})},
             )
         )
         return chunk
@@ -1111,6 +1140,37 @@ def _judge(cases: list[Any], mode: str) -> Handler:
         return {"hits": hits, "value": data.value}
 
     return judge
+
+
+DEFAULT_BACKOFF = (1.0, 5.0, 30.0)
+"""Seconds before the first, second and every later retry, when a chunk sets none."""
+
+
+def _chunk_policy(
+    retries: int, backoff: float | tuple[float, ...] | list[float] | None, timeout: float | None
+) -> dict[str, Any]:
+    """The non-default fields of a chunk's ChunkSpec (defaults keep old fingerprints)."""
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise FlowDefinitionError(f"retries must be a non-negative integer, not {retries!r}")
+    delays = (backoff,) if isinstance(backoff, int | float) else tuple(backoff or ())
+    if any(not isinstance(d, int | float) or d < 0 for d in delays):
+        raise FlowDefinitionError(f"backoff must be seconds >= 0, not {backoff!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise FlowDefinitionError(f"timeout must be seconds > 0 or None, not {timeout!r}")
+    policy: dict[str, Any] = {}
+    if retries:
+        policy["retries"] = retries
+        policy["backoff"] = [float(d) for d in delays or DEFAULT_BACKOFF]
+    if timeout is not None:
+        policy["timeout"] = float(timeout)
+    return policy
+
+
+def _spec_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
+    fields = dict(policy or {})
+    if "backoff" in fields:
+        fields["backoff"] = tuple(float(d) for d in fields["backoff"])
+    return fields
 
 
 def chunk_id(name: str) -> str:
