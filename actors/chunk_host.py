@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ log = structlog.get_logger()
 
 FINGERPRINT_MISMATCH_REDELIVERIES = 20
 """How often a mismatched process hands an invocation back before dead-lettering it."""
+PAUSE_ANSWER_WAIT = 10.0
+"""Seconds a pausing chunk waits for the actor's answer before sending the pause again."""
 CRASH_REDELIVERIES = 5
 """Deliveries beyond a chunk's attempts (``retries + 1``) allowed for workers that died
 mid-chunk; past them the invocation is dead-lettered and the execution fails, so a chunk that
@@ -513,13 +516,26 @@ class _Port:
         return reply.value
 
     async def ask(self, message: PauseForInterrupt) -> Reply:
-        reply_to, future = self._replies.open()
-        addressed = msgspec.structs.replace(message, reply_to=reply_to)
-        try:
-            await self._chain(self._prepare(addressed))
-            return decode(reply_decoder, await future)
-        finally:
-            self._replies.discard(reply_to)
+        """Send a pause and wait for the actor's answer.
+
+        Each send gets an id of its own: a redelivered attempt repeats its effects' ids, and
+        JetStream would drop this one unanswered. The actor recognises a repeated pause by its
+        interrupt id and step and answers it again, so a send whose answer is lost (a host
+        that died after storing it) is simply sent again.
+        """
+        while True:
+            reply_to, future = self._replies.open()
+            addressed = msgspec.structs.replace(
+                message, id=f"{message.id}:{uuid.uuid4().hex[:12]}", reply_to=reply_to
+            )
+            try:
+                await self._chain(self._prepare(addressed))
+                async with asyncio.timeout(PAUSE_ANSWER_WAIT):
+                    return decode(reply_decoder, await future)
+            except TimeoutError:
+                log.warning("pause_unanswered", interrupt=message.interrupt_id)
+            finally:
+                self._replies.discard(reply_to)
 
     def change_flow_data(self, op: str, key: str, value: Any, emit: bool) -> Any:
         from triggerbus.actors.flow_data import change_flow_data

@@ -1116,17 +1116,19 @@ def _on_pause(work: _Work, message: PauseForInterrupt) -> None:
     The chunk node stays until the chunk returns, then finishes without emitting its trigger
     (``_on_chunk_completed``); ``continue_with`` continues the flow from the interrupt.
     """
+    existing = work.interrupts.get(message.interrupt_id)
+    if existing is not None and existing.source_step == message.step:
+        # The same pause again (a redelivered attempt, or a send whose answer was lost):
+        # answered with the interrupt as it stands, even if it was resumed meanwhile.
+        work.reply(message.reply_to, Reply(ok=True, value=_record(existing)))
+        return
     node = work.nodes.get(message.step)
     problem = ""
     if work.closed:
         problem = "the execution is closed"
     elif node is None or node.kind != "chunk" or not node.started or node.ready:
         problem = f"step {message.step} is not a running chunk"
-    existing = work.interrupts.get(message.interrupt_id)
     if not problem and existing is not None and existing.status == "waiting":
-        if existing.source_step == message.step:
-            work.reply(message.reply_to, Reply(ok=True, value=_record(existing)))
-            return
         problem = f"interrupt {message.interrupt_id!r} is already waiting"
     resume_to = message.resume_to
     if not problem and not _valid_resume_to(resume_to):

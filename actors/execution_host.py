@@ -67,6 +67,11 @@ OVERTAKE_RETRY_DELAY = 0.2
 """Seconds a chunk outcome waits before it is offered again when older messages of its
 execution are still in the mailbox."""
 MISMATCH_REDELIVERIES = 20
+TIMER_BATCH = 64
+TIMER_RESOLUTION = 0.005
+"""Seconds early a timer may fire rather than be handed back once more."""
+TIMER_POLICY = ConsumerPolicy(ack_wait=30.0, max_deliver=-1, max_ack_pending=1_000_000)
+"""Timers wait as delayed naks, which count as pending acks: allow many at once."""
 CACHE_SIZE = 10_000
 _loose = msgspec.json.Decoder()
 
@@ -79,6 +84,7 @@ class ExecutionHostStatistics:
     conflicts: int
     dead_lettered: int
     timers: int
+    """Timers this host moved into mailboxes when they were due."""
 
 
 ObserveHook = Callable[[str, str, dict[str, Any]], None]
@@ -131,7 +137,6 @@ class ExecutionHost:
         self._conflicts = 0
         self._dead_lettered = 0
         self._timers = 0
-        self._timer_tasks: set[asyncio.Task[None]] = set()
 
     def statistics(self) -> ExecutionHostStatistics:
         return ExecutionHostStatistics(
@@ -161,21 +166,27 @@ class ExecutionHost:
             filter_subject=subjects.mailboxes(self._flow.name),
             policy=self._policy,
         )
+        timers = await self._bus.pull_consumer(
+            stream=subjects.timer_stream,
+            durable=subjects.timer_consumer(self._flow.name),
+            filter_subject=subjects.timers(self._flow.name),
+            policy=TIMER_POLICY,
+        )
         flow_data = await self._bus.subscribe(subjects.flow_data(self._flow.name))
         self._ready.set()
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 relay = group.create_task(self._relay_flow_data(flow_data))
+                group.create_task(self._run_timers(timers))
                 await self._consume(consumer, group)
                 relay.cancel()
-                # Stopping: pending timers are abandoned (an execution whose timer is lost
-                # closes on its next message or by an explicit close); lanes drain by themselves.
-                for task in list(self._timer_tasks):
-                    task.cancel()
+                # Stopping: timers stay in their stream for another host (or this one, when
+                # it comes back); lanes drain by themselves.
         finally:
             self._group = None
             await flow_data.close()
+            await timers.close()
             await consumer.close()
 
     async def _relay_flow_data(self, subscription: Any) -> None:
@@ -426,6 +437,8 @@ class ExecutionHost:
         after: list[OutboxCommand] = []
         for command in commands:
             match command:
+                case ScheduleTimer():
+                    stored.append(self._set_timer(handling, execution_id, command))
                 case Invoke(chunk_token=token, message=invoke):
                     stored.append(self._publish(handling, subjects.run(flow, token), invoke))
                 case AppendStream(message=item, flow=stream_flow):
@@ -447,8 +460,6 @@ class ExecutionHost:
                     subject = subjects.closed(flow, execution_id)
                     with handling.publish(PublishInput(flow, subject, closed)) as headers:
                         await self._bus.publish_core(subject, encode(closed), headers=headers)
-                case ScheduleTimer():
-                    self._schedule(execution_id, command)
                 case Observe(name=name, attributes=attributes):
                     if not replay:
                         self._observe(execution_id, name, attributes, handling)
@@ -471,27 +482,53 @@ class ExecutionHost:
         if self._on_observe is not None:
             self._on_observe(name, execution_id, attributes)
 
-    def _schedule(self, execution_id: str, command: ScheduleTimer) -> None:
-        if self._group is None:
-            return
-        self._timers += 1
-        task = self._group.create_task(self._fire_later(execution_id, command))
-        self._timer_tasks.add(task)
-        task.add_done_callback(self._timer_tasks.discard)
+    # --- timers --------------------------------------------------------------------------------
 
-    async def _fire_later(self, execution_id: str, command: ScheduleTimer) -> None:
+    async def _set_timer(
+        self, handling: Handling, execution_id: str, command: ScheduleTimer
+    ) -> None:
+        """Store the timer in JetStream, not in memory: any host fires it when it is due, so
+        it outlives the process that set it (and a restart of the server)."""
+        fired = TimerFired(
+            id=f"{execution_id}:timer:{command.timer}:{command.generation}",
+            execution_id=execution_id,
+            timer=command.timer,
+            generation=command.generation,
+            due_at=command.due_at or self._clock() + command.delay,
+        )
+        subject = self._bus.subjects.timer(self._flow.name, execution_id)
+        await self._publish(handling, subject, fired)
+
+    async def _run_timers(self, consumer: PullConsumer) -> None:
+        """Move each timer into its execution's mailbox when it is due; one that is not yet
+        due is handed back to the server with a nak delayed until then."""
+        while not self._stopping.is_set():
+            for delivery in await consumer.fetch_until(TIMER_BATCH, self._stopping):
+                try:
+                    await self._timer_delivered(delivery)
+                except Exception:
+                    log.exception("timer_delivery_crashed", subject=delivery.subject)
+                    await _hand_back(delivery, TIMER_POLICY.ack_wait)
+
+    async def _timer_delivered(self, delivery: Delivery) -> None:
         try:
-            await asyncio.sleep(command.delay)
-            fired = TimerFired(
-                id=f"{execution_id}:timer:{command.timer}:{command.generation}",
-                execution_id=execution_id,
-                timer=command.timer,
-                generation=command.generation,
-            )
-            subject = self._bus.subjects.mailbox(self._flow.name, execution_id)
-            await self._bus.publish(subject, encode(fired), msg_id=fired.id)
-        finally:
-            self._timers -= 1
+            fired = decode(mailbox_decoder, delivery.data)
+        except WireError as exc:
+            await self._refuse(delivery, exc.reason, reply_to=None)
+            return
+        if not isinstance(fired, TimerFired):
+            await self._refuse(delivery, f"a {type(fired).__name__} is not a timer", reply_to=None)
+            return
+        remaining = fired.due_at - self._clock()
+        if remaining > TIMER_RESOLUTION:
+            await delivery.nak(delay=remaining)
+            return
+        mailbox = self._bus.subjects.mailbox(self._flow.name, fired.execution_id)
+        await self._bus.publish(
+            mailbox, encode(msgspec.structs.replace(fired, sent_at=self._clock())), msg_id=fired.id
+        )
+        await delivery.ack()
+        self._timers += 1
 
     # --- refusals --------------------------------------------------------------------------------
 

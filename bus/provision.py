@@ -92,6 +92,14 @@ def stream_configs(subjects: Subjects, policy: StoragePolicy) -> list[StreamConf
             **common,
         ),
         StreamConfig(
+            # Timers wait here until due (a host hands each back with a delayed nak), so they
+            # outlive the process that set them.
+            name=subjects.timer_stream,
+            subjects=[subjects.all_timers()],
+            retention=RetentionPolicy.WORK_QUEUE,
+            **common,
+        ),
+        StreamConfig(
             name=subjects.dlq_stream,
             subjects=[subjects.all_dead_letters()],
             retention=RetentionPolicy.LIMITS,

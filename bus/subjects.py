@@ -8,6 +8,7 @@ Layout (ARCHITECTURE §3), with ``p`` the configured prefix:
     p.<flow>.closed.<execution>   close notifications   core NATS
     p.<flow>.flow_data            flow-data changes     core NATS
     p.<flow>.dlq.<chunk>          dead letters          stream p_dlq
+    p.<flow>.timer.<execution>    pending timers        stream p_timer   (work queue)
     KV p_executions, key <flow>.<execution>, and <flow>.=flow_data for the flow's shared data
 
 Flow and chunk names arrive already folded into tokens (triggerbus/_naming.py).
@@ -45,6 +46,10 @@ class Subjects:
         return f"{self.prefix}_dlq"
 
     @property
+    def timer_stream(self) -> str:
+        return f"{self.prefix}_timer"
+
+    @property
     def executions_bucket(self) -> str:
         return f"{self.prefix}_executions"
 
@@ -60,6 +65,9 @@ class Subjects:
 
     def all_dead_letters(self) -> str:
         return f"{self.prefix}.*.dlq.*"
+
+    def all_timers(self) -> str:
+        return f"{self.prefix}.*.timer.*"
 
     # concrete subjects
     def run(self, flow: str, chunk: str) -> str:
@@ -81,6 +89,13 @@ class Subjects:
         """Core NATS: changes of the flow's shared data (``FlowDataUpdated``)."""
         return f"{self.prefix}.{flow}.flow_data"
 
+    def timer(self, flow: str, execution_id: str) -> str:
+        """A ``TimerFired`` waiting, in JetStream, for its due time."""
+        return f"{self.prefix}.{flow}.timer.{execution_id}"
+
+    def timers(self, flow: str) -> str:
+        return f"{self.prefix}.{flow}.timer.*"
+
     def dead_letter(self, flow: str, chunk: str) -> str:
         return f"{self.prefix}.{flow}.dlq.{chunk}"
 
@@ -96,6 +111,9 @@ class Subjects:
 
     def run_consumer(self, flow: str, chunk: str) -> str:
         return f"run_{flow}_{chunk}"
+
+    def timer_consumer(self, flow: str) -> str:
+        return f"timer_{flow}"
 
     # KV
     def execution_key(self, flow: str, execution_id: str) -> str:

@@ -1845,3 +1845,17 @@ class TestPauseAndResume:
         pause(driver, step)
         [pong] = invokes(driver.emit("Ping", 1))
         assert pong.chunk == "pong"
+
+    def test_a_redelivered_pause_after_the_resume_is_answered_and_waits_no_more(self) -> None:
+        """A chunk attempt redelivered after its interrupt was resumed pauses again with a new
+        message id: the actor answers with the resumed record and stays running."""
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        resume(driver, "i1", "v")
+        transition = pause(driver, step, reply_to="again")
+        [reply] = driver.replies("again")
+        assert reply.ok and reply.value["status"] == "resumed"
+        assert stream_values(transition.outbox) == []
+        assert driver.snapshot is not None and driver.snapshot.status == "running"

@@ -36,6 +36,7 @@ class TestReplicatedProvisioning:
             subjects.exec_stream: 3,
             subjects.stream_stream: 3,
             subjects.dlq_stream: 3,
+            subjects.timer_stream: 3,
             f"KV_{subjects.executions_bucket}": 3,
         }
         assert all(info.cluster and info.cluster.leader in cluster.names for info in infos.values())
