@@ -234,6 +234,13 @@ class TriggerFlowRuntimeData:
     def chunk_name(self) -> str:
         return self._invocation.chunk
 
+    @property
+    def idempotency_key(self) -> str:
+        """The same for every attempt of this invocation (a retry, a redelivery after a
+        worker died) and different for every other run of any chunk: give it to the outside
+        systems a chunk writes to, so a repeated attempt changes nothing there either."""
+        return self._invocation.id
+
     # --- resources --------------------------------------------------------------------------
 
     @property

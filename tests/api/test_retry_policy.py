@@ -42,6 +42,7 @@ class TestRetries:
         assert snapshot["$final_result"] == 3
         assert module.attempts[execution.id] == 3
         assert snapshot["tries"] == ["x"], "the repeated effect was applied once"
+        assert len(set(module.keys[execution.id])) == 1, "one idempotency key for all attempts"
 
     async def test_spent_retries_dead_letter_the_invocation_and_fail_the_execution(
         self, runtime: Any, nats_url: str, prefix: str

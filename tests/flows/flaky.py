@@ -13,6 +13,7 @@ from typing import Any
 from triggerbus import TriggerFlow, TriggerFlowRuntimeData
 
 attempts: Counter[str] = Counter()
+keys: dict[str, list[str]] = {}
 
 flow = TriggerFlow(name="flaky")
 
@@ -20,6 +21,7 @@ flow = TriggerFlow(name="flaky")
 @flow.chunk("flaky", retries=3, backoff=(0.05, 0.1))
 async def flaky(data: TriggerFlowRuntimeData) -> Any:
     attempts[data.execution_id] += 1
+    keys.setdefault(data.execution_id, []).append(data.idempotency_key)
     # An effect before the failure: each retry sends it again with the same id.
     await data.async_append_state("tries", "x", emit=False)
     if attempts[data.execution_id] < int(data.value):
