@@ -1180,7 +1180,9 @@ def _on_pause(work: _Work, message: PauseForInterrupt) -> None:
             "signal": source,
         },
     )
-    work.observe("execution_paused", chunk=node.chunk, step=node.id, interrupt=interrupt.id)
+    # The Event Center's names: the interrupt itself, and the execution now waiting on it.
+    work.observe("interrupt", chunk=node.chunk, step=node.id, interrupt=interrupt.id)
+    work.observe("execution_waiting", interrupt=interrupt.id)
     work.reply(message.reply_to, Reply(ok=True, value=record))
 
 

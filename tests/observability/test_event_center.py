@@ -165,3 +165,30 @@ async def _wait_event(seen: list[events.Event], predicate: Any) -> None:
             arrived.clear()
     finally:
         unsubscribe()
+
+
+async def test_pause_and_resume_are_observed_but_only_their_items_reach_the_stream(
+    observed: tuple[list[events.Event], OtlpReceiver],
+) -> None:
+    """The Event Center sees the interrupt, the execution waiting and resumed; the runtime
+    stream gets only TriggerFlow's pause/resume product items."""
+    from tests._helpers import load_module
+
+    seen, _ = observed
+    flow = load_module("tests/flows/approval.py", "approval_observed").flow
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(30):
+        await execution.async_start("post-9")
+        await execution.async_continue_with("approve", {"ok": True})
+        await execution.async_close()
+        items = [item async for item in execution.get_async_runtime_stream(timeout=5)]
+    mine = [e for e in seen if e.execution_id == execution.id]
+    kinds = [type(e).__name__ for e in mine]
+    assert "Interrupted" in kinds
+    assert kinds.index("Interrupted") < kinds.index("ExecutionWaiting")
+    assert kinds.index("ExecutionWaiting") < kinds.index("ExecutionResumed")
+    actions = [
+        i.get("action") for i in items if isinstance(i, dict) and i.get("type") == "interrupt"
+    ]
+    assert actions == ["pause", "resume"]
+    assert not any(isinstance(i, dict) and "execution_waiting" in str(i) for i in items)
