@@ -498,7 +498,11 @@ class _Port:
         reply_to, future = self._replies.open()
         addressed = _with_reply(message, reply_to)
         try:
-            await self._chain(self._prepare(addressed))
+            # A repeated attempt sends the same message id; JetStream would drop it unanswered
+            # within its duplicate window, so the transport id is this send's own. The actor
+            # still recognises the message id and answers without applying it again.
+            transport_id = f"{message.id}@{uuid.uuid4().hex[:12]}"
+            await self._chain(self._prepare(addressed, msg_id=transport_id))
             reply = decode(reply_decoder, await future)
         finally:
             self._replies.discard(reply_to)
@@ -549,7 +553,9 @@ class _Port:
         if self._tail is not None:
             await self._tail
 
-    def _prepare(self, message: Outgoing) -> Callable[[], Awaitable[None]]:
+    def _prepare(
+        self, message: Outgoing, *, msg_id: str | None = None
+    ) -> Callable[[], Awaitable[None]]:
         """Encode now, so a value that cannot travel raises inside the handler that made it."""
         try:
             payload = encode(message)
@@ -569,7 +575,9 @@ class _Port:
 
         async def publish() -> None:
             with self._observed.publish(observed) as headers:
-                await self._bus.publish(subject, payload, msg_id=message.id, headers=headers)
+                await self._bus.publish(
+                    subject, payload, msg_id=msg_id or message.id, headers=headers
+                )
 
         return publish
 

@@ -63,6 +63,10 @@ APPLIED_IDS_KEPT = 4096
 de-duplication window and to the node checks (a completed step cannot complete twice)."""
 
 
+ANSWERS_KEPT = 256
+"""How many answers to awaited requests a snapshot keeps for repeated chunk attempts."""
+
+
 @dataclass(frozen=True)
 class Transition:
     """The result of one message: the new snapshot (``None`` when rejected) and its outbox."""
@@ -94,6 +98,8 @@ def apply(
             return Transition(None, [], rejected=f"no execution {message.execution_id!r}")
         snapshot = new_snapshot(index, message.execution_id, now=now)
     if message.id in snapshot.applied:
+        if isinstance(message, EmitEvent | StateWritten) and message.reply_to:
+            return _ask_again(index, snapshot, message, now)
         return Transition(snapshot, [], duplicate=True)
     work = _Work.begin(index, snapshot, now)
     match message:
@@ -127,6 +133,26 @@ def apply(
         return Transition(None, [], rejected=work.rejected)
     if not work.stale_timer:
         _settle_idle(work)
+    return Transition(work.freeze(message.id), work.outbox)
+
+
+def _ask_again(
+    index: GraphIndex, snapshot: Snapshot, message: EmitEvent | StateWritten, now: float
+) -> Transition:
+    """A repeated chunk attempt sent an awaited request that was already applied: answer it
+    from the stored answer, or redirect the pending answer to the new attempt's reply subject.
+    The request itself is never applied twice."""
+    assert message.reply_to
+    if message.id in snapshot.answers:
+        reply = SendReply(
+            reply_to=message.reply_to, message=Reply(ok=True, value=snapshot.answers[message.id])
+        )
+        return Transition(snapshot, [reply], duplicate=True)
+    pending = [n for n in snapshot.nodes.values() if n.reply_id == message.id and n.reply_to]
+    if not pending:
+        return Transition(snapshot, [], duplicate=True)
+    work = _Work.begin(index, snapshot, now)
+    work.update(pending[0], reply_to=message.reply_to)
     return Transition(work.freeze(message.id), work.outbox)
 
 
@@ -209,6 +235,13 @@ class _Work:
     def reply(self, reply_to: str | None, message: Reply) -> None:
         if reply_to:
             self.outbox.append(SendReply(reply_to=reply_to, message=message))
+
+    def remember_answer(self, message_id: str, value: Any) -> None:
+        answers = dict(self.get("answers"))
+        answers[message_id] = value
+        while len(answers) > ANSWERS_KEPT:
+            del answers[next(iter(answers))]
+        self.set(answers=answers)
 
     def freeze(self, message_id: str) -> Snapshot:
         applied = [*self.base.applied, message_id][-APPLIED_IDS_KEPT:]
@@ -1011,6 +1044,8 @@ def _finish(work: _Work, node: Node) -> None:
             result = None
         if node.reply_to:
             work.reply(node.reply_to, Reply(ok=True, value=result))
+            if node.reply_id:
+                work.remember_answer(node.reply_id, result)
         if node.parent is None:
             return
         parent = work.nodes.get(node.parent)

@@ -319,6 +319,9 @@ class ExecutionHost:
                 return
             if transition.duplicate:
                 await self._on_duplicate(message, snapshot)
+                for command in transition.outbox:
+                    if isinstance(command, SendReply):  # answers to a repeated request
+                        await self._reply(command.reply_to, command.message)
                 await delivery.ack()
                 return
             assert transition.snapshot is not None

@@ -123,6 +123,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     closed_at: float = 0.0
     start_reply_to: str | None = None
     outbox: StoredOutbox = StoredOutbox()
+    answers: dict[str, Any] = {}
+    """The results of recent awaited emits and state writes by message id, so a repeated chunk
+    attempt that sends the same request again is answered instead of applied twice."""
     trace: dict[str, str] = {}
     """The execution's trace context, fixed at its start (observability/tracing.py)."""
     parent: ParentRef | None = None

@@ -41,6 +41,7 @@ from triggerbus.contracts.outbox import (
     OutboxCommand,
     ScheduleTimer,
     SendReply,
+    StoredOutbox,
 )
 from triggerbus.contracts.snapshot import Snapshot
 
@@ -1049,6 +1050,25 @@ class TestUnknownExecution:
 # --- property tests ---------------------------------------------------------------------------
 
 
+def _effects_only(snapshot: Snapshot | None) -> bytes:
+    """A snapshot without what a repeated request may touch: who gets the pending answer."""
+    assert snapshot is not None
+    nodes = {k: msgspec.structs.replace(n, reply_to=None) for k, n in snapshot.nodes.items()}
+    bare = msgspec.structs.replace(snapshot, nodes=nodes, applied=[], outbox=StoredOutbox())
+    return wire(bare)
+
+
+def assert_no_effect(message: MailboxMessage, before: Snapshot | None, again: Transition) -> None:
+    """Applying ``message`` again changed nothing but, for an awaited request, who is answered;
+    its only output is that answer."""
+    assert _effects_only(again.snapshot) == _effects_only(before)
+    reply_to = getattr(message, "reply_to", None)
+    for command in again.outbox:
+        assert isinstance(command, SendReply) and command.reply_to == reply_to, command
+    if not again.outbox and again.snapshot is before:
+        assert again.duplicate
+
+
 def rich_flow() -> TriggerFlow:
     """A flow that exercises every internal operator: chain, batch with a cap, and-gate,
     or-gate, state listener and result sink."""
@@ -1203,16 +1223,13 @@ class TestProperties:
                 message = next_message(snapshot, action, n)
             once = apply(RICH_INDEX, snapshot, message, now=float(n))
             twice = apply(RICH_INDEX, once.snapshot, message, now=float(n) + 0.5)
-            assert twice.duplicate
-            assert twice.outbox == []
-            assert wire(twice.snapshot) == wire(once.snapshot)
+            assert_no_effect(message, once.snapshot, twice)
             snapshot = once.snapshot
             seen.append(message)
             if n == repeat_at and seen:
                 old = seen[repeat_at % len(seen)]
                 redelivered = apply(RICH_INDEX, snapshot, old, now=float(n) + 0.7)
-                assert redelivered.duplicate and redelivered.outbox == []
-                assert wire(redelivered.snapshot) == wire(snapshot)
+                assert_no_effect(old, snapshot, redelivered)
 
     @property_settings
     @given(script=actions, timeout=timeouts, cap=caps)
@@ -1428,9 +1445,9 @@ class TestMatch:
     ) -> None:
         """Completion order does not matter; without a hit and an else, the value passes."""
         flow = TriggerFlow(name="m_all")
-        flow.match(mode="hit_all").case(gt1).to(("a", noop)).case(gt0).to(("b", noop)).case(
-            3
-        ).to(("c", noop)).end_match().end()
+        flow.match(mode="hit_all").case(gt1).to(("a", noop)).case(gt0).to(("b", noop)).case(3).to(
+            ("c", noop)
+        ).end_match().end()
         driver = Driver(flow)
         driver.start(value)
         answer = judged(flow)
@@ -1472,9 +1489,9 @@ class TestMatch:
     def test_lambda_conditions_are_distinct_cases(self) -> None:
         """Each case keeps its own condition, lambdas included."""
         flow = TriggerFlow(name="lambdas")
-        flow.match().case(lambda d: d.value > 1).to(("a", noop)).case(
-            lambda d: d.value > 0
-        ).to(("b", noop)).end_match().end()
+        flow.match().case(lambda d: d.value > 1).to(("a", noop)).case(lambda d: d.value > 0).to(
+            ("b", noop)
+        ).end_match().end()
         driver = Driver(flow)
         driver.start(1)
         driver.run(judged(flow))
@@ -1554,8 +1571,12 @@ class TestSealFlowDataSubFlow:
         driver = Driver(flow)
         driver.start(None, auto_close=False)
         change = FlowDataChanged(
-            id=f"{EXECUTION}:flow_data:3", execution_id=EXECUTION, key="t", value=5,
-            revision=3, data={"t": 5},
+            id=f"{EXECUTION}:flow_data:3",
+            execution_id=EXECUTION,
+            key="t",
+            value=5,
+            revision=3,
+            data={"t": 5},
         )
         [invocation] = invokes(driver.send(change))
         assert (invocation.value, invocation.trigger_type, invocation.flow_data) == (
@@ -1581,8 +1602,11 @@ class TestSealFlowDataSubFlow:
         step = start.message.parent.step
         driver.send(
             SubFlowClosed(
-                id=f"{EXECUTION}:{step}:sub_flow_closed", execution_id=EXECUTION, step=step,
-                child_execution_id=start.message.execution_id, status="completed",
+                id=f"{EXECUTION}:{step}:sub_flow_closed",
+                execution_id=EXECUTION,
+                step=step,
+                child_execution_id=start.message.execution_id,
+                status="completed",
                 snapshot={"$final_result": "c(x)"},
             )
         )
@@ -1611,7 +1635,11 @@ class TestSealFlowDataSubFlow:
 
 
 def pause(
-    driver: Driver, step: int, interrupt_id: str = "i1", *, reply_to: str = "pause-reply",
+    driver: Driver,
+    step: int,
+    interrupt_id: str = "i1",
+    *,
+    reply_to: str = "pause-reply",
     **fields: Any,
 ) -> Transition:
     """The chunk at ``step`` calls ``pause_for``; its invocation gives the source signal."""
@@ -1637,8 +1665,13 @@ def pause(
 
 
 def resume(
-    driver: Driver, interrupt_id: str = "i1", value: Any = None, *, reply_to: str = "resume-reply",
-    message_id: str | None = None, **fields: Any,
+    driver: Driver,
+    interrupt_id: str = "i1",
+    value: Any = None,
+    *,
+    reply_to: str = "resume-reply",
+    message_id: str | None = None,
+    **fields: Any,
 ) -> Transition:
     from triggerbus.contracts.messages import ResumeInterrupt
 
@@ -1658,7 +1691,8 @@ def stream_values(commands: Iterable[OutboxCommand]) -> list[Any]:
     from triggerbus.contracts.messages import StreamItem
 
     return [
-        c.message.value for c in of_type(commands, AppendStream)
+        c.message.value
+        for c in of_type(commands, AppendStream)
         if isinstance(c.message, StreamItem)
     ]
 
@@ -1678,7 +1712,9 @@ class TestPauseAndResume:
         assert driver.snapshot is not None and driver.snapshot.status == "waiting"
         interrupt = driver.snapshot.interrupts["i1"]
         assert (interrupt.status, interrupt.type, interrupt.payload) == (
-            "waiting", "approval", {"question": "ok?"}
+            "waiting",
+            "approval",
+            {"question": "ok?"},
         )
         assert interrupt.resume_to == "next" and interrupt.source_step == step
         [item] = stream_values(transition.outbox)
@@ -1746,7 +1782,9 @@ class TestPauseAndResume:
         driver.complete(step, None)
         [approved] = invokes(resume(driver, "i1", "yes"))
         assert (approved.chunk, approved.value, approved.trigger_event) == (
-            "approved", "yes", "Approved"
+            "approved",
+            "yes",
+            "Approved",
         )
 
     def test_unknown_interrupt_is_refused_and_changes_nothing(self) -> None:
@@ -1810,8 +1848,14 @@ class TestPauseAndResume:
         driver.complete(step, None)
         [again] = invokes(resume(driver, "i1", "a"))
         # The re-run pauses again, carrying its resume count: the limit is reached.
-        pause(driver, again.step, reply_to="second", resume_to="self", max_resumes=1,
-              resume_count=again.resume.resume_count if again.resume else 0)
+        pause(
+            driver,
+            again.step,
+            reply_to="second",
+            resume_to="self",
+            max_resumes=1,
+            resume_count=again.resume.resume_count if again.resume else 0,
+        )
         [reply] = driver.replies("second")
         assert reply.error is not None and "self resume limit reached" in reply.error.message
 
@@ -1859,3 +1903,48 @@ class TestPauseAndResume:
         assert reply.ok and reply.value["status"] == "resumed"
         assert stream_values(transition.outbox) == []
         assert driver.snapshot is not None and driver.snapshot.status == "running"
+
+
+class TestRepeatedAwaitedRequests:
+    """A repeated chunk attempt sends its awaited emit again, with the same message id and a new
+    reply subject: it is answered, never applied twice."""
+
+    def _emit_again(self, driver: Driver, reply_to: str) -> Transition:
+        return driver.send(
+            EmitEvent(
+                id=f"{EXECUTION}:9:1",
+                execution_id=EXECUTION,
+                event="Ping",
+                value=1,
+                step=None,
+                reply_to=reply_to,
+            )
+        )
+
+    def test_a_finished_request_is_answered_from_the_stored_answer(self) -> None:
+        driver = Driver(ping_flow())
+        driver.start(None, auto_close=False)
+        self._emit_again(driver, "first-attempt")
+        driver.run()
+        assert driver.replies("first-attempt") == [
+            Reply(ok=True, value=["slow(1)", "fast(1)", "sync(1)"])
+        ]
+        again = self._emit_again(driver, "second-attempt")
+        assert again.duplicate
+        assert invokes(again) == []
+        assert driver.replies("second-attempt") == [
+            Reply(ok=True, value=["slow(1)", "fast(1)", "sync(1)"])
+        ]
+
+    def test_a_request_still_in_flight_answers_the_new_attempt(self) -> None:
+        driver = Driver(ping_flow())
+        driver.start(None, auto_close=False)
+        first = self._emit_again(driver, "first-attempt")
+        assert len(invokes(first)) == 3
+        again = self._emit_again(driver, "second-attempt")
+        assert invokes(again) == [], "the emit is not applied a second time"
+        driver.run()
+        assert driver.replies("first-attempt") == []
+        assert driver.replies("second-attempt") == [
+            Reply(ok=True, value=["slow(1)", "fast(1)", "sync(1)"])
+        ]

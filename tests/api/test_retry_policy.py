@@ -122,3 +122,35 @@ class TestPolicyInTheGraph:
         flow = TriggerFlow(name="bad_policy")
         with pytest.raises(FlowDefinitionError):
             flow.chunk("a", **policy)
+
+
+class TestRetriedAwaitedEmit:
+    async def test_a_retried_attempt_gets_its_awaited_emit_answered_without_reapplying_it(
+        self, runtime: Any
+    ) -> None:
+        """The second attempt sends the same emit (same message id, well inside JetStream's
+        duplicate window): it is answered with the first cascade's results, and the listener
+        ran once."""
+        flow = TriggerFlow(name="retried_emit")
+        attempts = 0
+
+        @flow.chunk("ask", retries=1, backoff=0.05)
+        async def ask(data: Any) -> Any:
+            nonlocal attempts
+            attempts += 1
+            answer = await data.async_emit("Ping", "hello")
+            if attempts == 1:
+                raise RuntimeError("the first attempt dies after its emit")
+            return answer
+
+        @flow.chunk("pong")
+        async def pong(data: Any) -> str:
+            data.state.append("pongs", data.value)
+            return f"pong:{data.value}"
+
+        flow.to(ask).end()
+        flow.when("Ping").to(pong)
+        async with asyncio.timeout(30):
+            snapshot = await flow.async_start(None)
+        assert attempts == 2
+        assert snapshot == {"pongs": ["hello"], "$final_result": ["pong:hello"]}

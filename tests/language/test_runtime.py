@@ -202,13 +202,13 @@ class TestStreamTimeout:
     async def test_timeout_bounds_the_wait_for_each_next_item_only(
         self, hosting: Hosting
     ) -> None:
-        """Items 0.25 s apart all arrive under a 1 s timeout (1.5 s in all, so the timeout is
-        not a deadline); items 2 s apart under a 0.5 s timeout end the stream after the first.
+        """Items 0.3 s apart all arrive under a 1.5 s timeout (2.4 s in all, so the timeout is
+        not a deadline); items 3 s apart under a 0.5 s timeout end the stream after the first.
         The margins are wide because workers on a loaded 2-core machine add jitter."""
         steady = flows.ticker.create_execution(auto_close_timeout=0.0)
         sparse = flows.ticker.create_execution(auto_close_timeout=0.0)
-        async with asyncio.timeout(30):
-            assert await collect_stream(steady, [0.25, 6], idle=1.0) == [0, 1, 2, 3, 4, 5]
-            assert await collect_stream(sparse, [2.0, 2], idle=0.5) == [0]
+        async with asyncio.timeout(40):
+            assert await collect_stream(steady, [0.3, 9], idle=1.5) == list(range(9))
+            assert await collect_stream(sparse, [3.0, 2], idle=0.5) == [0]
             assert await sparse.async_start() == {"$final_result": 2}
         await succeeded_in_worker(hosting, "tick")
