@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
@@ -175,18 +176,10 @@ class ChunkHost:
         )
 
     async def _consume(self, chunk: str, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
-        permits = asyncio.Semaphore(self._concurrency)
-        while not self._stopping.is_set():
-            await permits.acquire()
-            free = 1
-            while free < self._concurrency and not permits.locked():
-                await permits.acquire()
-                free += 1
-            deliveries = await consumer.fetch_until(free, self._stopping)
-            for _ in range(free - len(deliveries)):
-                permits.release()
-            for delivery in deliveries:
-                group.create_task(self._handle_then_release(chunk, delivery, permits))
+        def dispatch(delivery: Delivery, permits: asyncio.Semaphore) -> None:
+            group.create_task(self._handle_then_release(chunk, delivery, permits))
+
+        await pull_with_permits(consumer, self._concurrency, self._stopping, dispatch)
 
     async def _handle_then_release(
         self, chunk: str, delivery: Delivery, permits: asyncio.Semaphore

@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.execution import Transition, apply
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
@@ -222,18 +223,10 @@ class ExecutionHost:
                     log.exception("flow_data_relay_failed", execution_id=execution_id)
 
     async def _consume(self, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
-        permits = asyncio.Semaphore(self._capacity)
-        while not self._stopping.is_set():
-            await permits.acquire()
-            free = 1
-            while free < self._capacity and not permits.locked():
-                await permits.acquire()
-                free += 1
-            deliveries = await consumer.fetch_until(free, self._stopping)
-            for _ in range(free - len(deliveries)):
-                permits.release()
-            for delivery in deliveries:
-                self._enqueue(delivery, group, permits)
+        def dispatch(delivery: Delivery, permits: asyncio.Semaphore) -> None:
+            self._enqueue(delivery, group, permits)
+
+        await pull_with_permits(consumer, self._capacity, self._stopping, dispatch)
 
     def _enqueue(
         self, delivery: Delivery, group: asyncio.TaskGroup, permits: asyncio.Semaphore
