@@ -687,12 +687,9 @@ class TriggerFlow:
         **options: Any,
     ) -> TriggerFlow:
         """``load_flow_config`` from JSON text or a JSON file."""
-        from pathlib import Path
-
         from triggerbus.definition import read_json
 
-        source = path_or_content if isinstance(path_or_content, str) else Path(path_or_content)
-        return self.load_flow_config(read_json(source, encoding), replace=replace, **options)
+        return self._load_text(read_json, path_or_content, replace, encoding, options)
 
     def load_yaml_flow(
         self,
@@ -703,12 +700,22 @@ class TriggerFlow:
         **options: Any,
     ) -> TriggerFlow:
         """``load_flow_config`` from YAML text or a YAML file (needs PyYAML)."""
-        from pathlib import Path
-
         from triggerbus.definition import read_yaml
 
+        return self._load_text(read_yaml, path_or_content, replace, encoding, options)
+
+    def _load_text(
+        self,
+        read: Callable[[Any, str | None], Any],
+        path_or_content: str | os.PathLike[str],
+        replace: bool,
+        encoding: str | None,
+        options: dict[str, Any],
+    ) -> TriggerFlow:
+        from pathlib import Path
+
         source = path_or_content if isinstance(path_or_content, str) else Path(path_or_content)
-        return self.load_flow_config(read_yaml(source, encoding), replace=replace, **options)
+        return self.load_flow_config(read(source, encoding), replace=replace, **options)
 
     def to_mermaid(self, *, mode: Literal["simplified", "detailed"] = "simplified") -> str:
         """A Mermaid ``flowchart`` of the compiled graph."""
