@@ -7,6 +7,7 @@ this module (errors go through ``translate_nats_errors``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
-from nats.js.client import JetStreamContext
+from nats.js.client import KV_PRE_TEMPLATE, JetStreamContext
 from nats.js.kv import KeyValue
 
 from triggerbus.bus._errors import (
@@ -32,10 +33,13 @@ from triggerbus.bus.provision import (
     ensure_consumer,
     provision,
 )
+from triggerbus.bus.replies import PublishAcks
 from triggerbus.bus.subjects import Subjects
-from triggerbus.errors import BusError, BusUnavailableError
+from triggerbus.errors import BusError, BusUnavailableError, RevisionConflictError
 
 MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+_VALID_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _UNAVAILABLE_PAUSE = 0.5
 """Seconds a consumer loop pauses after a failed fetch before asking again."""
 
@@ -181,6 +185,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.subjects = subjects
         self._kv: KeyValue | None = None
+        self._kv_prefix = KV_PRE_TEMPLATE.format(bucket=subjects.executions_bucket)
+        self._acks = PublishAcks(nc)
 
     @classmethod
     async def open(
@@ -194,6 +200,7 @@ class Bus:
         nc = await connect(options)
         bus = cls(nc, subjects)
         try:
+            await bus._acks.start()
             await provision(bus.js, subjects, storage)
             with translate_nats_errors(subject=subjects.executions_bucket):
                 bus._kv = await bus.js.key_value(subjects.executions_bucket)
@@ -204,11 +211,14 @@ class Bus:
 
     async def close(self) -> None:
         if self.nc.is_closed:
+            await self._acks.stop()
             return
         try:
             await self.nc.drain()
         except nats.errors.Error:
             await self.nc.close()
+        finally:
+            await self._acks.stop()
 
     @property
     def url(self) -> str:
@@ -236,11 +246,11 @@ class Bus:
         # With an id, a retry the stream already holds is dropped as a duplicate, so even a
         # timed-out attempt may be repeated; without one, only an attempt nobody answered.
         ack = await call_retrying(
-            lambda: self.js.publish(subject, payload, headers=all_headers or None),
+            lambda: self._acks.publish(subject, payload, all_headers or None),
             retry_if=transient if msg_id else unanswered,
             subject=subject,
         )
-        return int(ack.seq)
+        return ack.seq
 
     async def publish_once(
         self,
@@ -253,9 +263,9 @@ class Bus:
         """Publish with de-duplication; False when the stream already held ``msg_id``."""
         all_headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
         ack = await call_retrying(
-            lambda: self.js.publish(subject, payload, headers=all_headers), subject=subject
+            lambda: self._acks.publish(subject, payload, all_headers), subject=subject
         )
-        return not bool(ack.duplicate)
+        return not ack.duplicate
 
     async def publish_core(
         self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
@@ -317,13 +327,23 @@ class Bus:
         Raises:
             RevisionConflictError: somebody else wrote first.
         """
-        if revision is None:
-            written = await call_retrying(lambda: self.kv.create(key, payload), key=key)
-        else:
-            written = await call_retrying(
-                lambda: self.kv.update(key, payload, last=revision), key=key
+        if not _VALID_KEY.fullmatch(key) or key[0] == "." or key[-1] == ".":
+            raise BusError(f"invalid KV key {key!r}", subject=self.subjects.executions_bucket)
+        # KV's own compare-and-set (what ``kv.update`` sends), through the lean publish path.
+        subject = self._kv_prefix + key
+        headers = {EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision or 0)}
+        try:
+            ack = await call_retrying(
+                lambda: self._acks.publish(subject, payload, headers), key=key
             )
-        return int(written)
+        except RevisionConflictError:
+            if revision is not None:
+                raise
+            # Absent is "last sequence 0", but a deleted key leaves a tombstone: kv.create
+            # checks for one and writes over it, or raises the same conflict.
+            written = await call_retrying(lambda: self.kv.create(key, payload), key=key)
+            return int(written)
+        return ack.seq
 
     # --- consuming ----------------------------------------------------------------------------
 
