@@ -284,16 +284,12 @@ class Bus:
         gone. Asked of the stream's leader (not a direct get from a replica that may lag), so
         every message whose publish was acknowledged is seen.
         """
-        try:
-            raw = await call_retrying(
-                lambda: self.js.get_msg(stream, seq=from_sequence, subject=subject, next=True),
-                subject=subject,
-            )
-        except BusError as exc:
-            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
-                return None
-            raise
-        return int(raw.seq or 0), raw.data or b""
+        stored = await call_retrying(
+            lambda: self._acks.get_next(stream, subject, from_sequence), subject=subject
+        )
+        if stored is None:
+            return None
+        return stored.seq, stored.data
 
     async def flush(self) -> None:
         with translate_nats_errors():

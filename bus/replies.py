@@ -70,7 +70,8 @@ class ReplyRouter:
 
 
 class PublishAcks:
-    """One wildcard inbox for the acks of every JetStream publish made on a connection.
+    """One wildcard inbox for the acks of every JetStream publish made on a connection (and
+    the replies of the one JetStream API call on a hot path, reading a stream's next message).
 
     nats-py's ``js.publish`` is a generic request: a fresh inbox token, a future, an
     ``asyncio.wait_for`` timer, and ``json.loads`` plus a dataclass for the PubAck, on every
@@ -116,6 +117,39 @@ class PublishAcks:
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> PubAck:
         """Publish into a stream and wait for its ack; raises nats-py errors like ``js.publish``."""
+        msg = await self.request(subject, payload, headers)
+        data = msg.data
+        if not data:
+            if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == _NO_RESPONDERS:
+                raise nats.js.errors.NoStreamResponseError
+            raise nats.js.errors.APIError(description=f"empty publish ack on {subject}")
+        ack = _PUB_ACK.decode(data)
+        if ack.error is not None:
+            _raise_api_error(ack.error)
+        return ack
+
+    async def get_next(self, stream: str, subject: str, from_sequence: int) -> StoredMsg | None:
+        """The first message of ``stream`` on ``subject`` at or after ``from_sequence``, asked of
+        the stream's leader (``$JS.API.STREAM.MSG.GET``, as ``js.get_msg(next=True)``), or None.
+        """
+        msg = await self.request(
+            f"{JS_API}.STREAM.MSG.GET.{stream}",
+            _ENCODER.encode(_NextBySubject(seq=from_sequence, next_by_subj=subject)),
+            None,
+        )
+        if not msg.data:
+            if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == _NO_RESPONDERS:
+                raise nats.js.errors.ServiceUnavailableError
+            raise nats.js.errors.APIError(description=f"empty reply from {stream}")
+        reply = _MSG_GET.decode(msg.data)
+        if reply.error is not None:
+            if reply.error.code == _NOT_FOUND:
+                return None
+            _raise_api_error(reply.error)
+        return reply.message
+
+    async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
+        """Publish with a reply subject under this inbox and wait for the one reply."""
         token = str(next(self._counter))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
@@ -125,24 +159,12 @@ class PublishAcks:
             self._timer = loop.call_at(self._deadlines[0][0], self._expire)
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            msg = await future
+            return await future
         finally:
             self._pending.pop(token, None)
             deadlines = self._deadlines
             while deadlines and deadlines[0][1] not in self._pending:
                 deadlines.popleft()  # keep the queue short when acks come back in order
-        data = msg.data
-        if not data:
-            if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == _NO_RESPONDERS:
-                raise nats.js.errors.NoStreamResponseError
-            raise nats.js.errors.APIError(description=f"empty publish ack on {subject}")
-        ack = _PUB_ACK.decode(data)
-        if ack.error is not None:
-            error = ack.error
-            nats.js.errors.APIError.from_error(  # raises the subclass for the code
-                {"code": error.code, "err_code": error.err_code, "description": error.description}
-            )
-        return ack
 
     def statistics(self) -> AckStatistics:
         return AckStatistics(waiting=len(self._pending))
@@ -187,10 +209,40 @@ class PubAck(msgspec.Struct):
     error: _ApiError | None = None
 
 
+class StoredMsg(msgspec.Struct):
+    """A message read from a stream (its payload arrives base64-encoded)."""
+
+    seq: int
+    data: bytes = b""
+    subject: str = ""
+
+
+class _NextBySubject(msgspec.Struct):
+    seq: int
+    next_by_subj: str
+
+
+class _MsgGetReply(msgspec.Struct):
+    message: StoredMsg | None = None
+    error: _ApiError | None = None
+
+
 @dataclass(frozen=True)
 class AckStatistics:
     waiting: int
 
 
+def _raise_api_error(error: _ApiError) -> None:
+    # from_error raises the subclass for the code (ServiceUnavailableError for 503, ...)
+    nats.js.errors.APIError.from_error(
+        {"code": error.code, "err_code": error.err_code, "description": error.description}
+    )
+
+
+JS_API = "$JS.API"
+"""The JetStream API prefix of the default domain (what ``nc.jetstream()`` uses)."""
 _PUB_ACK = msgspec.json.Decoder(PubAck)
+_MSG_GET = msgspec.json.Decoder(_MsgGetReply)
+_ENCODER = msgspec.json.Encoder()
 _NO_RESPONDERS = "503"
+_NOT_FOUND = 404

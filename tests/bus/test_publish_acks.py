@@ -100,3 +100,24 @@ class TestCompareAndSet:
     async def test_invalid_key_is_refused_before_anything_is_sent(self, bus: Bus):
         with pytest.raises(BusError, match="invalid KV key"):
             await bus.store("f.bad key", b"v", revision=None)
+
+
+class TestFirstMessage:
+    async def test_walks_one_subject_from_a_sequence_and_says_none_at_the_end(self, bus: Bus):
+        stream = bus.subjects.exec_stream
+        mine, other = bus.subjects.mailbox("f", "e1"), bus.subjects.mailbox("f", "e2")
+        async with asyncio.timeout(10):
+            assert await bus.first_message(stream, mine) is None
+            first = await bus.publish(mine, b"\x00one", msg_id="1")
+            await bus.publish(other, b"not mine", msg_id="2")
+            third = await bus.publish(mine, b"three", msg_id="3")
+            assert await bus.first_message(stream, mine) == (first, b"\x00one")
+            assert await bus.first_message(stream, mine, from_sequence=first + 1) == (
+                third,
+                b"three",
+            )
+            assert await bus.first_message(stream, mine, from_sequence=third + 1) is None
+
+    async def test_a_stream_that_does_not_exist_reads_as_empty(self, bus: Bus):
+        async with asyncio.timeout(10):
+            assert await bus.first_message("no_such_stream", "x.y") is None
