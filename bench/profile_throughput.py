@@ -43,6 +43,8 @@ LAYERS = [
     ("asyncio machinery", ("asyncio/",)),
     ("nats-py client", ("site-packages/nats/",)),
     ("structlog", ("structlog/",)),
+    ("opentelemetry SDK", ("opentelemetry/", "google/protobuf")),
+    ("triggerbus observability", ("observability/",)),
     ("msgspec encode/decode", ("msgspec", "codec.py")),
     ("execution actor (pure apply)", ("actors/execution.py", "actors/graph_index.py",
                                       "actors/state_paths.py")),
@@ -99,6 +101,23 @@ class OpTimer:
         }
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by thread name (Linux /proc)."""
+    import threading
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    result: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        except OSError:
+            continue
+        parts = fields.rsplit(")", 1)[1].split()
+        name = thread.name.split(" ")[0].split("(")[0] if thread.name else "?"
+        result[name] = result.get(name, 0.0) + (int(parts[11]) + int(parts[12])) / ticks
+    return result
+
+
 def layer_of(filename: str, function: str) -> str:
     text = f"{filename}:{function}"
     for layer, needles in LAYERS:
@@ -120,6 +139,53 @@ async def workload(count: int, timer: OpTimer | None, in_flight: int = 100) -> d
         await close_runtime()
 
 
+_LOOP_FACTORY: Any = None
+
+
+def use_nats_py_publish() -> None:
+    """Route ``Bus`` publishes and compare-and-set writes through nats-py's request path."""
+    from triggerbus.bus import replies
+
+    async def publish(self: Any, subject: str, payload: bytes, headers: Any) -> Any:
+        return await self._nc.jetstream().publish(subject, payload, headers=headers)
+
+    replies.PublishAcks.publish = publish  # type: ignore[method-assign]
+
+    async def store(self: Any, key: str, payload: bytes, *, revision: int | None) -> int:
+        from triggerbus.bus._errors import call_retrying
+
+        if revision is None:
+            return int(await call_retrying(lambda: self.kv.create(key, payload), key=key))
+        return int(await call_retrying(lambda: self.kv.update(key, payload, last=revision),
+                                       key=key))
+
+    jetstream.Bus.store = store  # type: ignore[method-assign]
+
+    async def first_message(self: Any, stream: str, subject: str, *,
+                            from_sequence: int = 1) -> tuple[int, bytes] | None:
+        import nats.js.errors
+
+        from triggerbus.bus._errors import call_retrying
+        from triggerbus.errors import BusError
+
+        try:
+            raw = await call_retrying(
+                lambda: self.js.get_msg(stream, seq=from_sequence, subject=subject, next=True),
+                subject=subject)
+        except BusError as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        return int(raw.seq or 0), raw.data or b""
+
+    jetstream.Bus.first_message = first_message  # type: ignore[method-assign]
+
+
+def run(coro: Any) -> Any:
+    with asyncio.Runner(loop_factory=_LOOP_FACTORY) as runner:
+        return runner.run(coro)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1500)
@@ -127,7 +193,35 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--timers-only", action="store_true",
                         help="only the bus-operation timers (no profilers)")
+    parser.add_argument("--telemetry", action="store_true",
+                        help="tracing and metrics on, exported over OTLP/HTTP to a loopback "
+                             "receiver (the exporter threads' CPU counts in the driver's)")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run on uvloop's event loop (pip install uvloop)")
+    parser.add_argument("--nats-py-publish", action="store_true",
+                        help="A/B: publish, compare-and-set and first_message through nats-py's "
+                             "js.publish, kv.update and js.get_msg (the path before the lean "
+                             "ack inbox), in this process")
     args = parser.parse_args()
+    if args.nats_py_publish:
+        use_nats_py_publish()
+    global _LOOP_FACTORY
+    if args.uvloop:
+        import uvloop
+
+        _LOOP_FACTORY = uvloop.new_event_loop
+    if args.telemetry:
+        from triggerbus.observability.telemetry import configure_telemetry
+        from triggerbus.observability.testing import OtlpReceiver
+
+        receiver = OtlpReceiver(decode=False)
+        receiver.__enter__()
+        configure_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                             "OTEL_SERVICE_NAME": "bench", "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+    else:
+        from triggerbus.observability.telemetry import configure_telemetry
+
+        configure_telemetry({})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"count": args.count}
@@ -142,7 +236,9 @@ def main() -> int:
         timer.wrap(jetstream.Delivery, "ack", "ack")
         configure_runtime(server.url, "prof1")
         cpu0, srv0 = cpu_seconds(os.getpid()), cpu_seconds(server.pid or 0)
-        base = asyncio.run(workload(args.count, timer, args.in_flight))
+        threads0 = thread_cpu()
+        base = run(workload(args.count, timer, args.in_flight))
+        threads1 = thread_cpu()
         cpu1, srv1 = cpu_seconds(os.getpid()), cpu_seconds(server.pid or 0)
         done = max(1, base["executions"])
         report["baseline"] = {
@@ -151,6 +247,10 @@ def main() -> int:
             "server_cpu_ms_per_execution": round((srv1 - srv0) * 1000 / done, 3),
             "driver_cpu_utilisation": round((cpu1 - cpu0) / base["seconds"], 2),
             "bus_operations": timer.report(done + 20),
+            "thread_cpu_ms_per_execution": {
+                name: round((seconds - threads0.get(name, 0.0)) * 1000 / done, 3)
+                for name, seconds in threads1.items()
+            },
             "execution_latency": base["latency"],
         }
         report["in_flight"] = args.in_flight
@@ -164,12 +264,13 @@ def main() -> int:
         configure_runtime(server.url, "prof2")
         profiler = cProfile.Profile()
         profiler.enable()
-        profiled = asyncio.run(workload(args.count, None))
+        profiled = run(workload(args.count, None))
         profiler.disable()
         stats = pstats.Stats(profiler)
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(45)
         (out / "cprofile.txt").write_text(text.getvalue())
+        profiler.dump_stats(str(out / "cprofile.pstats"))
         layers: dict[str, float] = defaultdict(float)
         total = 0.0
         for (filename, _line, function), (_cc, _nc, tottime, _ct, _callers) in \
@@ -188,6 +289,9 @@ def main() -> int:
             },
         }
 
+        if os.environ.get("NO_PYINSTRUMENT"):
+            print(json.dumps(report, indent=2))
+            return 0
         # 3. pyinstrument call tree, if installed
         try:
             from pyinstrument import Profiler
@@ -197,7 +301,7 @@ def main() -> int:
             configure_runtime(server.url, "prof3")
             profiler3 = Profiler(interval=0.0005, async_mode="disabled")
             profiler3.start()
-            asyncio.run(workload(args.count, None))
+            run(workload(args.count, None))
             profiler3.stop()
             (out / "pyinstrument.txt").write_text(
                 profiler3.output_text(unicode=False, color=False, show_all=False))

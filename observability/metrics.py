@@ -16,7 +16,7 @@ chunks it hosts; replicas report the same consumer, so take the maximum, not the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -53,18 +53,27 @@ class Metrics:
             description="Duration of chunk attempts",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._invocations = meter.create_counter(
-            "triggerbus.chunk.invocations", description="Chunk invocations dispatched"
-        )
-        self._retries = meter.create_counter(
-            "triggerbus.chunk.retries", description="Chunk attempts after the first"
-        )
-        self._dead_letters = meter.create_counter(
-            "triggerbus.chunk.dead_letters", description="Chunk invocations dead-lettered"
-        )
-        self._executions = meter.create_counter(
-            "triggerbus.executions", description="Executions started, and closed by status"
-        )
+        # Counters are counted here, a dict increment per event, and handed to the SDK as
+        # observable counters when the reader collects: the same cumulative sums on the wire,
+        # without an SDK measurement (attribute hashing, locks, a Measurement) per event.
+        self._invocations: dict[tuple[str, str], int] = {}
+        self._retries: dict[tuple[str, str], int] = {}
+        self._dead_letters: dict[tuple[str, str], int] = {}
+        self._executions: dict[tuple[str, str], int] = {}
+        for name, counts, description, keys in (
+            ("triggerbus.chunk.invocations", self._invocations, "Chunk invocations dispatched",
+             _CHUNK_KEYS),
+            ("triggerbus.chunk.retries", self._retries, "Chunk attempts after the first",
+             _CHUNK_KEYS),
+            ("triggerbus.chunk.dead_letters", self._dead_letters,
+             "Chunk invocations dead-lettered", _CHUNK_KEYS),
+            ("triggerbus.executions", self._executions,
+             "Executions started, and closed by status", _EXECUTION_KEYS),
+        ):  # fmt: skip
+            meter.create_observable_counter(
+                name, callbacks=[_observe_counts(counts, keys)], description=description
+            )
+        self._duration_attributes: dict[tuple[str, str, str], dict[str, str]] = {}
         self._backlog: dict[tuple[str, str, str], int] = {}
         meter.create_observable_gauge(
             "triggerbus.chunk.backlog",
@@ -76,21 +85,24 @@ class Metrics:
         match event:
             case events.ChunkSucceeded() | events.ChunkFailed():
                 outcome = "succeeded" if isinstance(event, events.ChunkSucceeded) else "failed"
-                self._duration.record(
-                    event.duration,
-                    {"triggerbus.flow": event.flow, "triggerbus.chunk": event.chunk,
-                     "triggerbus.outcome": outcome},
-                )  # fmt: skip
+                key = (event.flow, event.chunk, outcome)
+                attributes = self._duration_attributes.get(key)
+                if attributes is None:
+                    attributes = self._duration_attributes[key] = {
+                        "triggerbus.flow": event.flow, "triggerbus.chunk": event.chunk,
+                        "triggerbus.outcome": outcome,
+                    }  # fmt: skip
+                self._duration.record(event.duration, attributes)
             case events.ChunkInvoked():
-                self._invocations.add(1, _chunk(event.flow, event.chunk))
+                _count(self._invocations, (event.flow, event.chunk))
             case events.ChunkRetried():
-                self._retries.add(1, _chunk(event.flow, event.chunk))
+                _count(self._retries, (event.flow, event.chunk))
             case events.ChunkDeadLettered():
-                self._dead_letters.add(1, _chunk(event.flow, event.chunk))
+                _count(self._dead_letters, (event.flow, event.chunk))
             case events.ExecutionStarted():
-                self._executions.add(1, {"triggerbus.flow": event.flow, "status": "started"})
+                _count(self._executions, (event.flow, "started"))
             case events.ExecutionClosed():
-                self._executions.add(1, {"triggerbus.flow": event.flow, "status": event.status})
+                _count(self._executions, (event.flow, event.status))
             case _:
                 pass
 
@@ -112,8 +124,23 @@ class Metrics:
         self.provider.shutdown()
 
 
-def _chunk(flow: str, chunk: str) -> dict[str, str]:
-    return {"triggerbus.flow": flow, "triggerbus.chunk": chunk}
+_CHUNK_KEYS = ("triggerbus.flow", "triggerbus.chunk")
+_EXECUTION_KEYS = ("triggerbus.flow", "status")
+
+
+def _count(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _observe_counts(
+    counts: dict[tuple[str, str], int], keys: tuple[str, str]
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        # Runs on the reader's thread; a copy taken under the GIL is a consistent view.
+        for values, count in list(counts.items()):
+            yield Observation(count, dict(zip(keys, values, strict=True)))
+
+    return observe
 
 
 def _metric_exporters(environ: Mapping[str, str]) -> list[MetricExporter]:

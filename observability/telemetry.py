@@ -24,7 +24,7 @@ import importlib.metadata
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -460,46 +460,51 @@ class _TracedHandling(Handling):
 # --- publishing ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _producer(
-    tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any
-) -> Iterator[dict[str, str] | None]:
-    message = input.message
-    attributes: dict[str, Any] = {
-        "messaging.system": "nats",
-        "messaging.operation.type": "send",
-        "messaging.destination.name": input.subject,
-        "messaging.message.id": message.id,
-        "triggerbus.flow": input.flow,
-        "triggerbus.execution_id": message.execution_id,
-    }
-    if isinstance(message, InvokeChunk):
-        name = f"invoke {message.chunk}"
-        attributes["messaging.operation.name"] = "invoke"
-        attributes["triggerbus.chunk"] = message.chunk
-        attributes["triggerbus.step"] = message.step
-    else:
-        name = f"emit {message.event}"
-        attributes["messaging.operation.name"] = "emit"
-        attributes["triggerbus.event"] = message.event
-        if message.step is not None:
+class _Producer:
+    """A producer span around one publish; yields the headers naming it (a small class rather
+    than a generator context manager: it runs for every traced publish)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any):
+        message = input.message
+        attributes: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": input.subject,
+            "messaging.message.id": message.id,
+            "triggerbus.flow": input.flow,
+            "triggerbus.execution_id": message.execution_id,
+        }
+        if isinstance(message, InvokeChunk):
+            name = f"invoke {message.chunk}"
+            attributes["messaging.operation.name"] = "invoke"
+            attributes["triggerbus.chunk"] = message.chunk
             attributes["triggerbus.step"] = message.step
-    span = tracing.start_span(
-        name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=list(links)
-    )
-    try:
-        yield inject(span.get_span_context(), {})
-    except BaseException as exc:
-        span.record_exception(exc)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        raise
-    finally:
+        else:
+            name = f"emit {message.event}"
+            attributes["messaging.operation.name"] = "emit"
+            attributes["triggerbus.event"] = message.event
+            if message.step is not None:
+                attributes["triggerbus.step"] = message.step
+        self._span = tracing.start_span(
+            name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=list(links)
+        )
+
+    def __enter__(self) -> dict[str, str] | None:
+        return inject(self._span.get_span_context(), {})
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        span = self._span
+        if exc is not None:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
 
 
 def _publish(tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any) -> Headers:
     if isinstance(input.message, InvokeChunk | EmitEvent):
-        return _producer(tracing, parent, input, links)
+        return _Producer(tracing, parent, input, links)
     return contextlib.nullcontext(inject(parent, {}))
 
 

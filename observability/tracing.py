@@ -20,14 +20,16 @@ variables (see :func:`tracing_from_env`).
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -86,10 +88,60 @@ def execution_span_id(execution_id: str) -> int:
 
 def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
     """The remote span context in message headers (``traceparent``), or None."""
-    if TRACEPARENT not in carrier:
+    header = carrier.get(TRACEPARENT)
+    if not header:
         return None
+    if _w3c_only():
+        # What the W3C propagator would extract, parsed once per distinct header: every
+        # message of an execution names the same few parents.
+        return _parse_traceparent(header, carrier.get(TRACESTATE))
     context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
     return context if context.is_valid else None
+
+
+# The W3C trace-context propagator's own rules (opentelemetry.trace.propagation.tracecontext).
+_TRACEPARENT_FORMAT = re.compile(
+    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+)
+_TRACEPARENT_MAX = 512
+_TRACESTATE_MAX = 512
+_W3C_FIELDS = frozenset({TRACEPARENT, TRACESTATE, "baggage"})
+_w3c_checked: list[Any] = [None, False]
+
+
+def _w3c_only() -> bool:
+    """Whether the configured propagators are the W3C ones (the default: trace context and
+    baggage), so that headers can be read and written without going through them."""
+    textmap = propagate.get_global_textmap()
+    if _w3c_checked[0] is not textmap:
+        fields = set(textmap.fields)
+        _w3c_checked[:] = [textmap, TRACEPARENT in fields and fields <= _W3C_FIELDS]
+    return bool(_w3c_checked[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_traceparent(header: str, state: str | None) -> SpanContext | None:
+    if len(header) > _TRACEPARENT_MAX:
+        return None
+    match = _TRACEPARENT_FORMAT.match(header)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    trace_state = None
+    if state is not None and len(state) <= _TRACESTATE_MAX:
+        trace_state = TraceState.from_header([state])
+    return SpanContext(
+        trace_id,
+        span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(int(flags, 16)),
+        trace_state=trace_state,
+    )
 
 
 def execution_trace(
@@ -139,8 +191,15 @@ def traceparent(span_context: SpanContext) -> str:
 
 def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[str, str]:
     """Write ``span_context`` into ``headers`` with the configured propagators."""
-    if span_context is not None and span_context.is_valid:
-        propagate.inject(headers, context=remote_context(span_context))
+    if span_context is None or not span_context.is_valid:
+        return headers
+    if _w3c_only() and not baggage.get_all():
+        # Exactly what the W3C propagators write when there is no baggage.
+        headers[TRACEPARENT] = traceparent(span_context)
+        if span_context.trace_state:
+            headers[TRACESTATE] = span_context.trace_state.to_header()
+        return headers
+    propagate.inject(headers, context=remote_context(span_context))
     return headers
 
 
@@ -359,8 +418,35 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
         return None
     provider = TracerProvider(resource=resource_from(environ), id_generator=_IdGenerator())
     delay = environ.get("OTEL_BSP_SCHEDULE_DELAY")
+    queue = _int_from(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
+    batch = min(queue, _int_from(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_BATCH_SIZE))
     for exporter in exporters:
         provider.add_span_processor(
-            BatchSpanProcessor(exporter, schedule_delay_millis=float(delay) if delay else None)
+            BatchSpanProcessor(
+                exporter,
+                schedule_delay_millis=float(delay) if delay else None,
+                max_queue_size=queue,
+                max_export_batch_size=batch,
+            )
         )
     return Tracing(provider, version=version)
+
+
+BSP_MAX_QUEUE_SIZE = 8192
+"""Spans the batch processor holds before it drops (the SDK's default is 2048: 1.5 s of a
+busy host's spans at ~7 per execution, so a slow collector would lose spans early)."""
+BSP_MAX_BATCH_SIZE = 512
+"""Spans per export request (the SDK's default)."""
+
+
+def _int_from(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number, not {raw!r}") from exc
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be positive, not {value}")
+    return value
