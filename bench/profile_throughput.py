@@ -196,6 +196,7 @@ def main() -> int:
     parser.add_argument("--telemetry", action="store_true",
                         help="tracing and metrics on, exported over OTLP/HTTP to a loopback "
                              "receiver (the exporter threads' CPU counts in the driver's)")
+    parser.add_argument("--no-tree", action="store_true", help="skip the pyinstrument run")
     parser.add_argument("--uvloop", action="store_true",
                         help="run on uvloop's event loop (pip install uvloop)")
     parser.add_argument("--nats-py-publish", action="store_true",
@@ -289,7 +290,7 @@ def main() -> int:
             },
         }
 
-        if os.environ.get("NO_PYINSTRUMENT"):
+        if args.no_tree:
             print(json.dumps(report, indent=2))
             return 0
         # 3. pyinstrument call tree, if installed
