@@ -455,6 +455,26 @@ class _heartbeat:
 Outgoing = EmitEvent | StateWritten | StreamItem | StreamEnded | PauseForInterrupt
 
 
+STREAM_WINDOW = 128
+"""Stream items a chunk may have sent but not yet seen stored."""
+
+
+class _ItemSend:
+    """A prepared stream item. Called through the port's chain it waits for room in the
+    window; started directly when nothing is queued ahead of it."""
+
+    def __init__(
+        self,
+        through_window: Callable[[_ItemSend], Awaitable[None]],
+        publish: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._through_window = through_window
+        self.publish = publish
+
+    def __call__(self) -> Awaitable[None]:
+        return self._through_window(self)
+
+
 class _Port:
     """Sends a handler's effects in the order it made them.
 
@@ -470,6 +490,10 @@ class _Port:
         self._loop = asyncio.get_running_loop()
         self._tail: asyncio.Future[None] | None = None
         self.stream_target: tuple[str, str] | None = None
+        # Stream items in flight: sent in order, acknowledged later (see _prepare).
+        self._items: list[asyncio.Task[None]] = []
+        self._unacked = 0
+        self._room = asyncio.Event()
 
     @property
     def on_loop(self) -> bool:
@@ -482,10 +506,20 @@ class _Port:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def send_nowait(self, message: Outgoing) -> None:
-        self._chain(self._prepare(message))
+        prepared = self._prepare(message)
+        if isinstance(message, StreamItem) and self._items_may_skip_chain():
+            self._start_item(prepared)
+            return
+        self._chain(prepared)
 
     async def send(self, message: Outgoing) -> None:
-        await self._chain(self._prepare(message))
+        prepared = self._prepare(message)
+        if isinstance(message, StreamItem) and self._items_may_skip_chain():
+            # Nothing is queued ahead of it: start the send now, without a chain link and
+            # without yielding, so a burst of items goes out in a few socket writes.
+            self._start_item(prepared)
+            return
+        await self._chain(prepared)
 
     async def request(self, message: EmitEvent | StateWritten) -> Any:
         reply_to, future = self._replies.open()
@@ -545,6 +579,7 @@ class _Port:
     async def drain(self) -> None:
         if self._tail is not None:
             await self._tail
+        await self._settle_items()
 
     def _prepare(
         self, message: Outgoing, *, msg_id: str | None = None
@@ -572,7 +607,44 @@ class _Port:
                     subject, payload, msg_id=msg_id or message.id, headers=headers
                 )
 
-        return publish
+        if isinstance(message, StreamItem):
+            return _ItemSend(self._publish_item, publish)
+
+        async def publish_after_items() -> None:
+            # Anything else waits until every earlier stream item is stored: an end marker
+            # stays last, and a message that leads to another chunk's items stays behind these.
+            await self._settle_items()
+            await publish()
+
+        return publish_after_items
+
+    def _items_may_skip_chain(self) -> bool:
+        return (self._tail is None or self._tail.done()) and self._unacked < STREAM_WINDOW
+
+    def _start_item(self, item: Callable[[], Awaitable[None]]) -> None:
+        """Start sending a stream item now; its task sends on its first run, after every item
+        started before it, and the ack is collected by ``_settle_items``."""
+        assert isinstance(item, _ItemSend)
+        self._unacked += 1
+        task = self._loop.create_task(item.publish())
+        task.add_done_callback(self._item_settled)
+        self._items.append(task)
+
+    def _item_settled(self, _: asyncio.Task[None]) -> None:
+        self._unacked -= 1
+        self._room.set()
+
+    async def _publish_item(self, item: _ItemSend) -> None:
+        """The chained path: wait for room in the window of unacknowledged items."""
+        while self._unacked >= STREAM_WINDOW:
+            self._room.clear()
+            await self._room.wait()
+        self._start_item(item)
+
+    async def _settle_items(self) -> None:
+        items, self._items = self._items, []
+        if items:
+            await asyncio.gather(*items)
 
     def _chain(self, send: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
         previous = self._tail

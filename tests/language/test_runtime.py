@@ -202,13 +202,13 @@ class TestStreamTimeout:
     async def test_timeout_bounds_the_wait_for_each_next_item_only(
         self, hosting: Hosting
     ) -> None:
-        """Items 0.3 s apart all arrive under a 1.5 s timeout (2.4 s in all, so the timeout is
-        not a deadline); items 3 s apart under a 0.5 s timeout end the stream after the first.
-        The margins are wide because workers on a loaded 2-core machine add jitter."""
+        """Items 0.5 s apart all arrive under a 3 s timeout (4 s in all, so the timeout is not
+        a deadline); items 4 s apart under a 1 s timeout end the stream after the first. The
+        margins are wide because workers on a loaded 2-core machine add jitter."""
         steady = flows.ticker.create_execution(auto_close_timeout=0.0)
         sparse = flows.ticker.create_execution(auto_close_timeout=0.0)
-        async with asyncio.timeout(40):
-            assert await collect_stream(steady, [0.3, 9], idle=1.5) == list(range(9))
-            assert await collect_stream(sparse, [3.0, 2], idle=0.5) == [0]
+        async with asyncio.timeout(60):
+            assert await collect_stream(steady, [0.5, 9], idle=3.0) == list(range(9))
+            assert await collect_stream(sparse, [4.0, 2], idle=1.0) == [0]
             assert await sparse.async_start() == {"$final_result": 2}
         await succeeded_in_worker(hosting, "tick")
