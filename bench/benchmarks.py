@@ -311,7 +311,7 @@ def throughput_run(ctx: Context, prefix: str, flow: Any, count: int,
 
 
 def flow_variable(flow: Any) -> str:
-    for name in ("chain", "single", "fanout", "stream", "io_hot", "cpu_hot"):
+    for name in ("chain", "single", "fanout", "stream", "io_hot", "cpu_hot", "waiting"):
         if getattr(flows, name) is flow:
             return name
     raise ValueError(flow)
@@ -569,6 +569,80 @@ def bench_scaling(ctx: Context) -> dict:
     return {"rows": rows, "details": details}
 
 
+# --- 6. waiting executions --------------------------------------------------------------------
+
+AGENTLY_BYTES_PER_PAUSED = 50 * 1024
+"""The issue's anchor: Agently holds about 50 KB per paused execution in its process."""
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_waiting(ctx: Context) -> dict:
+    """Pause many executions in pause_for, measure what the hosting worker holds, resume some."""
+    paused_count, resumed_count = (1_000, 200) if ctx.sizes is QUICK else (10_000, 1_000)
+    prefix = ctx.prefix()
+    # The driver is a pure client: the worker hosts the chunks and the execution actors.
+    configure_runtime(ctx.url, prefix, local_chunks=frozenset(), host_executions=False)
+
+    async def run() -> dict:
+        async with workers(1, "waiting", url=ctx.url, prefix=prefix, no_executions=False) as (
+            worker,
+        ):
+            warm = flows.waiting.create_execution(auto_close=False)
+            await warm.async_start(-1)
+            await warm.async_continue_with("ok", -1)
+            before = rss_bytes(worker.pid)
+            handles = [flows.waiting.create_execution(auto_close=False) for _ in range(paused_count)]
+            window = asyncio.Semaphore(IN_FLIGHT)
+
+            async def pause(index: int) -> None:
+                async with window:
+                    await handles[index].async_start(index)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(pause(i) for i in range(paused_count)))
+            pause_seconds = time.perf_counter() - began
+            assert all(h.get_status() == "waiting" for h in handles[:10])
+            after = rss_bytes(worker.pid)
+
+            async def resume(index: int) -> None:
+                async with window:
+                    await handles[index].async_continue_with("ok", index)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(resume(i) for i in range(resumed_count)))
+            resume_seconds = time.perf_counter() - began
+            return {
+                "paused": paused_count,
+                "resumed": resumed_count,
+                "worker_rss_before": before,
+                "worker_rss_after": after,
+                "bytes_per_waiting_execution": max(0, after - before) / paused_count,
+                "pause_seconds": round(pause_seconds, 3),
+                "resume_seconds": round(resume_seconds, 3),
+            }
+
+    details = in_loop(run)
+    per = details["bytes_per_waiting_execution"]
+    rows = [
+        row("6 waiting", f"worker memory growth per waiting execution ({paused_count} paused)",
+            round(per, 1), "bytes", anchor="Agently ~50 KB per paused execution (issue)",
+            anchor_value=AGENTLY_BYTES_PER_PAUSED, target="< 1 KB", passed=per < 1024,
+            note="RSS growth of the process hosting chunks and execution actors"),
+        row("6 waiting", f"time to resume {resumed_count} waiting executions",
+            details["resume_seconds"], "s",
+            note=f"{resumed_count / max(details['resume_seconds'], 1e-9):.0f} resumes/s"),
+        row("6 waiting", f"time to pause {paused_count} executions", details["pause_seconds"], "s"),
+    ]
+    return {"rows": rows, "details": details}
+
+
 def bench_telemetry(ctx: Context) -> dict:
     from bench.telemetry import bench_telemetry as run  # it imports this module
 
@@ -582,6 +656,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict]] = {
     "stream": bench_stream,
     "scaling": bench_scaling,
     "telemetry": bench_telemetry,
+    "waiting": bench_waiting,
 }
 
 

@@ -119,3 +119,20 @@ def cpu_burn(data: TriggerFlowRuntimeData) -> int:
 
 
 cpu_hot.to(cpu_burn).end()
+
+# --- 6: waiting executions ---------------------------------------------------------------------
+
+waiting = TriggerFlow(name="bench_waiting")
+
+
+@waiting.chunk("ask")
+async def ask(data: TriggerFlowRuntimeData) -> object:
+    return await data.async_pause_for(type="approval", payload=data.value, interrupt_id="ok")
+
+
+@waiting.chunk("finish")
+async def finish(data: TriggerFlowRuntimeData) -> object:
+    return data.value
+
+
+waiting.to(ask).to(finish).end()

@@ -32,10 +32,8 @@ from triggerbus.bus.embedded import EmbeddedServer  # noqa: E402
 
 AGENTLY_VENV = REPO / "bench" / ".venv-agently"
 AGENTLY_REQUIREMENT = "agently==4.1.3.9"  # 4.1.4.10 breaks sync state.set in async chunks
-ORDER = ["hop", "throughput", "fanout", "stream", "scaling", "telemetry"]
-NOT_AVAILABLE = [
-    ("6 waiting executions", "pause_for: executions held per process, resume latency"),
-]
+ORDER = ["hop", "throughput", "fanout", "stream", "scaling", "waiting", "telemetry"]
+NOT_AVAILABLE: list[tuple[str, str]] = []
 CHILD_TIMEOUT = {"quick": 300.0, "full": 900.0}
 
 
