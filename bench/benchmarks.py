@@ -598,7 +598,9 @@ def bench_waiting(ctx: Context) -> dict:
             await warm.async_start(-1)
             await warm.async_continue_with("ok", -1)
             before = rss_bytes(worker.pid)
-            handles = [flows.waiting.create_execution(auto_close=False) for _ in range(paused_count)]
+            handles = [
+                flows.waiting.create_execution(auto_close=False) for _ in range(paused_count)
+            ]
             window = asyncio.Semaphore(IN_FLIGHT)
 
             async def pause(index: int) -> None:
