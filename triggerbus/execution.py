@@ -140,6 +140,7 @@ class Execution:
         self._error: ErrorInfo | None = None
         self._start_claim: tuple[Any] | None = None
         self._start_request: asyncio.Future[Reply] | None = None
+        self._start_answered = False
         self._started = False
         self.result = ExecutionResult(self)
 
@@ -226,6 +227,7 @@ class Execution:
         runtime = await self._runtime()
         closed_subject = runtime.subjects.closed(self.flow_name, self.id)
         closed_sub = await runtime.bus.subscribe(closed_subject)
+        listening_before_start = self._start_request is None
         try:
             reply = await self._ensure_started(runtime)
             if not reply.ok:
@@ -235,7 +237,8 @@ class Execution:
                 return self
             if not wait_for_result:
                 return None
-            closed = await self._wait_closed(runtime, closed_sub)
+            missed_possible = not (listening_before_start and self._start_answered)
+            closed = await self._wait_closed(runtime, closed_sub, look_first=missed_possible)
         finally:
             await closed_sub.close()
         return self._on_closed(closed)
@@ -259,13 +262,17 @@ class Execution:
         return await asyncio.shield(self._start_request)
 
     async def _wait_closed(
-        self, runtime: LocalRuntime, closed_sub: Any
+        self, runtime: LocalRuntime, closed_sub: Any, *, look_first: bool = True
     ) -> tuple[ExecutionClosed, tuple[Snapshot, int] | None]:
         """The close notification, or the stored snapshot if the execution closed before
-        ``closed_sub`` was listening (the notification is core NATS; KV is the truth)."""
-        stored = await self._load(runtime)
-        if stored is not None and stored[0].lifecycle == "closed":
-            return _closed_from(stored[0]), stored
+        ``closed_sub`` was listening (the notification is core NATS; KV is the truth).
+
+        ``look_first=False`` skips reading the store up front, for a caller that subscribed
+        before its own start was sent and answered (nothing can have been missed)."""
+        if look_first:
+            stored = await self._load(runtime)
+            if stored is not None and stored[0].lifecycle == "closed":
+                return _closed_from(stored[0]), stored
         while True:
             # The notification is core NATS: it is lost if it is sent while this process is
             # disconnected (a server restart). KV is the truth, so look there now and then.
@@ -307,10 +314,13 @@ class Execution:
         self._started = True
         self._status = "running"
         self._started_at = self._started_at or time.time()
+        unanswered = Reply(ok=True, value=self.id)
         try:
-            return await self._request(
-                runtime, message, if_duplicate=Reply(ok=True, value=self.id)
-            )
+            reply = await self._request(runtime, message, if_duplicate=unanswered)
+            # Answered by the actor itself: the start ran from this message, so a close
+            # notification cannot have preceded a subscription made before it was sent.
+            self._start_answered = reply is not unanswered
+            return reply
         except NotSerializable as exc:
             raise ValueNotSerializableError(
                 f"the start value of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
