@@ -278,7 +278,7 @@ class ChunkHost:
                 invocation,
             )
         mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
-        message = _outcome_message(invocation, outcome)
+        message = _outcome_message(invocation, outcome, port.effects)
         with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
             await self._bus.publish(mailbox, encode(message), msg_id=message.id, headers=headers)
         await delivery.ack()
@@ -399,7 +399,7 @@ async def _call(
 
 
 def _outcome_message(
-    invocation: InvokeChunk, outcome: _Returned | _Raised
+    invocation: InvokeChunk, outcome: _Returned | _Raised, effects: list[str]
 ) -> ChunkCompleted | ChunkFailed:
     done_id = f"{invocation.execution_id}:{invocation.step}:done"
     if isinstance(outcome, _Returned):
@@ -409,6 +409,7 @@ def _outcome_message(
             step=invocation.step,
             result=outcome.value,
             sent_at=time.time(),
+            effects=effects,
         )
     return ChunkFailed(
         id=done_id,
@@ -418,6 +419,7 @@ def _outcome_message(
         message=outcome.message,
         traceback=outcome.traceback,
         sent_at=time.time(),
+        effects=effects,
     )
 
 
@@ -494,6 +496,7 @@ class _Port:
         self._items: list[asyncio.Task[None]] = []
         self._unacked = 0
         self._room = asyncio.Event()
+        self.effects: list[str] = []
 
     @property
     def on_loop(self) -> bool:
@@ -507,6 +510,7 @@ class _Port:
 
     def send_nowait(self, message: Outgoing) -> None:
         prepared = self._prepare(message)
+        self._note_effect(message)
         if isinstance(message, StreamItem) and self._items_may_skip_chain():
             self._start_item(prepared)
             return
@@ -514,6 +518,7 @@ class _Port:
 
     async def send(self, message: Outgoing) -> None:
         prepared = self._prepare(message)
+        self._note_effect(message)
         if isinstance(message, StreamItem) and self._items_may_skip_chain():
             # Nothing is queued ahead of it: start the send now, without a chain link and
             # without yielding, so a burst of items goes out in a few socket writes.
@@ -617,6 +622,12 @@ class _Port:
             await publish()
 
         return publish_after_items
+
+    def _note_effect(self, message: Outgoing) -> None:
+        """Mailbox messages sent without waiting for their application: the outcome names
+        them, and the actor applies it only after them."""
+        if isinstance(message, EmitEvent | StateWritten):
+            self.effects.append(message.id)
 
     def _items_may_skip_chain(self) -> bool:
         return (self._tail is None or self._tail.done()) and self._unacked < STREAM_WINDOW

@@ -75,6 +75,8 @@ class Transition:
     outbox: list[OutboxCommand]
     duplicate: bool = False
     rejected: str = ""
+    deferred: bool = False
+    """A chunk outcome arrived before effects its attempt sent: apply it again later."""
 
 
 def new_snapshot(index: GraphIndex, execution_id: str, *, now: float) -> Snapshot:
@@ -101,7 +103,10 @@ def apply(
         if isinstance(message, EmitEvent | StateWritten) and message.reply_to:
             return _ask_again(index, snapshot, message, now)
         return Transition(snapshot, [], duplicate=True)
+    if isinstance(message, ChunkCompleted | ChunkFailed) and _effects_pending(snapshot, message):
+        return Transition(snapshot, [], deferred=True)
     work = _Work.begin(index, snapshot, now)
+    _record_effect(work, message.id)
     match message:
         case StartExecution():
             _on_start(work, message)
@@ -134,6 +139,31 @@ def apply(
     if not work.stale_timer:
         _settle_idle(work)
     return Transition(work.freeze(message.id), work.outbox)
+
+
+def _effects_pending(snapshot: Snapshot, outcome: ChunkCompleted | ChunkFailed) -> bool:
+    """Whether the outcome's attempt sent effects the actor has not applied yet (a redelivered
+    state write, say, coming back behind the outcome)."""
+    if not outcome.effects:
+        return False
+    node = snapshot.nodes.get(outcome.step)
+    if node is None or node.kind != "chunk":
+        return False  # finished or failed already: the outcome will be ignored anyway
+    return not set(outcome.effects) <= set(node.effects)
+
+
+def _record_effect(work: _Work, message_id: str) -> None:
+    """Note on its chunk node that a message a chunk attempt sent (``<execution>:<step>:<n>``)
+    has been applied, so the step's outcome can tell its effects are in."""
+    prefix = f"{work.execution_id}:"
+    if not message_id.startswith(prefix):
+        return
+    step_text, _, rest = message_id[len(prefix) :].partition(":")
+    if not step_text.isdigit() or not rest or not rest.split("@")[0].isdigit():
+        return
+    node = work.nodes.get(int(step_text))
+    if node is not None and node.kind == "chunk" and message_id not in node.effects:
+        work.update(node, effects=[*node.effects, message_id])
 
 
 def _ask_again(

@@ -29,8 +29,6 @@ from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.subjects import MAILBOX_DLQ
 from triggerbus.contracts.codec import WireError, decode, encode
 from triggerbus.contracts.messages import (
-    ChunkCompleted,
-    ChunkFailed,
     DeadLetter,
     ErrorInfo,
     MailboxMessage,
@@ -284,13 +282,6 @@ class ExecutionHost:
         ):
             await self._mismatch(delivery, message, message.fingerprint)
             return
-        if isinstance(message, ChunkCompleted | ChunkFailed) and await self._overtakes(
-            execution_id, delivery
-        ):
-            log.debug("chunk_outcome_deferred", message_id=message.id)
-            self._cache.pop(execution_id, None)  # the older message may be applied elsewhere
-            await delivery.nak(delay=OVERTAKE_RETRY_DELAY)
-            return
         observed = MailboxInput(self._flow.name, execution_id, delivery.headers, message)
         with self._telemetry.mailbox(observed) as handling:
             await self._transition(execution_id, delivery, message, handling)
@@ -309,6 +300,13 @@ class ExecutionHost:
                 await self._refuse(
                     delivery, transition.rejected, reply_to=getattr(message, "reply_to", None)
                 )
+                return
+            if transition.deferred:
+                # A chunk's outcome overtook effects its attempt sent (a redelivered state
+                # write, or one another host is applying): try again shortly, from the store.
+                log.debug("chunk_outcome_deferred", message_id=message.id)
+                self._cache.pop(execution_id, None)
+                await delivery.nak(delay=OVERTAKE_RETRY_DELAY)
                 return
             if transition.duplicate:
                 await self._on_duplicate(message, snapshot)
@@ -336,34 +334,6 @@ class ExecutionHost:
         raise RevisionConflictError(
             f"gave up after {MAX_CAS_RETRIES} conflicting writes", key=execution_id
         )
-
-    async def _overtakes(self, execution_id: str, delivery: Delivery) -> bool:
-        """Whether an older message of this execution is still in the mailbox, unapplied.
-
-        A chunk publishes its effects (state writes, emits) before its outcome, but a
-        redelivered effect (its first delivery lost with a dying server, or its host crashed)
-        comes back after ``ack_wait``, behind the outcome; applied first, the outcome would
-        finish the step and the effect would be ignored. So an outcome waits until every
-        older message of its execution is applied (acked ones are gone from the work queue;
-        applied ones whose ack is still on its way are skipped).
-        """
-        loaded = await self._snapshot(execution_id)
-        applied = set(loaded[0].applied) if loaded else set()
-        stream = self._bus.subjects.exec_stream
-        sequence = 1
-        while True:
-            older = await self._bus.first_message(
-                stream, delivery.subject, from_sequence=sequence
-            )
-            if older is None or older[0] >= delivery.stream_sequence:
-                return False
-            try:
-                older_id = decode(mailbox_decoder, older[1]).id
-            except WireError:
-                older_id = None  # refused and dead-lettered when its turn comes; no wait
-            if older_id is not None and older_id not in applied:
-                return True
-            sequence = older[0] + 1
 
     async def _snapshot(self, execution_id: str) -> tuple[Snapshot, int] | None:
         cached = self._cache.get(execution_id)

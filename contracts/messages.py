@@ -83,6 +83,9 @@ class ChunkCompleted(Wire, tag="chunk_completed"):
     step: int
     result: Any = None
     sent_at: float = 0.0
+    effects: list[str] = []
+    """Ids of the mailbox messages the attempt sent without waiting for them to be applied;
+    the outcome is applied only after them."""
 
 
 class ChunkFailed(Wire, tag="chunk_failed"):
@@ -95,6 +98,8 @@ class ChunkFailed(Wire, tag="chunk_failed"):
     message: str
     traceback: str = ""
     sent_at: float = 0.0
+    effects: list[str] = []
+    """As ``ChunkCompleted.effects``."""
 
 
 class EmitEvent(Wire, tag="emit"):

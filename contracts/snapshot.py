@@ -44,6 +44,8 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
     started: bool = False
     layers: tuple[str, ...] = ()
     queued: list[Any] = []
+    effects: list[str] = []
+    """On a chunk node: ids of the mailbox messages its attempts sent that have been applied."""
     interrupt: str = ""
     """Set on a chunk node that paused (``pause_for``): when it returns, it finishes without
     emitting its trigger; the interrupt's resume continues the flow."""

@@ -1948,3 +1948,35 @@ class TestRepeatedAwaitedRequests:
         assert driver.replies("second-attempt") == [
             Reply(ok=True, value=["slow(1)", "fast(1)", "sync(1)"])
         ]
+
+
+class TestOutcomeAfterEffects:
+    """A chunk's outcome names the effects its attempt sent without waiting; it is applied only
+    after them, so a redelivered state write cannot be overtaken by the step's completion."""
+
+    def test_an_outcome_that_overtook_its_effect_is_deferred_until_the_effect_is_applied(
+        self,
+    ) -> None:
+        driver = Driver(chain_flow())
+        driver.start("in", auto_close=False)
+        step = next(iter(driver.outstanding))
+        effect = f"{EXECUTION}:{step}:1"
+        completed = ChunkCompleted(
+            id=f"{EXECUTION}:{step}:done",
+            execution_id=EXECUTION,
+            step=step,
+            result="r",
+            effects=[effect],
+        )
+        early = driver.send(completed)
+        assert early.deferred
+        assert invokes(early) == []
+        driver.send(
+            StateWritten(
+                id=effect, execution_id=EXECUTION, op="set", key="k", value=1, emit=False, step=step
+            )
+        )
+        late = driver.send(completed)
+        assert not late.deferred
+        assert len(invokes(late)) == 1, "the next chunk runs once the effect is in"
+        assert driver.snapshot is not None and driver.snapshot.state == {"k": 1}
