@@ -26,12 +26,10 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from triggerbus.errors import ConfigurationError
 from triggerbus.observability import events
 from triggerbus.observability.tracing import (
     enabled_by,
-    otlp_endpoint,
-    otlp_protocol,
+    exporters_from_env,
     resource_from,
 )
 
@@ -144,40 +142,14 @@ def _observe_counts(
 
 
 def _metric_exporters(environ: Mapping[str, str]) -> list[MetricExporter]:
-    names = [
-        n.strip().lower()
-        for n in (environ.get("OTEL_METRICS_EXPORTER") or "otlp").split(",")
-        if n.strip()
-    ]
-    exporters: list[MetricExporter] = []
-    for name in names:
-        if name == "console":
-            exporters.append(ConsoleMetricExporter())
-        elif name == "otlp":
-            protocol = otlp_protocol(environ, "metrics")
-            endpoint = otlp_endpoint(environ, "metrics", protocol)
-            if protocol == "grpc":
-                try:
-                    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                        OTLPMetricExporter as GrpcMetricExporter,
-                    )
-                except ImportError as exc:
-                    raise ConfigurationError(
-                        "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
-                        ", or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-                    ) from exc
-                exporters.append(GrpcMetricExporter(endpoint=endpoint))
-            else:
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                    OTLPMetricExporter as HttpMetricExporter,
-                )
-
-                exporters.append(HttpMetricExporter(endpoint=endpoint))
-        elif name != "none":
-            raise ConfigurationError(
-                f"OTEL_METRICS_EXPORTER {name!r} is not supported; use otlp, console or none"
-            )
-    return exporters
+    return exporters_from_env(
+        environ,
+        signal="metrics",
+        variable="OTEL_METRICS_EXPORTER",
+        console=ConsoleMetricExporter,
+        otlp_module="metric_exporter",
+        otlp_class="OTLPMetricExporter",
+    )
 
 
 def export_interval(environ: Mapping[str, str]) -> float:

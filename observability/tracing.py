@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import hashlib
+import importlib
 import os
 import re
 import socket
@@ -372,41 +373,61 @@ def resource_from(environ: Mapping[str, str]) -> Resource:
     return Resource.create(attributes)
 
 
-def _span_exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
-    names = [
-        n.strip().lower()
-        for n in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")
-        if n.strip()
-    ]
-    exporters: list[SpanExporter] = []
+def exporters_from_env(
+    environ: Mapping[str, str],
+    *,
+    signal: str,
+    variable: str,
+    console: Callable[[], Any],
+    otlp_module: str,
+    otlp_class: str,
+) -> list[Any]:
+    """The exporters ``variable`` (``OTEL_TRACES_EXPORTER``/``OTEL_METRICS_EXPORTER``) names.
+
+    ``otlp_module`` is the exporter's module below ``opentelemetry.exporter.otlp.proto.<p>.``
+    (``trace_exporter`` or ``metric_exporter``), ``p`` being ``grpc`` or ``http`` as
+    ``OTEL_EXPORTER_OTLP_PROTOCOL`` says; gRPC needs its own package, named in the error.
+    """
+    names = [n.strip().lower() for n in (environ.get(variable) or "otlp").split(",") if n.strip()]
+    exporters: list[Any] = []
     for name in names:
         if name == "console":
-            exporters.append(ConsoleSpanExporter())
+            exporters.append(console())
         elif name == "otlp":
-            protocol = otlp_protocol(environ, "traces")
-            endpoint = otlp_endpoint(environ, "traces", protocol)
-            if protocol == "grpc":
-                try:
-                    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                        OTLPSpanExporter as GrpcSpanExporter,
-                    )
-                except ImportError as exc:
-                    raise ConfigurationError(
-                        "OTLP over gRPC needs `pip install opentelemetry-exporter-otlp-proto-grpc`"
-                        ", or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-                    ) from exc
-                exporters.append(GrpcSpanExporter(endpoint=endpoint))
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter as HttpSpanExporter,
+            protocol = otlp_protocol(environ, signal)
+            endpoint = otlp_endpoint(environ, signal, protocol)
+            package = "grpc" if protocol == "grpc" else "http"
+            try:
+                module = importlib.import_module(
+                    f"opentelemetry.exporter.otlp.proto.{package}.{otlp_module}"
                 )
-
-                exporters.append(HttpSpanExporter(endpoint=endpoint))
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"OTLP over {package} needs "
+                    f"`pip install opentelemetry-exporter-otlp-proto-{package}`"
+                    + (
+                        ", or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+                        if package == "grpc"
+                        else ""
+                    )
+                ) from exc
+            exporters.append(getattr(module, otlp_class)(endpoint=endpoint))
         elif name != "none":
             raise ConfigurationError(
-                f"OTEL_TRACES_EXPORTER {name!r} is not supported; use otlp, console or none"
+                f"{variable} {name!r} is not supported; use otlp, console or none"
             )
     return exporters
+
+
+def _span_exporters(environ: Mapping[str, str]) -> list[SpanExporter]:
+    return exporters_from_env(
+        environ,
+        signal="traces",
+        variable="OTEL_TRACES_EXPORTER",
+        console=ConsoleSpanExporter,
+        otlp_module="trace_exporter",
+        otlp_class="OTLPSpanExporter",
+    )
 
 
 def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracing | None:
