@@ -345,9 +345,7 @@ class Execution:
             event=event,
             value=value,
         )
-        reply = await self._request(runtime, message)
-        if not reply.ok:
-            self._raise(reply.error)
+        reply = await self._answered(runtime, message)
         if reply.ignored:
             self._warn_ignored(f"event {event!r}", reply.ignored)
         return reply.value
@@ -384,9 +382,7 @@ class Execution:
             value=value,
             emit=emit,
         )
-        reply = await self._request(runtime, message)
-        if not reply.ok:
-            self._raise(reply.error)
+        reply = await self._answered(runtime, message)
         if reply.ignored:
             self._warn_ignored(f"state write {key!r}", reply.ignored)
 
@@ -448,9 +444,7 @@ class Execution:
             sealed=sealed,
             reason=reason,
         )
-        reply = await self._request(runtime, message)
-        if not reply.ok:
-            self._raise(reply.error)
+        reply = await self._answered(runtime, message)
         if reply.ignored:
             if not sealed:
                 self._warn_ignored("unseal", reply.ignored)
@@ -771,6 +765,13 @@ class Execution:
         # The caller's current span (if any) travels with the message.
         with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
             await runtime.bus.publish(subject, encode(message), msg_id=message.id, headers=headers)
+
+    async def _answered(self, runtime: LocalRuntime, message: Any) -> Reply:
+        """``_request``, raising the error the actor answered with."""
+        reply = await self._request(runtime, message)
+        if not reply.ok:
+            self._raise(reply.error)
+        return reply
 
     async def _request(
         self, runtime: LocalRuntime, message: Any, *, if_duplicate: Reply | None = None
