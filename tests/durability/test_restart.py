@@ -4,6 +4,7 @@ store directory: the executions that were running finish, with each transition a
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from tests._helpers import ROOT, child_env, load_module
 from triggerbus._runtime import close_runtime, configure
@@ -14,13 +15,8 @@ from triggerbus.testing import WorkerProcess, unique_prefix
 EXECUTIONS = 20
 
 
-async def test_running_executions_finish_after_everything_restarts(tmp_path) -> None:
-    flow = load_module("tests/flows/crashy.py", "crashy_restart").flow
-    prefix = unique_prefix()
-    store = str(tmp_path / "store")
-    first = EmbeddedServer(store_dir=store)
-    url = first.start()
-    # This process only starts executions and waits for them; workers do all the work.
+def configure_pure_client(url: str, prefix: str) -> None:
+    """This process only starts executions and waits for them; workers do all the work."""
     configure(
         Settings(
             nats_url=url,
@@ -30,12 +26,25 @@ async def test_running_executions_finish_after_everything_restarts(tmp_path) -> 
             ack_wait=2.0,
         )
     )
-    options = {
+
+
+def worker_options(url: str, prefix: str, **env: str) -> dict[str, Any]:
+    return {
         "nats_url": url,
         "prefix": prefix,
         "cwd": str(ROOT),
-        "env": {**child_env(), "TRIGGERBUS_ACK_WAIT": "2", "TRIGGERBUS_LOG_LEVEL": "debug"},
+        "env": {**child_env(), "TRIGGERBUS_ACK_WAIT": "2", **env},
     }
+
+
+async def test_running_executions_finish_after_everything_restarts(tmp_path) -> None:
+    flow = load_module("tests/flows/crashy.py", "crashy_restart").flow
+    prefix = unique_prefix()
+    store = str(tmp_path / "store")
+    first = EmbeddedServer(store_dir=store)
+    url = first.start()
+    configure_pure_client(url, prefix)
+    options = worker_options(url, prefix, TRIGGERBUS_LOG_LEVEL="debug")
     second: EmbeddedServer | None = None
     try:
         async with asyncio.timeout(120):
@@ -80,21 +89,8 @@ async def test_waiting_executions_resume_after_everything_restarts(tmp_path) -> 
     store = str(tmp_path / "store")
     first = EmbeddedServer(store_dir=store)
     url = first.start()
-    configure(
-        Settings(
-            nats_url=url,
-            prefix=prefix,
-            local_chunks=frozenset(),
-            host_executions=False,
-            ack_wait=2.0,
-        )
-    )
-    options = {
-        "nats_url": url,
-        "prefix": prefix,
-        "cwd": str(ROOT),
-        "env": {**child_env(), "TRIGGERBUS_ACK_WAIT": "2"},
-    }
+    configure_pure_client(url, prefix)
+    options = worker_options(url, prefix)
 
     async def wait_paused(execution_id: str) -> None:
         runtime = await get_runtime()
