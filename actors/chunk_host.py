@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
@@ -73,7 +74,7 @@ class ChunkHostStatistics:
     redeliveries: int
 
 
-class ChunkHost:
+class ChunkHost(HostLifecycle):
     """Hosts replicas of chosen chunks of one flow until shut down.
 
     Args:
@@ -112,14 +113,12 @@ class ChunkHost:
         self._policy = consumer_policy or ConsumerPolicy()
         self._telemetry = telemetry or current()
         self._consumer_names: dict[str, str] = {}
-        self._ready = asyncio.Event()
-        self._stopping = asyncio.Event()
+        super().__init__()
         self._in_flight = 0
         self._completed = 0
         self._failed = 0
         self._dead_lettered = 0
         self._redeliveries = 0
-        self._started = False
 
     @property
     def chunks(self) -> list[str]:
@@ -134,19 +133,9 @@ class ChunkHost:
             redeliveries=self._redeliveries,
         )
 
-    async def wait_ready(self) -> None:
-        """Wait until every consumer is bound and fetching."""
-        await self._ready.wait()
-
-    def shutdown(self) -> None:
-        """Stop fetching; invocations already running finish. Idempotent."""
-        self._stopping.set()
-
     async def run(self) -> None:
         """Consume until ``shutdown()``; then let running invocations finish."""
-        if self._started:
-            raise LifecycleError("ChunkHost.run() was already called; create a new host")
-        self._started = True
+        self._claim_run()
         consumers = [await self._bind(chunk) for chunk in self._chunks]
         self._ready.set()
         try:

@@ -21,6 +21,7 @@ import msgspec
 import structlog
 from structlog.contextvars import bound_contextvars
 
+from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.execution import Transition, apply
 from triggerbus.actors.hosted import HostedFlow
@@ -50,7 +51,7 @@ from triggerbus.contracts.outbox import (
     SendReply,
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
-from triggerbus.errors import LifecycleError, RevisionConflictError
+from triggerbus.errors import RevisionConflictError
 from triggerbus.observability.telemetry import (
     Handling,
     MailboxInput,
@@ -89,7 +90,7 @@ class ExecutionHostStatistics:
 ObserveHook = Callable[[str, str, dict[str, Any]], None]
 
 
-class ExecutionHost:
+class ExecutionHost(HostLifecycle):
     """Hosts the execution actors of one flow.
 
     Args:
@@ -127,10 +128,8 @@ class ExecutionHost:
         self._policy = consumer_policy or ConsumerPolicy(ack_wait=30.0, max_deliver=-1)
         self._cache: OrderedDict[str, tuple[Snapshot, int]] = OrderedDict()
         self._lanes: dict[str, asyncio.Queue[Delivery]] = {}
-        self._ready = asyncio.Event()
-        self._stopping = asyncio.Event()
+        super().__init__()
         self._group: asyncio.TaskGroup | None = None
-        self._started = False
         self._in_flight = 0
         self._applied = 0
         self._conflicts = 0
@@ -147,17 +146,8 @@ class ExecutionHost:
             timers=self._timers,
         )
 
-    async def wait_ready(self) -> None:
-        await self._ready.wait()
-
-    def shutdown(self) -> None:
-        """Stop fetching; messages already taken finish. Idempotent."""
-        self._stopping.set()
-
     async def run(self) -> None:
-        if self._started:
-            raise LifecycleError("ExecutionHost.run() was already called; create a new host")
-        self._started = True
+        self._claim_run()
         subjects = self._bus.subjects
         consumer = await self._bus.pull_consumer(
             stream=subjects.exec_stream,
