@@ -102,7 +102,7 @@ def apply(
     if message.id in snapshot.applied:
         if isinstance(message, EmitEvent | StateWritten) and message.reply_to:
             return _ask_again(index, snapshot, message, now)
-        return Transition(snapshot, [], duplicate=True)
+        return Transition(snapshot, _answer_duplicate(snapshot, message), duplicate=True)
     if isinstance(message, ChunkCompleted | ChunkFailed) and _effects_pending(snapshot, message):
         return Transition(snapshot, [], deferred=True)
     work = _Work.begin(index, snapshot, now)
@@ -164,6 +164,21 @@ def _record_effect(work: _Work, message_id: str) -> None:
     node = work.nodes.get(int(step_text))
     if node is not None and node.kind == "chunk" and message_id not in node.effects:
         work.update(node, effects=[*node.effects, message_id])
+
+
+def _answer_duplicate(snapshot: Snapshot, message: MailboxMessage) -> list[OutboxCommand]:
+    """What a repeated message is told, applied once: a start that already ran is answered
+    with the execution id; a pause or resume sent again with the interrupt as it stands."""
+    reply_to = getattr(message, "reply_to", None)
+    if not reply_to:
+        return []
+    if isinstance(message, StartExecution):
+        return [SendReply(reply_to=reply_to, message=Reply(ok=True, value=message.execution_id))]
+    if isinstance(message, PauseForInterrupt | ResumeInterrupt):
+        interrupt = snapshot.interrupts.get(message.interrupt_id)
+        value = msgspec.to_builtins(interrupt) if interrupt is not None else None
+        return [SendReply(reply_to=reply_to, message=Reply(ok=interrupt is not None, value=value))]
+    return []
 
 
 def _ask_again(

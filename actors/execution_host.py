@@ -33,9 +33,7 @@ from triggerbus.contracts.messages import (
     DeadLetter,
     ErrorInfo,
     MailboxMessage,
-    PauseForInterrupt,
     Reply,
-    ResumeInterrupt,
     StartExecution,
     TimerFired,
     mailbox_decoder,
@@ -301,7 +299,7 @@ class ExecutionHost(HostLifecycle):
             if transition.duplicate:
                 await self._on_duplicate(message, snapshot)
                 for command in transition.outbox:
-                    if isinstance(command, SendReply):  # answers to a repeated request
+                    if isinstance(command, SendReply):  # the actor's answer to a repeat
                         await self._reply(command.reply_to, command.message)
                 await delivery.ack()
                 return
@@ -367,15 +365,6 @@ class ExecutionHost(HostLifecycle):
             await self._perform(
                 snapshot.execution_id, snapshot.outbox.commands, replaying, replay=True
             )
-        reply_to = getattr(message, "reply_to", None)
-        if isinstance(message, StartExecution) and reply_to:
-            await self._reply(reply_to, Reply(ok=True, value=message.execution_id))
-        elif isinstance(message, PauseForInterrupt | ResumeInterrupt) and reply_to:
-            # A redelivered chunk attempt pausing again, or a resume sent twice with one id:
-            # answered with the interrupt as it stands, applied once.
-            interrupt = snapshot.interrupts.get(message.interrupt_id) if snapshot else None
-            value = msgspec.to_builtins(interrupt) if interrupt is not None else None
-            await self._reply(reply_to, Reply(ok=interrupt is not None, value=value))
 
     # --- the outbox ----------------------------------------------------------------------------
 

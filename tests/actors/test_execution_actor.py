@@ -1980,3 +1980,17 @@ class TestOutcomeAfterEffects:
         assert not late.deferred
         assert len(invokes(late)) == 1, "the next chunk runs once the effect is in"
         assert driver.snapshot is not None and driver.snapshot.state == {"k": 1}
+
+
+class TestDuplicateAnswers:
+    def test_a_repeated_start_is_answered_with_the_execution_id_and_runs_nothing(self) -> None:
+        """The actor, not its host, decides what a repeated start is told."""
+        driver = Driver(chain_flow())
+        start = StartExecution(
+            id=f"{EXECUTION}:start", execution_id=EXECUTION, auto_close=False, reply_to="first"
+        )
+        driver.send(start)
+        again = driver.send(msgspec.structs.replace(start, reply_to="second"))
+        assert again.duplicate
+        assert invokes(again) == []
+        assert driver.replies("second") == [Reply(ok=True, value=EXECUTION)]
