@@ -291,10 +291,6 @@ class Bus:
             return None
         return stored.seq, stored.data
 
-    async def flush(self) -> None:
-        with translate_nats_errors():
-            await self.nc.flush()
-
     # --- the executions bucket -----------------------------------------------------------------
 
     @property

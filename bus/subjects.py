@@ -102,9 +102,6 @@ class Subjects:
     def dead_letters(self, flow: str = "*") -> str:
         return f"{self.prefix}.{flow}.dlq.*"
 
-    def inbox(self, nonce: str) -> str:
-        return f"_INBOX.{self.prefix}.{nonce}"
-
     # durable consumers
     def exec_consumer(self, flow: str) -> str:
         return f"exec_{flow}"
