@@ -27,7 +27,7 @@ from triggerbus.actors.execution import Transition, apply
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
-from triggerbus.bus.subjects import MAILBOX_DLQ
+from triggerbus.bus.subjects import EXECUTION_ID, MAILBOX_DLQ
 from triggerbus.contracts.codec import WireError, decode, encode
 from triggerbus.contracts.messages import (
     DeadLetter,
@@ -255,6 +255,13 @@ class ExecutionHost(HostLifecycle):
             message = decode(mailbox_decoder, delivery.data)
         except WireError as exc:
             await self._refuse(delivery, exc.reason, reply_to=_loose_reply_to(delivery.data))
+            return
+        if not EXECUTION_ID.fullmatch(execution_id):
+            await self._refuse(
+                delivery,
+                f"execution id {execution_id!r} must be 1-200 letters, digits, '-' or '_'",
+                reply_to=getattr(message, "reply_to", None),
+            )
             return
         if message.execution_id != execution_id:
             await self._refuse(

@@ -16,7 +16,11 @@ Flow and chunk names arrive already folded into tokens (triggerbus/_naming.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+EXECUTION_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
+"""What an execution id may be: one subject token, and never a KV key of ours (``=flow_data``)."""
 
 MAILBOX_DLQ = "__mailbox__"
 """The dead-letter token for messages refused by the execution mailbox."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import time
 import uuid
 import warnings
@@ -27,6 +26,7 @@ from triggerbus._runtime import (
 )
 from triggerbus._sync import iterate_sync, run_sync
 from triggerbus.actors.state_paths import close_snapshot
+from triggerbus.bus.subjects import EXECUTION_ID
 from triggerbus.contracts.codec import NotSerializable, decode, encode
 from triggerbus.contracts.messages import (
     CloseExecution,
@@ -68,7 +68,6 @@ log = structlog.get_logger()
 
 SAVED_KIND = "triggerbus.execution"
 """The ``kind`` of what ``save()`` returns."""
-_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 
 RECHECK_SECONDS = 5.0
 """How long a handle waits on a reply or close notification before consulting the stored
@@ -123,6 +122,13 @@ class Execution:
         idempotency_key: str | None = None,
     ) -> None:
         self._flow = flow
+        if execution_id is not None and not EXECUTION_ID.fullmatch(execution_id):
+            raise ExecutionError(
+                f"execution_id {execution_id!r} must be 1-200 letters, digits, '-' or '_' (it "
+                "is a subject token); pass any string as idempotency_key= instead",
+                flow=flow.name,
+                execution_id=execution_id,
+            )
         self.id = execution_id or execution_id_for(idempotency_key) or uuid.uuid4().hex
         self._skip_exceptions = skip_exceptions
         self._concurrency = concurrency
@@ -882,7 +888,7 @@ def execution_id_for(idempotency_key: str | None) -> str | None:
     one execution, and both callers get its result."""
     if idempotency_key is None:
         return None
-    if _ID.fullmatch(idempotency_key):
+    if EXECUTION_ID.fullmatch(idempotency_key):
         return idempotency_key
     return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
 

@@ -92,3 +92,40 @@ async def test_malformed_messages_are_dead_lettered_and_others_unaffected(
     assert "$.step" in run_letters[0]["reason"] or "Object missing" in run_letters[0]["reason"]
     assert closed == {"$final_result": "before"}
     assert fresh == {"$final_result": "after"}
+
+
+def test_an_execution_id_that_is_not_a_subject_token_is_refused_at_once() -> None:
+    """A caller-chosen id must be one subject token (and never one of our KV keys)."""
+    import pytest
+
+    from triggerbus import ExecutionError, TriggerFlow
+
+    flow = TriggerFlow(name="id_check")
+    for bad in ("a.b", "=flow_data", "", "x" * 201, "sp ace"):
+        with pytest.raises(ExecutionError, match="must be 1-200 letters"):
+            flow.create_execution(execution_id=bad)
+    assert flow.create_execution(idempotency_key="any string: fine").id.startswith("k")
+
+
+async def test_a_start_published_for_an_invalid_execution_id_is_refused_with_a_reply(
+    runtime, nats_url: str, prefix: str
+) -> None:
+    """A hand-made start whose subject token is not a valid execution id (here it would land
+    on the flow-data key) is answered with an error and dead-lettered, never stored."""
+    flow = load_module("tests/flows/echo.py", "echo_bad_id").flow
+    subjects = Subjects(prefix)
+    async with asyncio.timeout(30):
+        await flow.async_start("warm-up")  # hosts the flow
+        nc = await nats.connect(nats_url)
+        try:
+            inbox = nc.new_inbox()
+            replies = await nc.subscribe(inbox)
+            start = {"kind": "start", "id": "s", "execution_id": "=flow_data", "reply_to": inbox}
+            await nc.jetstream().publish(
+                subjects.mailbox(flow.name, "=flow_data"), json.dumps(start).encode()
+            )
+            reply = json.loads((await replies.next_msg(timeout=None)).data)
+        finally:
+            await nc.drain()
+    assert reply["ok"] is False
+    assert "must be 1-200 letters" in reply["error"]["message"]
