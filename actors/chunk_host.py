@@ -22,11 +22,11 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from triggerbus.actors._lifecycle import HostLifecycle
-from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.pull import Permits
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.contracts.codec import NotSerializable, WireError, decode, encode
 from triggerbus.contracts.messages import (
@@ -165,14 +165,12 @@ class ChunkHost(HostLifecycle):
         )
 
     async def _consume(self, chunk: str, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
-        def dispatch(delivery: Delivery, permits: asyncio.Semaphore) -> None:
+        def dispatch(delivery: Delivery, permits: Permits) -> None:
             group.create_task(self._handle_then_release(chunk, delivery, permits))
 
-        await pull_with_permits(consumer, self._concurrency, self._stopping, dispatch)
+        await consumer.deliver(self._concurrency, self._stopping, dispatch)
 
-    async def _handle_then_release(
-        self, chunk: str, delivery: Delivery, permits: asyncio.Semaphore
-    ) -> None:
+    async def _handle_then_release(self, chunk: str, delivery: Delivery, permits: Permits) -> None:
         self._in_flight += 1
         try:
             await self._handle(chunk, delivery)

@@ -22,11 +22,11 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from triggerbus.actors._lifecycle import HostLifecycle
-from triggerbus.actors._pull_loop import pull_with_permits
 from triggerbus.actors.execution import Transition, apply
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.pull import Permits
 from triggerbus.bus.subjects import EXECUTION_ID, MAILBOX_DLQ
 from triggerbus.contracts.codec import WireError, decode, encode
 from triggerbus.contracts.messages import (
@@ -209,14 +209,12 @@ class ExecutionHost(HostLifecycle):
                     log.exception("flow_data_relay_failed", execution_id=execution_id)
 
     async def _consume(self, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
-        def dispatch(delivery: Delivery, permits: asyncio.Semaphore) -> None:
+        def dispatch(delivery: Delivery, permits: Permits) -> None:
             self._enqueue(delivery, group, permits)
 
-        await pull_with_permits(consumer, self._capacity, self._stopping, dispatch)
+        await consumer.deliver(self._capacity, self._stopping, dispatch)
 
-    def _enqueue(
-        self, delivery: Delivery, group: asyncio.TaskGroup, permits: asyncio.Semaphore
-    ) -> None:
+    def _enqueue(self, delivery: Delivery, group: asyncio.TaskGroup, permits: Permits) -> None:
         execution_id = self._bus.subjects.execution_id_of(delivery.subject)
         lane = self._lanes.get(execution_id)
         if lane is None:
@@ -226,7 +224,7 @@ class ExecutionHost(HostLifecycle):
         lane.put_nowait(delivery)
 
     async def _run_lane(
-        self, execution_id: str, lane: asyncio.Queue[Delivery], permits: asyncio.Semaphore
+        self, execution_id: str, lane: asyncio.Queue[Delivery], permits: Permits
     ) -> None:
         try:
             while not lane.empty():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import nats.errors
@@ -33,7 +33,8 @@ from triggerbus.bus.provision import (
     ensure_consumer,
     provision,
 )
-from triggerbus.bus.replies import PublishAcks
+from triggerbus.bus.pull import Permits, StandingPull
+from triggerbus.bus.replies import JS_API, PublishAcks
 from triggerbus.bus.subjects import Subjects
 from triggerbus.errors import BusError, BusUnavailableError, RevisionConflictError
 
@@ -90,12 +91,32 @@ class Delivery:
 
 
 class PullConsumer:
-    """A bound durable pull consumer: ``fetch`` returns what is ready, waiting up to ``wait``."""
+    """A bound durable pull consumer: ``deliver`` keeps handlers fed through standing pull
+    requests; ``fetch`` returns what is ready, waiting up to ``wait``."""
 
-    def __init__(self, sub: JetStreamContext.PullSubscription, name: str, nc: Client) -> None:
+    def __init__(
+        self, sub: JetStreamContext.PullSubscription, name: str, nc: Client, *, stream: str,
+        durable: str,
+    ) -> None:  # fmt: skip
         self._sub = sub
         self._nc = nc
         self.name = name
+        self._next_subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+
+    async def deliver(
+        self,
+        capacity: int,
+        stopping: asyncio.Event,
+        dispatch: Callable[[Delivery, Permits], None],
+    ) -> None:
+        """Hand each message to ``dispatch`` as it arrives, with at most ``capacity`` held.
+
+        ``dispatch`` must not block; its handler calls ``release()`` on the permits it was
+        given once the message is settled. Returns when ``stopping`` is set (or the connection
+        closed for good, which sets it).
+        """
+        feed = StandingPull(self._nc, self._next_subject, self.name, capacity=capacity)
+        await feed.run(stopping, lambda msg, permits: dispatch(Delivery(msg), permits))
 
     async def fetch_until(
         self, batch: int, stopping: asyncio.Event, *, wait: float = 5.0
@@ -353,7 +374,7 @@ class Bus:
         )
         with translate_nats_errors(subject=f"{stream}/{durable}"):
             sub = await self.js.pull_subscribe_bind(durable, stream)
-        return PullConsumer(sub, f"{stream}/{durable}", self.nc)
+        return PullConsumer(sub, f"{stream}/{durable}", self.nc, stream=stream, durable=durable)
 
     async def subscribe(self, subject: str) -> Subscription:
         with translate_nats_errors(subject=subject):

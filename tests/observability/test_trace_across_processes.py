@@ -153,14 +153,16 @@ async def test_execution_across_three_processes_is_one_trace_with_links_and_atte
     linked = {span_id for _, span_id, _ in invoke_merge.links}
     assert linked == arrivals - {invoke_merge.parent_span_id}
 
-    # The redelivered merge: two attempt spans of the same invocation, same parent.
+    # The redelivered merge: an attempt span per delivery of the same invocation, same parent.
+    # (A third can come: the redelivery itself may wait in the blocked worker past ack_wait.)
     attempts = sorted(
         (s for s in spans if s.name == "process merge"),
         key=lambda s: s.attributes["triggerbus.attempt"],
     )
-    assert [s.attributes["triggerbus.attempt"] for s in attempts] == [1, 2]
+    numbers = [s.attributes["triggerbus.attempt"] for s in attempts]
+    assert numbers[0] == 1 and len(numbers) >= 2 and len(set(numbers)) == len(numbers)
     assert {s.parent_span_id for s in attempts} == {invoke_merge.span_id}
-    assert attempts[0].span_id != attempts[1].span_id
+    assert len({s.span_id for s in attempts}) == len(attempts)
 
     # The execution span covers everything it caused, though it was exported last.
     caused = [s for s in spans if s.name not in ("checkout", "execution traced_flow")]
