@@ -1169,7 +1169,13 @@ def _close(work: _Work, reason: str) -> None:
         work.outbox.append(AppendStream(message=end))
         work.set(stream_ended=True)
     closed = ExecutionClosed(
-        execution_id=work.execution_id, status=status, snapshot=snapshot, error=error
+        execution_id=work.execution_id,
+        status=status,
+        snapshot=snapshot,
+        error=error,
+        started_at=work.get("started_at") or 0.0,
+        closed_at=work.now,
+        close_reason=reason,
     )
     work.outbox.append(NotifyClosed(message=closed))
     if parent is not None:

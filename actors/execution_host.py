@@ -282,8 +282,11 @@ class ExecutionHost(HostLifecycle):
     async def _transition(
         self, execution_id: str, delivery: Delivery, message: MailboxMessage, handling: Handling
     ) -> None:
+        # A start for an execution this host has not seen is nearly always a new one: write it
+        # without reading first (the write is a create, so an existing one fails it and is read).
+        assume_new = isinstance(message, StartExecution) and execution_id not in self._cache
         for _ in range(MAX_CAS_RETRIES):
-            loaded = await self._snapshot(execution_id)
+            loaded = None if assume_new else await self._snapshot(execution_id)
             snapshot, revision = loaded if loaded else (None, None)
             if snapshot is not None and snapshot.fingerprint != self._flow.fingerprint:
                 await self._mismatch(delivery, message, snapshot.fingerprint)
@@ -302,7 +305,7 @@ class ExecutionHost(HostLifecycle):
                 await delivery.nak(delay=OVERTAKE_RETRY_DELAY)
                 return
             if transition.duplicate:
-                await self._on_duplicate(message, snapshot)
+                await self._on_duplicate(message, loaded)
                 for command in transition.outbox:
                     if isinstance(command, SendReply):  # the actor's answer to a repeat
                         await self._reply(command.reply_to, command.message)
@@ -313,14 +316,15 @@ class ExecutionHost(HostLifecycle):
                 transition, snapshot=handling.transition(snapshot, transition.snapshot)
             )
             try:
-                await self._store(execution_id, transition, revision)
+                stored = await self._store(execution_id, transition, revision)
             except RevisionConflictError:
-                self._conflicts += 1
+                self._conflicts += not assume_new
+                assume_new = False
                 self._cache.pop(execution_id, None)
                 continue
             if self._after_store is not None:
                 self._after_store()  # fault injection: the window between write and publish
-            await self._perform(execution_id, transition.outbox, handling)
+            await self._perform(execution_id, transition.outbox, handling, revision=stored)
             await delivery.ack()
             self._applied += 1
             return
@@ -342,11 +346,14 @@ class ExecutionHost(HostLifecycle):
         # again is safe: every message keeps its id.
         if snapshot.outbox.commands:
             replaying = self._telemetry.replay(self._flow.name, snapshot)
-            await self._perform(execution_id, snapshot.outbox.commands, replaying, replay=True)
+            await self._perform(
+                execution_id, snapshot.outbox.commands, replaying, replay=True, revision=loaded[1]
+            )
         self._remember(execution_id, snapshot, loaded[1])
         return snapshot, loaded[1]
 
-    async def _store(self, execution_id: str, transition: Transition, revision: int | None) -> None:
+    async def _store(self, execution_id: str, transition: Transition, revision: int | None) -> int:
+        """Write the transition's snapshot; returns its new revision."""
         assert transition.snapshot is not None
         key = self._bus.subjects.execution_key(self._flow.name, execution_id)
         new_revision = await self._bus.store(key, encode(transition.snapshot), revision=revision)
@@ -356,6 +363,7 @@ class ExecutionHost(HostLifecycle):
             self._cache.pop(execution_id, None)
         else:
             self._remember(execution_id, transition.snapshot, new_revision)
+        return new_revision
 
     def _remember(self, execution_id: str, snapshot: Snapshot, revision: int) -> None:
         self._cache[execution_id] = (snapshot, revision)
@@ -363,12 +371,19 @@ class ExecutionHost(HostLifecycle):
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    async def _on_duplicate(self, message: MailboxMessage, snapshot: Snapshot | None) -> None:
+    async def _on_duplicate(
+        self, message: MailboxMessage, loaded: tuple[Snapshot, int] | None
+    ) -> None:
         log.debug("duplicate_message", message_id=message.id)
-        if snapshot is not None and snapshot.outbox.message_id == message.id:
+        if loaded is not None and loaded[0].outbox.message_id == message.id:
+            snapshot, revision = loaded
             replaying = self._telemetry.replay(self._flow.name, snapshot)
             await self._perform(
-                snapshot.execution_id, snapshot.outbox.commands, replaying, replay=True
+                snapshot.execution_id,
+                snapshot.outbox.commands,
+                replaying,
+                replay=True,
+                revision=revision,
             )
 
     # --- the outbox ----------------------------------------------------------------------------
@@ -380,7 +395,9 @@ class ExecutionHost(HostLifecycle):
         handling: Handling,
         *,
         replay: bool = False,
+        revision: int = 0,
     ) -> None:
+        """Publish a stored transition's messages; ``revision`` is the stored snapshot's."""
         subjects = self._bus.subjects
         flow = self._flow.name
         stored: list[Any] = []
@@ -398,6 +415,11 @@ class ExecutionHost(HostLifecycle):
                 case SendMailbox(flow=other_flow, message=message):
                     target = subjects.mailbox(other_flow, message.execution_id)
                     stored.append(self._publish(handling, target, message))
+                case Observe(name=name, attributes=attributes):
+                    # The transition is stored: observe it before what it sends can be
+                    # handled (an invoked chunk may start before its invocation's ack is in).
+                    if not replay:
+                        self._observe(execution_id, name, attributes, handling)
                 case _:
                     after.append(command)
         if stored:
@@ -407,12 +429,10 @@ class ExecutionHost(HostLifecycle):
                 case SendReply(reply_to=reply_to, message=reply):
                     await self._reply(reply_to, reply, handling)
                 case NotifyClosed(message=closed):
+                    closed = msgspec.structs.replace(closed, revision=revision)
                     subject = subjects.closed(flow, execution_id)
                     with handling.publish(PublishInput(flow, subject, closed)) as headers:
                         await self._bus.publish_core(subject, encode(closed), headers=headers)
-                case Observe(name=name, attributes=attributes):
-                    if not replay:
-                        self._observe(execution_id, name, attributes, handling)
 
     async def _publish(self, handling: Handling, subject: str, message: Any) -> None:
         with handling.publish(PublishInput(self._flow.name, subject, message)) as headers:

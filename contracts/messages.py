@@ -314,12 +314,19 @@ StreamMessage = StreamItem | StreamEnded
 
 
 class ExecutionClosed(Wire, tag="closed"):
-    """The execution closed; ``snapshot`` is its close snapshot (state plus ``$final_result``)."""
+    """The execution closed; ``snapshot`` is its close snapshot (state plus ``$final_result``).
+
+    The meta fields spare a waiting handle a read of the stored snapshot; ``revision`` (the
+    stored snapshot's, set by the host that wrote it) is 0 when unknown."""
 
     execution_id: str
     status: str
     snapshot: dict[str, Any]
     error: ErrorInfo | None = None
+    started_at: float = 0.0
+    closed_at: float = 0.0
+    close_reason: str = ""
+    revision: int = 0
 
 
 class Reply(Wire, tag="reply"):

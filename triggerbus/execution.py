@@ -285,7 +285,10 @@ class Execution:
             try:
                 async with asyncio.timeout(RECHECK_SECONDS):
                     data, _ = await closed_sub.next()
-                return decode(closed_decoder, data), await self._load(runtime)
+                closed = decode(closed_decoder, data)
+                # A notice from a host that knew the stored revision carries all the meta the
+                # handle needs; an older host's (revision 0) is completed from the store.
+                return closed, (None if closed.revision else await self._load(runtime))
             except TimeoutError:
                 stored = await self._load(runtime)
                 if stored is not None and stored[0].lifecycle == "closed":
@@ -815,6 +818,11 @@ class Execution:
     ) -> dict[str, Any]:
         closed, stored = outcome
         self._mark_closed(closed.snapshot, status=closed.status, reason=None)
+        if closed.revision:
+            self._state_version = max(self._state_version, closed.revision)
+            self._started_at = closed.started_at or self._started_at
+            self._closed_at = closed.closed_at or self._closed_at
+            self._close_reason = closed.close_reason or self._close_reason
         self._refresh(stored)
         if closed.error is not None and closed.status == "failed":
             self._raise(closed.error)
