@@ -31,11 +31,13 @@ from typing import Any
 import msgspec
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import attach, detach
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
 from triggerbus.observability import events
+from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
 from triggerbus.observability.tracing import (
@@ -44,6 +46,7 @@ from triggerbus.observability.tracing import (
     execution_context,
     execution_trace,
     inject,
+    inject_span,
     join_links,
     record_arrival,
     span_context_of,
@@ -218,13 +221,14 @@ class Telemetry:
 class Attempt:
     """One chunk attempt: its consumer span (when tracing), its events, its publishes."""
 
-    __slots__ = ("_finished", "_input", "_scope", "_span", "_started", "_telemetry")
+    __slots__ = ("_finished", "_ids", "_input", "_scope", "_span", "_started", "_telemetry")
 
     def __init__(self, telemetry: Telemetry, input: AttemptInput) -> None:
         self._telemetry = telemetry
         self._input = input
-        self._span: trace.Span | None = None
-        self._scope: contextlib.AbstractContextManager[Any] | None = None
+        self._span: RecordedSpan | None = None
+        self._scope: object | None = None
+        self._ids = ("", "")
         self._started = 0.0
         self._finished = False
 
@@ -251,8 +255,7 @@ class Attempt:
                     "triggerbus.attempt": input.attempt,
                 },
             )
-            self._scope = trace.use_span(self._span, end_on_exit=False, record_exception=False)
-            self._scope.__enter__()
+            self._scope = attach(trace.set_span_in_context(self._span))
         if input.attempt > 1:
             self._event(events.ChunkRetried, attempt=input.attempt)
         self._event(events.ChunkStarted, attempt=input.attempt)
@@ -261,7 +264,7 @@ class Attempt:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self._scope is not None:
-            self._scope.__exit__(None, None, None)
+            detach(self._scope)
         if self._span is not None:
             if exc is not None:
                 self._span.record_exception(exc)
@@ -292,10 +295,10 @@ class Attempt:
 
     def _event(self, kind: type[events.Event], **fields: Any) -> None:
         input = self._input
-        trace_id = span_id = ""
-        if self._span is not None:
-            context = self._span.get_span_context()
-            trace_id, span_id = f"{context.trace_id:032x}", f"{context.span_id:016x}"
+        trace_id, span_id = self._ids
+        if self._span is not None and not trace_id:
+            span = self._span
+            trace_id, span_id = self._ids = f"{span.trace_id:032x}", f"{span.span_id:016x}"
         self._telemetry.center.publish(
             kind(
                 flow=input.flow,
@@ -371,17 +374,16 @@ class _TracedHandling(Handling):
         self._tracing = tracing
         self._parent: SpanContext | None = span_context_of(input.headers)
         self._links: list[Link] = []
-        self._scope: contextlib.AbstractContextManager[Any] | None = None
+        self._scope: object | None = None
 
     def __enter__(self) -> Handling:
         if self._parent is not None:
-            self._scope = trace.use_span(trace.NonRecordingSpan(self._parent), end_on_exit=False)
-            self._scope.__enter__()
+            self._scope = attach(trace.set_span_in_context(trace.NonRecordingSpan(self._parent)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._scope is not None:
-            self._scope.__exit__(None, None, None)
+            detach(self._scope)
 
     def resume(self, snapshot: Snapshot) -> None:
         super().resume(snapshot)
@@ -488,11 +490,11 @@ class _Producer:
             if message.step is not None:
                 attributes["triggerbus.step"] = message.step
         self._span = tracing.start_span(
-            name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=list(links)
+            name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
         )
 
     def __enter__(self) -> dict[str, str] | None:
-        return inject(self._span.get_span_context(), {})
+        return inject_span(self._span, {})
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         span = self._span

@@ -19,27 +19,25 @@ variables (see :func:`tracing_from_env`).
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import hashlib
 import importlib
 import os
+import random
 import re
 import socket
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import baggage, propagate, trace
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import (
-    BatchSpanProcessor,
-    ConsoleSpanExporter,
-    SpanExporter,
-)
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -52,6 +50,7 @@ from opentelemetry.trace import (
 )
 
 from triggerbus.errors import ConfigurationError
+from triggerbus.observability._spans import RecordedSpan, SpanRecorder
 
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -59,23 +58,6 @@ CALLER_SPAN = "caller_span_id"
 """Keys of ``Snapshot.trace``; join arrivals are kept under ``join:<key>``."""
 JOIN_PREFIX = "join:"
 MAX_JOIN_LINKS = 128
-
-_forced: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
-    "triggerbus_forced_ids", default=None
-)
-
-
-class _IdGenerator(RandomIdGenerator):
-    """Random ids, except for the execution span, whose ids were fixed at its start."""
-
-    def generate_span_id(self) -> int:
-        forced = _forced.get()
-        return forced[1] if forced else super().generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        forced = _forced.get()
-        return forced[0] if forced else super().generate_trace_id()
-
 
 def _digest(text: str, size: int) -> int:
     value = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=size).digest(), "big")
@@ -204,6 +186,17 @@ def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[st
     return headers
 
 
+def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
+    """:func:`inject` for a span of ours, without building its ``SpanContext``."""
+    if _w3c_only() and not baggage.get_all():
+        flags = span.flags & 0xFF
+        headers[TRACEPARENT] = f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"
+        if span.trace_state:
+            headers[TRACESTATE] = span.trace_state.to_header()
+        return headers
+    return inject(span.get_span_context(), headers)
+
+
 def join_links(stored: Mapping[str, str], key: str) -> list[Link]:
     """Links to every recorded arrival of the join ``key``."""
     links = []
@@ -227,19 +220,25 @@ def ns(seconds: float) -> int:
 
 
 class Tracing:
-    """A tracer provider of triggerbus's own, exporting where ``OTEL_*`` says.
+    """triggerbus's own tracer, exporting where ``OTEL_*`` says.
 
-    It is not installed as the global provider: an application keeps its own; its current
-    span is still the parent of what it starts (context is shared, providers are not).
+    Spans are :class:`~triggerbus.observability._spans.RecordedSpan` objects handed to a
+    :class:`~triggerbus.observability._spans.SpanRecorder` (see ``_spans.py`` for why not the
+    SDK's tracer). Nothing is installed as the global provider: an application keeps its own;
+    its current span is still the parent of what it starts (context is shared, providers are
+    not). The sampler is the SDK's (``OTEL_TRACES_SAMPLER``); with the default
+    ``parentbased_always_on`` a span with a parent follows the parent's sampled flag, which
+    is what that sampler answers, without asking it.
     """
 
-    def __init__(self, provider: TracerProvider, *, version: str = "") -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer("triggerbus", version)
+    def __init__(self, recorder: SpanRecorder, sampler: Sampler) -> None:
+        self.recorder = recorder
+        self.sampler = sampler
+        self._follow_parent = _follows_parent(sampler)
 
     def sampled(self, trace_id: int) -> bool:
         """The configured sampler's decision for a new root (an execution nobody traced)."""
-        result = self.provider.sampler.should_sample(None, trace_id, "execution")
+        result = self.sampler.should_sample(None, trace_id, "execution")
         return result.decision.is_sampled()
 
     def start_span(
@@ -248,20 +247,63 @@ class Tracing:
         *,
         parent: SpanContext | None,
         kind: SpanKind,
-        attributes: Mapping[str, Any],
-        links: list[Link] | None = None,
-    ) -> trace.Span:
-        context = remote_context(parent) if parent is not None else Context()
-        return self.tracer.start_span(
-            name, context=context, kind=kind, attributes=attributes, links=links or ()
+        attributes: dict[str, Any],
+        links: Sequence[Link] = (),
+        start_ns: int | None = None,
+        ids: tuple[int, int] | None = None,
+    ) -> RecordedSpan:
+        """A started span; ``attributes`` is taken over, not copied (callers build it fresh).
+
+        ``ids`` (trace id, span id) fixes the span's ids: the execution span's were fixed at
+        its start.
+        """
+        if parent is not None:
+            trace_id = parent.trace_id
+            parent_flags = int(parent.trace_flags)
+            if self._follow_parent:
+                sampled, state = bool(parent_flags & 1), parent.trace_state
+            else:
+                sampled, state, attributes = self._ask(parent, trace_id, name, kind,
+                                                       attributes, links)  # fmt: skip
+            flags = (parent_flags & _RANDOM_TRACE_ID) | sampled
+        else:
+            trace_id = ids[0] if ids is not None else _random_id(128)
+            sampled, state, attributes = self._ask(None, trace_id, name, kind, attributes, links)
+            flags = (_RANDOM_TRACE_ID if ids is None else 0) | sampled
+        return RecordedSpan(
+            self.recorder if sampled else None,
+            name,
+            kind,
+            trace_id,
+            ids[1] if ids is not None else _random_id(64),
+            flags,
+            state,
+            parent.span_id if parent is not None else 0,
+            parent.is_remote if parent is not None else False,
+            attributes,
+            links,
+            start_ns if start_ns is not None else time.time_ns(),
         )
+
+    def _ask(
+        self,
+        parent: SpanContext | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        links: Sequence[Link],
+    ) -> tuple[bool, TraceState | None, dict[str, Any]]:
+        context = remote_context(parent) if parent is not None else None
+        result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
+        return result.decision.is_sampled(), result.trace_state, dict(result.attributes)
 
     def export_execution_span(
         self,
         stored: Mapping[str, str],
         *,
         name: str,
-        attributes: Mapping[str, Any],
+        attributes: dict[str, Any],
         started_at: float,
         closed_at: float,
         error: str | None,
@@ -271,46 +313,68 @@ class Tracing:
         if own is None:
             return
         caller_id = stored.get(CALLER_SPAN)
+        parent = None
         if caller_id:
             state = TraceState.from_header([stored[TRACESTATE]]) if TRACESTATE in stored else None
-            parent: Context = remote_context(
-                SpanContext(
-                    own.trace_id,
-                    int(caller_id, 16),
-                    is_remote=True,
-                    trace_flags=own.trace_flags,
-                    trace_state=state,
-                )
+            parent = SpanContext(
+                own.trace_id,
+                int(caller_id, 16),
+                is_remote=True,
+                trace_flags=own.trace_flags,
+                trace_state=state,
             )
-        else:
-            parent = Context()
-        token = _forced.set((own.trace_id, own.span_id))
-        try:
-            span = self.tracer.start_span(
-                name,
-                context=parent,
-                kind=SpanKind.INTERNAL,
-                attributes=attributes,
-                start_time=ns(started_at),
-            )
-        finally:
-            _forced.reset(token)
+        span = self.start_span(
+            name,
+            parent=parent,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_ns=ns(started_at),
+            ids=(own.trace_id, own.span_id),
+        )
         if error:
             span.set_status(Status(StatusCode.ERROR, error))
         span.end(end_time=ns(max(closed_at, started_at)))
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
-        return self.provider.force_flush(timeout_millis)
+        return self.recorder.force_flush(timeout_millis)
 
     def shutdown(self) -> None:
-        self.provider.shutdown()
+        self.recorder.shutdown()
+
+
+_RANDOM_TRACE_ID = 0x02
+"""W3C trace-flags bit the SDK sets on a root whose trace id is random."""
+
+
+def _random_id(bits: int) -> int:
+    value = random.getrandbits(bits)
+    while not value:
+        value = random.getrandbits(bits)
+    return value
+
+
+def _follows_parent(sampler: Sampler) -> bool:
+    """Whether ``sampler`` answers a span with a parent by the parent's sampled flag alone:
+    ``ParentBased`` with its default delegates (``parentbased_*`` in ``OTEL_TRACES_SAMPLER``)."""
+    if not isinstance(sampler, ParentBased):
+        return False
+    delegates = (
+        getattr(sampler, "_remote_parent_sampled", None),
+        getattr(sampler, "_remote_parent_not_sampled", None),
+        getattr(sampler, "_local_parent_sampled", None),
+        getattr(sampler, "_local_parent_not_sampled", None),
+    )
+    return delegates == (ALWAYS_ON, ALWAYS_OFF, ALWAYS_ON, ALWAYS_OFF)
 
 
 @contextmanager
 def current(span: trace.Span) -> Iterator[None]:
     """Make ``span`` current, so logs and the user's own spans inside it nest under it."""
-    with trace.use_span(span, end_on_exit=False, record_exception=False):
+    token = attach(trace.set_span_in_context(span))
+    try:
         yield
+    finally:
+        detach(token)
 
 
 # --- configuration from OTEL_* ---------------------------------------------------------------
@@ -437,20 +501,20 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
     exporters = _span_exporters(environ)
     if not exporters:
         return None
-    provider = TracerProvider(resource=resource_from(environ), id_generator=_IdGenerator())
-    delay = environ.get("OTEL_BSP_SCHEDULE_DELAY")
+    delay = _int_from(environ, "OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)
     queue = _int_from(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
     batch = min(queue, _int_from(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_BATCH_SIZE))
-    for exporter in exporters:
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                schedule_delay_millis=float(delay) if delay else None,
-                max_queue_size=queue,
-                max_export_batch_size=batch,
-            )
-        )
-    return Tracing(provider, version=version)
+    # A provider only for the SDK's reading of OTEL_TRACES_SAMPLER(_ARG); it records nothing.
+    sampler = TracerProvider(shutdown_on_exit=False).sampler
+    recorder = SpanRecorder(
+        exporters,
+        resource=resource_from(environ),
+        scope=InstrumentationScope("triggerbus", version or None),
+        max_queue=queue,
+        max_batch=batch,
+        delay=delay / 1000,
+    )
+    return Tracing(recorder, sampler)
 
 
 BSP_MAX_QUEUE_SIZE = 8192
@@ -458,6 +522,8 @@ BSP_MAX_QUEUE_SIZE = 8192
 busy host's spans at ~7 per execution, so a slow collector would lose spans early)."""
 BSP_MAX_BATCH_SIZE = 512
 """Spans per export request (the SDK's default)."""
+BSP_SCHEDULE_DELAY_MS = 5000
+"""Milliseconds between exports of a batch that is not full (the SDK's default)."""
 
 
 def _int_from(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -1,0 +1,358 @@
+"""Spans recorded as plain objects on the event loop, batched and exported on one thread.
+
+Why not the SDK's ``Tracer.start_span``: per span it builds a ``Context``, asks the sampler,
+validates every attribute into ``BoundedAttributes``, takes locks and wraps the span for the
+batch processor (~38 µs on the event-loop thread), and its OTLP exporter then builds a
+protobuf object tree per span (~70 µs on the exporter thread, holding the GIL the loop
+wants). triggerbus's own spans have few, known-good attributes, so :class:`RecordedSpan`
+keeps them as a dict and ids as ints; the export thread encodes them straight to OTLP
+protobuf bytes (:mod:`._otlp`) and hands those to the SDK exporter's HTTP client (its
+endpoint, headers, compression, timeout and retries, read from ``OTEL_*`` as before). Other
+exporters (console, gRPC) get SDK ``ReadableSpan`` copies built on the export thread.
+
+A :class:`RecordedSpan` is an ``opentelemetry.trace.Span``: made current, a user's own spans
+nest under it, and ``set_attribute``/``add_event``/``record_exception`` on it are recorded
+(with the SDK's validation and ``OTEL_*`` span limits, which only such calls need).
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from triggerbus.observability._otlp import SpanEncoder
+
+log = structlog.get_logger()
+
+
+class RecordedSpan(trace.Span):
+    """One span: ids as ints, attributes as the dict it was started with.
+
+    Not recording (``sink`` is None) when the sampler dropped it: it still has ids, so the
+    context propagates, as the SDK's non-recording spans do.
+    """
+
+    __slots__ = (
+        "_context", "_sink", "attributes", "dropped_attributes", "dropped_events",
+        "dropped_links", "end_ns", "events", "flags", "kind", "links", "name", "parent_id",
+        "parent_remote", "span_id", "start_ns", "status_code", "status_message", "trace_id",
+        "trace_state",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        sink: SpanRecorder | None,
+        name: str,
+        kind: SpanKind,
+        trace_id: int,
+        span_id: int,
+        flags: int,
+        trace_state: TraceState | None,
+        parent_id: int,
+        parent_remote: bool,
+        attributes: dict[str, Any],
+        links: Sequence[Link],
+        start_ns: int,
+    ) -> None:
+        self._sink = sink
+        self._context: SpanContext | None = None
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.flags = flags
+        self.trace_state = trace_state
+        self.parent_id = parent_id
+        self.parent_remote = parent_remote
+        self.attributes = attributes
+        self.dropped_attributes = 0
+        self.links = links
+        self.dropped_links = 0
+        if sink is not None and len(links) > sink.limits.max_links:
+            # The SDK's BoundedList keeps the newest.
+            self.dropped_links = len(links) - sink.limits.max_links
+            self.links = list(links)[self.dropped_links :]
+        self.events: list[tuple[str, int, Mapping[str, Any]]] | None = None
+        self.dropped_events = 0
+        self.status_code = 0
+        self.status_message: str | None = None
+        self.start_ns = start_ns
+        self.end_ns = 0
+
+    # --- the opentelemetry.trace.Span API ------------------------------------------------------
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            context = self._context = SpanContext(
+                self.trace_id,
+                self.span_id,
+                is_remote=False,
+                trace_flags=TraceFlags(self.flags),
+                trace_state=self.trace_state,
+            )
+        return context
+
+    def is_recording(self) -> bool:
+        return self._sink is not None and not self.end_ns
+
+    def end(self, end_time: int | None = None) -> None:
+        if self.end_ns:
+            return
+        self.end_ns = end_time if end_time is not None else time.time_ns()
+        if self._sink is not None:
+            self._sink.append(self)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        sink = self._sink
+        if sink is None or self.end_ns:
+            return
+        # The SDK's validation (it warns about and drops an invalid value).
+        cleaned = BoundedAttributes(
+            None, {key: value}, max_value_len=sink.limits.max_attribute_length
+        ).get(key)
+        if cleaned is None:
+            return
+        attributes = self.attributes
+        if key not in attributes and len(attributes) >= _limit(sink.limits.max_span_attributes):
+            self.dropped_attributes += 1
+            return
+        attributes[key] = cleaned
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
+        sink = self._sink
+        if sink is None or self.end_ns:
+            return
+        cleaned = BoundedAttributes(
+            sink.limits.max_event_attributes,
+            attributes,
+            max_value_len=sink.limits.max_attribute_length,
+        )
+        events = self.events
+        if events is None:
+            events = self.events = []
+        events.append((name, timestamp if timestamp is not None else time.time_ns(), cleaned))
+        if len(events) > _limit(sink.limits.max_events):
+            events.pop(0)
+            self.dropped_events += 1
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        if self._sink is None or self.end_ns or not context.is_valid:
+            return
+        self.links = [*self.links, Link(context, attributes)]
+
+    def update_name(self, name: str) -> None:
+        if self._sink is not None and not self.end_ns:
+            self.name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if self._sink is None or self.end_ns or self.status_code == StatusCode.OK.value:
+            return  # as the SDK: OK is final
+        if isinstance(status, StatusCode):
+            status = Status(status, description)
+        if status.status_code is StatusCode.UNSET:
+            return
+        self.status_code = status.status_code.value
+        self.status_message = status.description
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        """An ``exception`` event with the attributes the SDK gives it."""
+        if self._sink is None:
+            return
+        module = type(exception).__module__
+        qualname = type(exception).__qualname__
+        fields: dict[str, Any] = {
+            "exception.type": (
+                f"{module}.{qualname}" if module and module != "builtins" else qualname
+            ),
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            fields.update(attributes)
+        self.add_event("exception", fields, timestamp)
+
+    # --- for exporters other than OTLP/HTTP ----------------------------------------------------
+
+    def readable(self, resource: Resource, scope: InstrumentationScope) -> ReadableSpan:
+        """The SDK's view of this span, for an SDK exporter."""
+        parent = (
+            SpanContext(self.trace_id, self.parent_id, is_remote=self.parent_remote)
+            if self.parent_id
+            else None
+        )
+        # Bounded containers carry the dropped counts the SDK's exporters read.
+        attributes = BoundedAttributes(None, self.attributes, immutable=False)
+        attributes.dropped = self.dropped_attributes
+        events = BoundedList.from_seq(None, [Event(n, a, t) for n, t, a in self.events or ()])
+        events.dropped = self.dropped_events
+        links = BoundedList.from_seq(None, self.links)
+        links.dropped = self.dropped_links
+        return ReadableSpan(
+            name=self.name,
+            context=self.get_span_context(),
+            parent=parent,
+            resource=resource,
+            attributes=attributes,
+            events=events,
+            links=links,
+            kind=self.kind,
+            status=Status(StatusCode(self.status_code), self.status_message),
+            start_time=self.start_ns,
+            end_time=self.end_ns,
+            instrumentation_scope=scope,
+        )
+
+
+def _limit(value: int | None) -> float:
+    return float("inf") if value is None else value
+
+
+class SpanRecorder:
+    """The batch span processor for :class:`RecordedSpan`: a queue and one export thread.
+
+    The same ``OTEL_BSP_*`` semantics as the SDK's ``BatchSpanProcessor``: a span that finds
+    the queue full is dropped; a full batch wakes the thread, otherwise it exports every
+    ``delay`` seconds; ``force_flush`` and ``shutdown`` export what is queued.
+    """
+
+    def __init__(
+        self,
+        exporters: Sequence[SpanExporter],
+        *,
+        resource: Resource,
+        scope: InstrumentationScope,
+        max_queue: int,
+        max_batch: int,
+        delay: float,
+    ) -> None:
+        self.limits = SpanLimits()
+        self.resource = resource
+        self.scope = scope
+        self.dropped = 0
+        self._exporters = list(exporters)
+        self._clients = [_otlp_http_client(exporter) for exporter in self._exporters]
+        self._encoder = SpanEncoder(
+            resource.attributes,
+            scope.name,
+            scope.version,
+            resource_schema_url=resource.schema_url or "",
+            scope_schema_url=scope.schema_url or "",
+        )
+        self._queue: deque[RecordedSpan] = deque()
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+        self._delay = delay
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, name="TriggerbusSpanExport", daemon=True
+        )
+        self._thread.start()
+        atexit.register(self.shutdown)
+
+    def append(self, span: RecordedSpan) -> None:
+        """Called by :meth:`RecordedSpan.end`, on any thread."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self.dropped += 1
+            return
+        queue.append(span)
+        if len(queue) >= self._max_batch and not self._wake.is_set():
+            self._wake.set()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export everything queued now (the exporter's own timeout bounds each request)."""
+        if self._closed:
+            return False
+        self._export_queued()
+        return True
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=self._delay + 30)
+        self._export_queued()
+        self._closed = True
+        atexit.unregister(self.shutdown)
+        for exporter in self._exporters:
+            try:
+                exporter.shutdown()
+            except Exception as exc:  # an exporter that fails to close loses nothing queued
+                log.warning("span_exporter_shutdown_failed", error=str(exc))
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            if self._stopping:
+                return
+            self._export_queued()
+
+    def _export_queued(self) -> None:
+        with self._export_lock:
+            queue = self._queue
+            while queue:
+                size = min(len(queue), self._max_batch)
+                self._export([queue.popleft() for _ in range(size)])
+
+    def _export(self, batch: list[RecordedSpan]) -> None:
+        payload: bytes | None = None
+        for exporter, client in zip(self._exporters, self._clients, strict=True):
+            try:
+                if client is not None:
+                    if payload is None:
+                        payload = self._encoder.encode(batch)
+                    client.export(payload)  # logs its own failures, as the SDK exporter does
+                else:
+                    exporter.export([span.readable(self.resource, self.scope) for span in batch])
+            except Exception as exc:  # one lost batch is not worth the export thread
+                log.warning("span_export_failed", exporter=type(exporter).__name__,
+                            spans=len(batch), error=str(exc))  # fmt: skip
+
+
+def _otlp_http_client(exporter: SpanExporter) -> Any:
+    """The SDK OTLP/HTTP exporter's HTTP client, when it has one this module can post bytes
+    through (``opentelemetry-exporter-otlp-proto-http`` >= 1.40); otherwise None, and the
+    exporter gets ``ReadableSpan`` objects and encodes them itself."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError:
+        return None
+    if type(exporter) is not OTLPSpanExporter:
+        return None
+    client = getattr(exporter, "_client", None)
+    return client if callable(getattr(client, "export", None)) else None
