@@ -1,6 +1,7 @@
 """Profile the chain throughput benchmark (all in one process) and say where the time goes.
 
     python bench/profile_throughput.py [--count 1500] [--out bench/results/profile]
+    python bench/profile_throughput.py --ab 3 [--flow fanout]     # telemetry off/on A/B
 
 Starts its own nats-server, runs the 3-chunk chain with 100 executions in flight, and writes:
 
@@ -10,6 +11,12 @@ Starts its own nats-server, runs the 3-chunk chain with 100 executions in flight
   msgspec, structlog, triggerbus hosts, ...), per execution, plus awaited wall time per bus
   operation (KV compare-and-set, JetStream publish acks, fetches), measured by wrapping
   ``triggerbus.bus.jetstream.Bus`` methods in this process only.
+
+``--ab N`` profiles nothing: it runs the flow N times each with telemetry off and on
+(alternated off/on/on/off, so drift cancels), exporting to ``bench/otlp_sink.py`` in its own
+process as benchmark 7 does, and reports CPU per execution for the process (including the
+final flush) and per thread (event loop, span export, metric reader): the numbers to compare
+when changing what tracing costs.
 
 pyinstrument is a bench-only tool: ``.venv/bin/pip install pyinstrument``.
 """
@@ -126,14 +133,17 @@ def layer_of(filename: str, function: str) -> str:
     return "other"
 
 
+_FLOW: Any = flows.chain
+
+
 async def workload(count: int, timer: OpTimer | None, in_flight: int = 100) -> dict[str, Any]:
     quiet_shutdown_noise({})
     from triggerbus._runtime import close_runtime
 
     try:
         for value in range(20):
-            await flows.chain.async_start(value)
-        return await drive(flows.chain.async_start, count=count, in_flight=in_flight,
+            await _FLOW.async_start(value)
+        return await drive(_FLOW.async_start, count=count, in_flight=in_flight,
                            time_limit=120)
     finally:
         await close_runtime()
@@ -186,6 +196,65 @@ def run(coro: Any) -> Any:
         return runner.run(coro)
 
 
+def _sink_env() -> tuple[Any, dict[str, str]]:
+    """bench 7's OTLP receiver in a child process, and the OTEL_* that export to it."""
+    from bench.telemetry import _Sink
+
+    sink = _Sink().__enter__()
+    return sink, {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_SERVICE_NAME": "bench",
+                  "OTEL_METRIC_EXPORT_INTERVAL": "1000"}
+
+
+def ab_telemetry(server: Any, rounds: int, count: int, in_flight: int,
+                 extra: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+    """CPU per execution with telemetry off and on, alternated, no profiler."""
+    from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
+
+    sink, on_env = _sink_env()
+    on_env.update(extra)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    try:
+        for round_ in range(rounds):
+            for index, mode in enumerate(("off", "on", "on", "off") if round_ % 2 == 0
+                                         else ("on", "off", "off", "on")):
+                configure_telemetry(on_env if mode == "on" else {})
+                configure_runtime(server.url, f"ab{round_}x{index}")
+                cpu0, threads0 = cpu_seconds(os.getpid()), thread_cpu()
+                result = run(workload(count, None, in_flight))
+                threads1 = thread_cpu()
+                shutdown_telemetry()  # the last batch's export counts too
+                cpu1 = cpu_seconds(os.getpid())
+                done = max(1, result["executions"])
+                runs[mode].append({
+                    "executions_per_s": result["executions_per_s"],
+                    "process_cpu_ms_per_execution": round((cpu1 - cpu0) * 1000 / done, 3),
+                    "thread_cpu_ms_per_execution": {
+                        name: round((seconds - threads0.get(name, 0.0)) * 1000 / done, 3)
+                        for name, seconds in threads1.items()
+                        if seconds - threads0.get(name, 0.0) > 0
+                    },
+                })
+    finally:
+        sink.__exit__(None, None, None)
+
+    def summary(mode: str) -> dict[str, Any]:
+        cpu = sorted(r["process_cpu_ms_per_execution"] for r in runs[mode])
+        eps = sorted(r["executions_per_s"] for r in runs[mode])
+        return {"process_cpu_ms_per_execution": cpu, "executions_per_s": eps}
+
+    off, on = summary("off"), summary("on")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "runs": runs,
+        "off": off,
+        "on": on,
+        "cpu_ratio_on_over_off": round(mean(on["process_cpu_ms_per_execution"])
+                                       / mean(off["process_cpu_ms_per_execution"]), 3),
+        "throughput_ratio_on_over_off": round(mean(on["executions_per_s"])
+                                              / mean(off["executions_per_s"]), 3),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1500)
@@ -197,6 +266,13 @@ def main() -> int:
                         help="tracing and metrics on, exported over OTLP/HTTP to a loopback "
                              "receiver (the exporter threads' CPU counts in the driver's)")
     parser.add_argument("--no-tree", action="store_true", help="skip the pyinstrument run")
+    parser.add_argument("--flow", choices=("chain", "fanout"), default="chain")
+    parser.add_argument("--ab", type=int, default=0, metavar="ROUNDS",
+                        help="telemetry off/on A/B, ROUNDS x 2 runs each, CPU per execution "
+                             "(no profilers)")
+    parser.add_argument("--on-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --ab: more OTEL_* for the 'on' runs "
+                             "(e.g. OTEL_METRICS_EXPORTER=none)")
     parser.add_argument("--uvloop", action="store_true",
                         help="run on uvloop's event loop (pip install uvloop)")
     parser.add_argument("--nats-py-publish", action="store_true",
@@ -204,6 +280,17 @@ def main() -> int:
                              "js.publish, kv.update and js.get_msg (the path before the lean "
                              "ack inbox), in this process")
     args = parser.parse_args()
+    global _FLOW
+    _FLOW = getattr(flows, args.flow)
+    if args.ab:
+        with EmbeddedServer() as server:
+            extra = dict(pair.split("=", 1) for pair in args.on_env)
+            report = ab_telemetry(server, args.ab, args.count, args.in_flight, extra)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ab.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report, indent=2))
+        return 0
     if args.nats_py_publish:
         use_nats_py_publish()
     global _LOOP_FACTORY
@@ -213,12 +300,9 @@ def main() -> int:
         _LOOP_FACTORY = uvloop.new_event_loop
     if args.telemetry:
         from triggerbus.observability.telemetry import configure_telemetry
-        from triggerbus.observability.testing import OtlpReceiver
 
-        receiver = OtlpReceiver(decode=False)
-        receiver.__enter__()
-        configure_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                             "OTEL_SERVICE_NAME": "bench", "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+        _sink, on_env = _sink_env()  # lives as long as this process
+        configure_telemetry(on_env)
     else:
         from triggerbus.observability.telemetry import configure_telemetry
 
@@ -291,6 +375,7 @@ def main() -> int:
         }
 
         if args.no_tree:
+            (out / "breakdown.json").write_text(json.dumps(report, indent=2) + "\n")
             print(json.dumps(report, indent=2))
             return 0
         # 3. pyinstrument call tree, if installed
