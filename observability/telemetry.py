@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 import structlog
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.context import attach, detach
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 
@@ -42,6 +42,8 @@ from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
 from triggerbus.observability.tracing import (
     JOIN_PREFIX,
+    TRACEPARENT,
+    TRACESTATE,
     Tracing,
     execution_context,
     execution_trace,
@@ -51,6 +53,7 @@ from triggerbus.observability.tracing import (
     record_arrival,
     span_context_of,
     tracing_from_env,
+    w3c_only,
 )
 
 log = structlog.get_logger()
@@ -372,9 +375,11 @@ class _TracedHandling(Handling):
     def __init__(self, telemetry: Telemetry, tracing: Tracing, input: MailboxInput) -> None:
         super().__init__(telemetry, input)
         self._tracing = tracing
-        self._parent: SpanContext | None = span_context_of(input.headers)
+        self._message = span_context_of(input.headers)  # parsed once per message
+        self._parent: SpanContext | None = self._message
         self._links: list[Link] = []
         self._scope: object | None = None
+        self._ids: tuple[SpanContext | None, str, str] = (None, "", "")
 
     def __enter__(self) -> Handling:
         if self._parent is not None:
@@ -392,7 +397,7 @@ class _TracedHandling(Handling):
             self._parent = own
 
     def transition(self, before: Snapshot | None, after: Snapshot) -> Snapshot:
-        stored = dict(after.trace)
+        stored = after.trace  # copied below only when this transition changes it
         started_here = False
         if not stored and after.status != "created":
             stored = execution_trace(
@@ -400,7 +405,7 @@ class _TracedHandling(Handling):
             )
             started_here = True
         own = execution_context(stored)
-        message = span_context_of(self._input.headers)
+        message = self._message
         self._links = []
         if own is None:
             parent = message
@@ -413,6 +418,8 @@ class _TracedHandling(Handling):
         self._parent = parent
         before_joins = before.joins if before is not None else {}
         if parent is not None and (before_joins or after.joins):
+            if stored is after.trace:
+                stored = dict(stored)
             for key, value in after.joins.items():
                 if before_joins.get(key) != value:
                     record_arrival(stored, key, parent)
@@ -420,7 +427,7 @@ class _TracedHandling(Handling):
                 if key not in after.joins:
                     self._links.extend(join_links(stored, key))
                     stored.pop(JOIN_PREFIX + key, None)
-        if stored != after.trace:
+        if stored is not after.trace and stored != after.trace:
             after = msgspec.structs.replace(after, trace=stored)
         self._snapshot = after
         return after
@@ -428,8 +435,11 @@ class _TracedHandling(Handling):
     def publish(self, input: PublishInput) -> Headers:
         if self._parent is None:
             return _NO_HEADERS
-        links = self._links if isinstance(input.message, InvokeChunk) else ()
-        return _publish(self._tracing, self._parent, input, links)
+        message = input.message
+        if isinstance(message, InvokeChunk | EmitEvent):
+            links = self._links if isinstance(message, InvokeChunk) else ()
+            return _Producer(self._tracing, self._parent, input, links)
+        return contextlib.nullcontext(self._headers())
 
     def observe(self, name: str, attributes: dict[str, Any]) -> None:
         super().observe(name, attributes)
@@ -452,11 +462,35 @@ class _TracedHandling(Handling):
             error=f"{error.error_type}: {error.message}" if error is not None else None,
         )
 
+    def _hex_ids(self) -> tuple[SpanContext | None, str, str]:
+        """The parent's ids as hex, formatted once per parent (every event carries them)."""
+        ids = self._ids
+        if ids[0] is not self._parent:
+            parent = self._parent
+            ids = self._ids = (
+                (parent, f"{parent.trace_id:032x}", f"{parent.span_id:016x}")
+                if parent is not None
+                else (None, "", "")
+            )
+        return ids
+
+    def _headers(self) -> dict[str, str]:
+        """Headers naming the parent, for a message that gets no span of its own."""
+        parent = self._parent
+        assert parent is not None
+        if w3c_only() and not baggage.get_all():
+            _, trace_id, span_id = self._hex_ids()
+            headers = {TRACEPARENT: f"00-{trace_id}-{span_id}-{int(parent.trace_flags):02x}"}
+            if parent.trace_state:
+                headers[TRACESTATE] = parent.trace_state.to_header()
+            return headers
+        return inject(parent, {})
+
     def _trace_id(self) -> str:
-        return f"{self._parent.trace_id:032x}" if self._parent is not None else ""
+        return self._hex_ids()[1]
 
     def _span_id(self) -> str:
-        return f"{self._parent.span_id:016x}" if self._parent is not None else ""
+        return self._hex_ids()[2]
 
 
 # --- publishing ---------------------------------------------------------------------------------

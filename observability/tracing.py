@@ -74,7 +74,7 @@ def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
     header = carrier.get(TRACEPARENT)
     if not header:
         return None
-    if _w3c_only():
+    if w3c_only():
         # What the W3C propagator would extract, parsed once per distinct header: every
         # message of an execution names the same few parents.
         return _parse_traceparent(header, carrier.get(TRACESTATE))
@@ -92,7 +92,7 @@ _W3C_FIELDS = frozenset({TRACEPARENT, TRACESTATE, "baggage"})
 _w3c_checked: list[Any] = [None, False]
 
 
-def _w3c_only() -> bool:
+def w3c_only() -> bool:
     """Whether the configured propagators are the W3C ones (the default: trace context and
     baggage), so that headers can be read and written without going through them."""
     textmap = propagate.get_global_textmap()
@@ -102,16 +102,32 @@ def _w3c_only() -> bool:
     return bool(_w3c_checked[1])
 
 
+_HEX_DIGITS = "0123456789abcdef"
+_TRACE_FLAGS = [TraceFlags(value) for value in range(256)]
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_traceparent(header: str, state: str | None) -> SpanContext | None:
-    if len(header) > _TRACEPARENT_MAX:
-        return None
-    match = _TRACEPARENT_FORMAT.match(header)
-    if match is None:
-        return None
-    version, trace_hex, span_hex, flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest):
-        return None
+    if (
+        len(header) == 55
+        and header[:3] == "00-"
+        and header[35] == "-"
+        and header[52] == "-"
+        and not header[3:35].strip(_HEX_DIGITS)
+        and not header[36:52].strip(_HEX_DIGITS)
+        and not header[53:].strip(_HEX_DIGITS)
+    ):
+        # The form every W3C tracer writes (version 00, lowercase hex): sliced, not matched.
+        trace_hex, span_hex, flags = header[3:35], header[36:52], header[53:]
+    else:
+        if len(header) > _TRACEPARENT_MAX:
+            return None
+        match = _TRACEPARENT_FORMAT.match(header)
+        if match is None:
+            return None
+        version, trace_hex, span_hex, flags, rest = match.groups()
+        if version == "ff" or (version == "00" and rest):
+            return None
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
@@ -122,7 +138,7 @@ def _parse_traceparent(header: str, state: str | None) -> SpanContext | None:
         trace_id,
         span_id,
         is_remote=True,
-        trace_flags=TraceFlags(int(flags, 16)),
+        trace_flags=_TRACE_FLAGS[int(flags, 16)],
         trace_state=trace_state,
     )
 
@@ -176,7 +192,7 @@ def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[st
     """Write ``span_context`` into ``headers`` with the configured propagators."""
     if span_context is None or not span_context.is_valid:
         return headers
-    if _w3c_only() and not baggage.get_all():
+    if w3c_only() and not baggage.get_all():
         # Exactly what the W3C propagators write when there is no baggage.
         headers[TRACEPARENT] = traceparent(span_context)
         if span_context.trace_state:
@@ -188,7 +204,7 @@ def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[st
 
 def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
     """:func:`inject` for a span of ours, without building its ``SpanContext``."""
-    if _w3c_only() and not baggage.get_all():
+    if w3c_only() and not baggage.get_all():
         flags = span.flags & 0xFF
         headers[TRACEPARENT] = f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"
         if span.trace_state:
@@ -251,13 +267,18 @@ class Tracing:
         links: Sequence[Link] = (),
         start_ns: int | None = None,
         ids: tuple[int, int] | None = None,
+        sampled: bool | None = None,
     ) -> RecordedSpan:
         """A started span; ``attributes`` is taken over, not copied (callers build it fresh).
 
-        ``ids`` (trace id, span id) fixes the span's ids: the execution span's were fixed at
-        its start.
+        ``ids`` (trace id, span id) fixes the span's ids and ``sampled`` the decision: the
+        execution span's were fixed at its start.
         """
-        if parent is not None:
+        if sampled is not None:
+            trace_id = ids[0] if ids is not None else parent.trace_id if parent else 0
+            state = parent.trace_state if parent is not None else None
+            flags = int(sampled) | (int(parent.trace_flags) & _RANDOM_TRACE_ID if parent else 0)
+        elif parent is not None:
             trace_id = parent.trace_id
             parent_flags = int(parent.trace_flags)
             if self._follow_parent:
@@ -323,6 +344,8 @@ class Tracing:
                 trace_flags=own.trace_flags,
                 trace_state=state,
             )
+        if not own.trace_flags.sampled:
+            return  # decided at the start, for the whole execution (see execution_trace)
         span = self.start_span(
             name,
             parent=parent,
@@ -330,6 +353,7 @@ class Tracing:
             attributes=attributes,
             start_ns=ns(started_at),
             ids=(own.trace_id, own.span_id),
+            sampled=True,
         )
         if error:
             span.set_status(Status(StatusCode.ERROR, error))
