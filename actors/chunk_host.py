@@ -9,6 +9,7 @@ that dies mid-chunk leaves the invocation to be redelivered to another replica.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import time
 import traceback
@@ -24,7 +25,7 @@ from structlog.contextvars import bound_contextvars
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
-from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
+from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.pull import Permits
 from triggerbus.bus.replies import ReplyRouter
@@ -449,19 +450,19 @@ STREAM_WINDOW = 128
 
 
 class _ItemSend:
-    """A prepared stream item. Called through the port's chain it waits for room in the
-    window; started directly when nothing is queued ahead of it."""
+    """A prepared stream item. Called through the port's chain it is sent in its turn; sent
+    directly when nothing is queued ahead of it."""
 
     def __init__(
         self,
-        through_window: Callable[[_ItemSend], Awaitable[None]],
-        publish: Callable[[], Awaitable[None]],
+        send: Callable[[_ItemSend], Awaitable[None]],
+        start: Callable[[], Awaitable[PipelinedPublish]],
     ) -> None:
-        self._through_window = through_window
-        self.publish = publish
+        self._send = send
+        self.start = start
 
     def __call__(self) -> Awaitable[None]:
-        return self._through_window(self)
+        return self._send(self)
 
 
 class _Port:
@@ -479,10 +480,8 @@ class _Port:
         self._loop = asyncio.get_running_loop()
         self._tail: asyncio.Future[None] | None = None
         self.stream_target: tuple[str, str] | None = None
-        # Stream items in flight: sent in order, acknowledged later (see _prepare).
-        self._items: list[asyncio.Task[None]] = []
-        self._unacked = 0
-        self._room = asyncio.Event()
+        # Stream items sent in order whose acks are collected later (see _send_item).
+        self._items: collections.deque[PipelinedPublish] = collections.deque()
         self.effects: list[str] = []
 
     @property
@@ -496,20 +495,16 @@ class _Port:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def send_nowait(self, message: Outgoing) -> None:
-        prepared = self._prepare(message)
         self._note_effect(message)
-        if isinstance(message, StreamItem) and self._items_may_skip_chain():
-            self._start_item(prepared)
-            return
-        self._chain(prepared)
+        self._chain(self._prepare(message))
 
     async def send(self, message: Outgoing) -> None:
         prepared = self._prepare(message)
         self._note_effect(message)
-        if isinstance(message, StreamItem) and self._items_may_skip_chain():
-            # Nothing is queued ahead of it: start the send now, without a chain link and
-            # without yielding, so a burst of items goes out in a few socket writes.
-            self._start_item(prepared)
+        if isinstance(prepared, _ItemSend) and (self._tail is None or self._tail.done()):
+            # Nothing is queued ahead of it: send it now, without a chain link, a task or a
+            # wait for its ack, so a burst of items goes out in a few socket writes.
+            await self._send_item(prepared)
             return
         await self._chain(prepared)
 
@@ -593,14 +588,21 @@ class _Port:
 
         observed = PublishInput(self._flow, subject, message)
 
+        if isinstance(message, StreamItem):
+
+            async def start() -> PipelinedPublish:
+                with self._observed.publish(observed) as headers:
+                    return await self._bus.publish_pipelined(
+                        subject, payload, msg_id=message.id, headers=headers
+                    )
+
+            return _ItemSend(self._send_item, start)
+
         async def publish() -> None:
             with self._observed.publish(observed) as headers:
                 await self._bus.publish(
                     subject, payload, msg_id=msg_id or message.id, headers=headers
                 )
-
-        if isinstance(message, StreamItem):
-            return _ItemSend(self._publish_item, publish)
 
         async def publish_after_items() -> None:
             # Anything else waits until every earlier stream item is stored: an end marker
@@ -616,33 +618,19 @@ class _Port:
         if isinstance(message, EmitEvent | StateWritten):
             self.effects.append(message.id)
 
-    def _items_may_skip_chain(self) -> bool:
-        return (self._tail is None or self._tail.done()) and self._unacked < STREAM_WINDOW
-
-    def _start_item(self, item: Callable[[], Awaitable[None]]) -> None:
-        """Start sending a stream item now; its task sends on its first run, after every item
-        started before it, and the ack is collected by ``_settle_items``."""
-        assert isinstance(item, _ItemSend)
-        self._unacked += 1
-        task = self._loop.create_task(item.publish())
-        task.add_done_callback(self._item_settled)
-        self._items.append(task)
-
-    def _item_settled(self, _: asyncio.Task[None]) -> None:
-        self._unacked -= 1
-        self._room.set()
-
-    async def _publish_item(self, item: _ItemSend) -> None:
-        """The chained path: wait for room in the window of unacknowledged items."""
-        while self._unacked >= STREAM_WINDOW:
-            self._room.clear()
-            await self._room.wait()
-        self._start_item(item)
+    async def _send_item(self, item: _ItemSend) -> None:
+        """Send a stream item now and collect its ack later: at most ``STREAM_WINDOW`` wait,
+        the oldest first (an ack already in costs no suspension)."""
+        items = self._items
+        while len(items) >= STREAM_WINDOW:
+            await items.popleft().settled()
+        items.append(await item.start())
 
     async def _settle_items(self) -> None:
-        items, self._items = self._items, []
-        if items:
-            await asyncio.gather(*items)
+        items = self._items
+        while items:
+            await items[0].settled()
+            items.popleft()
 
     def _chain(self, send: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
         previous = self._tail

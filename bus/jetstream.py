@@ -179,6 +179,43 @@ class PullConsumer:
             pass
 
 
+class PipelinedPublish:
+    """A publish already sent whose ack nobody has waited for yet."""
+
+    __slots__ = ("_bus", "_future", "_headers", "_payload", "_subject")
+
+    def __init__(
+        self,
+        bus: Bus,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str],
+        future: asyncio.Future[Msg] | None,
+    ) -> None:
+        self._bus = bus
+        self._subject = subject
+        self._payload = payload
+        self._headers = headers
+        self._future = future
+
+    async def settled(self) -> int:
+        """The stream sequence once stored; a failed first attempt is retried like ``publish``
+        (the message id makes a copy the stream already holds count once)."""
+        if self._future is not None:
+            try:
+                return PublishAcks.pub_ack(await self._future, self._subject).seq
+            except nats.errors.Error as exc:
+                if not transient(exc):
+                    with translate_nats_errors(subject=self._subject):
+                        raise
+        return await self._bus.publish(
+            self._subject,
+            self._payload,
+            msg_id=self._headers[MSG_ID_HEADER],
+            headers=self._headers,
+        )
+
+
 class Subscription:
     """A core NATS subscription read one message at a time."""
 
@@ -272,6 +309,24 @@ class Bus:
             subject=subject,
         )
         return ack.seq
+
+    async def publish_pipelined(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> PipelinedPublish:
+        """Publish into a stream without waiting for the ack: ``settled()`` on the result waits
+        for it (retrying as ``publish`` does). Publishes on one connection are stored in the
+        order they were sent, so a run of these keeps its order unless one needs a retry."""
+        all_headers = {**(headers or {}), MSG_ID_HEADER: msg_id}
+        try:
+            future = await self._acks.send(subject, payload, all_headers)
+        except nats.errors.Error:
+            future = None  # not even sent: settled() sends it the retrying way
+        return PipelinedPublish(self, subject, payload, all_headers, future)
 
     async def publish_once(
         self,

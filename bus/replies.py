@@ -117,7 +117,24 @@ class PublishAcks:
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> PubAck:
         """Publish into a stream and wait for its ack; raises nats-py errors like ``js.publish``."""
-        msg = await self.request(subject, payload, headers)
+        return self.pub_ack(await self.request(subject, payload, headers), subject)
+
+    async def send(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[Msg]:
+        """Publish now and return the future of its one reply, without waiting for it; the
+        reply (or the timeout) resolves the future even if nobody awaits it."""
+        token, future = self._open()
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            self._close(token)
+            raise
+        return future
+
+    @staticmethod
+    def pub_ack(msg: Msg, subject: str) -> PubAck:
+        """The PubAck a stream answered with, or the nats-py error ``js.publish`` raises."""
         data = msg.data
         if not data:
             if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == _NO_RESPONDERS:
@@ -150,6 +167,14 @@ class PublishAcks:
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         """Publish with a reply subject under this inbox and wait for the one reply."""
+        token, future = self._open()
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            return await future
+        finally:
+            self._close(token)
+
+    def _open(self) -> tuple[str, asyncio.Future[Msg]]:
         token = str(next(self._counter))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
@@ -157,14 +182,13 @@ class PublishAcks:
         self._deadlines.append((loop.time() + self._timeout, token))
         if self._timer is None:
             self._timer = loop.call_at(self._deadlines[0][0], self._expire)
-        try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
-            return await future
-        finally:
-            self._pending.pop(token, None)
-            deadlines = self._deadlines
-            while deadlines and deadlines[0][1] not in self._pending:
-                deadlines.popleft()  # keep the queue short when acks come back in order
+        return token, future
+
+    def _close(self, token: str) -> None:
+        self._pending.pop(token, None)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1] not in self._pending:
+            deadlines.popleft()  # keep the queue short when acks come back in order
 
     def statistics(self) -> AckStatistics:
         return AckStatistics(waiting=len(self._pending))

@@ -73,6 +73,48 @@ class TestPublish:
                 await bus.publish(bus.subjects.mailbox("f", "e"), b"late", msg_id="x")
 
 
+class TestPipelinedPublish:
+    async def test_a_run_is_stored_in_send_order_and_settles_later(self, bus: Bus):
+        subject = bus.subjects.stream("f", "e3")
+        async with asyncio.timeout(20):
+            sent = [
+                await bus.publish_pipelined(subject, str(n).encode(), msg_id=f"e3:{n}")
+                for n in range(300)
+            ]
+            sequences = [await publish.settled() for publish in sent]
+            again = await bus.publish_pipelined(subject, b"0 again", msg_id="e3:0")
+            repeated = await again.settled()
+            stored = [
+                await bus.first_message(bus.subjects.stream_stream, subject, from_sequence=s)
+                for s in sequences[:3]
+            ]
+        assert sequences == sorted(sequences) and len(set(sequences)) == 300
+        assert repeated == sequences[0]  # a repeated id is the stored copy, not a new one
+        assert stored == [(sequences[n], str(n).encode()) for n in range(3)]
+        assert bus._acks.statistics().waiting == 0
+
+    async def test_a_first_attempt_that_timed_out_is_retried_at_settle(
+        self, bus: Bus, prefix: str
+    ):
+        """The first send's ack comes too late (an ack timeout of 0); settling retries with the
+        same id, as an awaited publish would, and the message is stored once."""
+        impatient = PublishAcks(bus.nc, timeout=0.0)
+        await impatient.start()
+        bus._acks = impatient
+        subject = bus.subjects.stream("f", "e4")
+        async with asyncio.timeout(20):
+            pending = await bus.publish_pipelined(subject, b"once", msg_id="e4:1")
+            bus._acks = PublishAcks(bus.nc)
+            await bus._acks.start()
+            sequence = await pending.settled()
+            stored = await bus.first_message(bus.subjects.stream_stream, subject)
+            second = await bus.first_message(
+                bus.subjects.stream_stream, subject, from_sequence=sequence + 1
+            )
+            await impatient.stop()
+        assert stored == (sequence, b"once") and second is None
+
+
 class TestCompareAndSet:
     async def test_store_then_stale_revision_conflicts(self, bus: Bus):
         async with asyncio.timeout(10):
