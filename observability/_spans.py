@@ -346,7 +346,7 @@ class SpanRecorder:
 
 def _otlp_http_client(exporter: SpanExporter) -> Any:
     """The SDK OTLP/HTTP exporter's HTTP client, when it has one this module can post bytes
-    through (``opentelemetry-exporter-otlp-proto-http`` >= 1.40); otherwise None, and the
+    through (``opentelemetry-exporter-otlp-proto-http`` 1.45 has one); otherwise None, and the
     exporter gets ``ReadableSpan`` objects and encodes them itself."""
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
