@@ -134,6 +134,7 @@ class Worker:
                     chunks=self._chunk_host.chunks if self._chunk_host else [],
                     executions=self._execution_host is not None,
                     pid=os.getpid(),
+                    event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
                 )
                 await self._stop.wait()
                 log.info("worker_draining", grace_seconds=self._grace)

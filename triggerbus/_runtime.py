@@ -47,6 +47,11 @@ def configure(settings: Settings | None) -> None:
     _configured = settings
 
 
+def current_settings() -> Settings:
+    """What the next runtime will use: the configured settings, else the environment's."""
+    return _configured or Settings.from_env()
+
+
 def embedded_url(settings: Settings) -> str:
     """Start the process's private nats-server once; every loop's runtime shares it."""
     global _embedded
@@ -80,7 +85,7 @@ async def get_runtime() -> LocalRuntime:
     loop = asyncio.get_running_loop()
     runtime = _runtimes.get(loop)
     if runtime is None or runtime.broken:
-        settings = _configured or Settings.from_env()
+        settings = current_settings()
         configure_default_logging(settings.log_level)
         runtime = LocalRuntime(settings)
         _runtimes[loop] = runtime

@@ -24,7 +24,10 @@ def _background_loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _lock:
         if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
+            from triggerbus._loop import loop_factory
+            from triggerbus._runtime import current_settings
+
+            loop = loop_factory(current_settings().event_loop)()
             thread = threading.Thread(
                 target=loop.run_forever, name="triggerbus-sync-loop", daemon=True
             )

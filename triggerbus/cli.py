@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 import structlog
 
+from triggerbus._loop import loop_factory
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.worker import Worker, install_signal_handlers, kill_after
 from triggerbus.bus.connection import ConnectOptions
@@ -183,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             configure_telemetry()  # OTEL_*; flushed when the worker stops
             try:
-                return asyncio.run(_run_worker(args, settings))
+                with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+                    return runner.run(_run_worker(args, settings))
             finally:
                 shutdown_telemetry()
         if args.command == "graph":

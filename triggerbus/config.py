@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from triggerbus._loop import EVENT_LOOPS
 from triggerbus.errors import ConfigurationError
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -42,6 +43,8 @@ class Settings:
         replicas: Copies JetStream keeps of every stream and of the executions bucket; 3 on a
             cluster of at least 3 servers survives the loss of one. Every process provisions
             with it, so all must agree (a difference is reported as drift).
+        event_loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``: the loop of
+            ``triggerbus worker`` and of the sync API's background thread.
     """
 
     nats_url: str | None = None
@@ -65,6 +68,7 @@ class Settings:
     ack_wait: float = 30.0
     fault_kill_after_stores: int | None = None
     replicas: int = 1
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -80,6 +84,11 @@ class Settings:
             )
         if self.tls_cert_file and not self.tls_key_file:
             raise ConfigurationError("TRIGGERBUS_NATS_TLS_CERT needs TRIGGERBUS_NATS_TLS_KEY")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigurationError(
+                f"TRIGGERBUS_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, "
+                f"not {self.event_loop!r}"
+            )
 
     @property
     def embedded(self) -> bool:
@@ -121,6 +130,7 @@ class Settings:
                 else None
             ),
             replicas=_positive_int(get("REPLICAS"), "REPLICAS", 1),
+            event_loop=(get("EVENT_LOOP") or "auto").lower(),
         )
 
 
