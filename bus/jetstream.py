@@ -245,6 +245,7 @@ class Bus:
         self._kv: KeyValue | None = None
         self._kv_prefix = KV_PRE_TEMPLATE.format(bucket=subjects.executions_bucket)
         self._acks = PublishAcks(nc)
+        self._readers: set[asyncio.Queue[tuple[int, bytes] | None]] = set()
 
     @classmethod
     async def open(
@@ -268,6 +269,8 @@ class Bus:
         return bus
 
     async def close(self) -> None:
+        for reader in self._readers:
+            reader.put_nowait(None)  # a stream reader waiting on this connection gives up
         if self.nc.is_closed:
             await self._acks.stop()
             return
@@ -444,26 +447,38 @@ class Bus:
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Replay then follow one subject of a limits stream, in order, as (sequence, data).
 
-        Uses an ephemeral ordered consumer: never a durable one per execution.
+        Uses an ephemeral ordered consumer: never a durable one per execution. Deliveries go
+        through a callback into a plain queue: nats-py's ``next_msg`` costs a task per message.
         """
+        received: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+
+        async def on_message(msg: Msg) -> None:
+            received.put_nowait((msg.metadata.sequence.stream, msg.data))
+
         with translate_nats_errors(subject=subject):
             if start_sequence > 0:
                 sub = await self.js.subscribe(
                     subject,
+                    cb=on_message,
                     ordered_consumer=True,
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                     config=_start_at(start_sequence),
                 )
             else:
                 sub = await self.js.subscribe(
-                    subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+                    subject, cb=on_message, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
                 )
+        self._readers.add(received)
         try:
             while True:
-                with translate_nats_errors(subject=subject):
-                    msg = await sub.next_msg(timeout=None)  # type: ignore[arg-type]
-                yield msg.metadata.sequence.stream, msg.data
+                item = received.get_nowait() if not received.empty() else await received.get()
+                if item is None:
+                    raise BusUnavailableError(
+                        f"the NATS connection closed while reading {subject!r}", url=self.url
+                    )
+                yield item
         finally:
+            self._readers.discard(received)
             try:
                 await sub.unsubscribe()
             except (nats.errors.Error, asyncio.CancelledError):
