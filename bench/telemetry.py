@@ -120,7 +120,8 @@ def bench_telemetry(ctx: Context) -> dict:
             exported = sum(r["otlp_bytes"] for r in runs["on"])
             rows.append(row("7 telemetry", f"{label} executions/s, tracing + metrics on",
                             round(on_eps, 1), "exec/s", anchor="tracing off",
-                            anchor_value=round(off, 1),
+                            anchor_value=round(off, 1), target=">= 0.85x",
+                            passed=on_eps >= 0.85 * off,
                             note=f"OTLP/HTTP to a receiver process on loopback, {exported:,} bytes "
                                  "exported; mean of 2 runs each, alternated"))  # fmt: skip
             writes = runs["off"][0]["writes_per_execution"]
