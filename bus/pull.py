@@ -155,10 +155,13 @@ class StandingPull:
             self._requested = max(0, self._requested - int(left))
         else:
             self._requested = 0
-        if status not in ("408", "404"):
-            log.info("pull_request_ended", consumer=self.name, status=status,
-                     description=headers.get("Description", ""))  # fmt: skip
-        self._wake.set()
+        if status in ("408", "404"):
+            self._wake.set()  # a request ran its course: renew it now
+            return
+        # A refusal is asked again on the next check, not at once: a condition that persists
+        # (too many waiting requests) must not become a loop of requests and refusals.
+        log.info("pull_request_ended", consumer=self.name, status=status,
+                 description=headers.get("Description", ""))  # fmt: skip
 
     def _forget_lost_requests(self) -> None:
         """Requests a restarted server or a dropped connection no longer holds."""
