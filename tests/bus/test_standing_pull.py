@@ -122,26 +122,28 @@ async def test_requests_a_crashed_server_forgot_are_asked_again(tmp_path: Path) 
     url = first.start()
     second: EmbeddedServer | None = None
     bus = await _open(url, unique_prefix())
-    stopping, delivered = asyncio.Event(), asyncio.Queue[bytes]()
+    stopping, delivered = asyncio.Event(), asyncio.Queue[Msg]()
     try:
         _, subject, next_subject = await _consumer(bus)
         pull = StandingPull(bus.nc, next_subject, "test", capacity=4, expires=60, heartbeat=30)
 
         def dispatch(msg: Msg, permits: Permits) -> None:
-            delivered.put_nowait(msg.data)
+            delivered.put_nowait(msg)
             permits.release()
 
         feed = asyncio.create_task(pull.run(stopping, dispatch))
         async with asyncio.timeout(10):
             await bus.publish(subject, b"before", msg_id="before")
-            assert await delivered.get() == b"before"
+            before = await delivered.get()
+            assert before.data == b"before"
+            await before.ack_sync()  # stored as acked before the crash: not redelivered
         first.kill()
         second = EmbeddedServer(store_dir=store, port=first.port)
         second.start()
         async with asyncio.timeout(20):
             await bus.publish(subject, b"after", msg_id="after")  # retried until reconnected
         async with asyncio.timeout(5):  # far less than the 60 s a forgotten request would take
-            assert await delivered.get() == b"after"
+            assert (await delivered.get()).data == b"after"
         stopping.set()
         async with asyncio.timeout(10):
             await feed
