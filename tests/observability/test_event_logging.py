@@ -1,0 +1,30 @@
+"""The Event Center's logging subscriber writes debug-level events only when debug is on."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+
+from triggerbus.observability import events
+from triggerbus.observability.logging import configure_logging, log_event
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog():
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize(("level", "written"), [("debug", True), ("info", False)])
+def test_debug_events_follow_the_configured_level(level: str, written: bool) -> None:
+    out = io.StringIO()
+    configure_logging(level=level, fmt="json", stream=out)
+    log_event(events.ExecutionStarted(flow="f", execution_id="e1", at=1.0))
+    started = events.ChunkStarted(flow="f", execution_id="e1", at=1.0, chunk="c", step=1, attempt=1)
+    log_event(started)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    names = [line["event"] for line in lines]
+    assert names == (["execution_started", "chunk_attempt_started"] if written else [])
