@@ -24,6 +24,7 @@ import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from triggerbus.bus._errors import translate_nats_errors
 
@@ -135,10 +136,21 @@ class StandingPull:
         finally:
             self._stopping = True
             watcher.cancel()
-            # Messages already queued for this subscription go back (nak) rather than wait
-            # out ack_wait; pending requests die with the inbox's interest.
-            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
-                await sub.drain()
+            await self._close(sub)
+
+    async def _close(self, sub: Subscription) -> None:
+        """Hand back what is queued (the callback naks it once stopping) and drop the inbox;
+        pending requests die with its interest.
+
+        Not ``sub.drain()``: its flush, cancelled by a host that is being cancelled, leaves a
+        cancelled PONG future that makes nats-py's read loop stop on the PONG (nats.py #914).
+        """
+        try:
+            for _ in range(sub.pending_msgs):
+                await asyncio.sleep(0)  # one turn of the callback's task per queued message
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def _wake_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
