@@ -65,6 +65,9 @@ class StandingPull:
         name: For logs.
         capacity: Deliveries held at once (in handlers plus asked for). A soft bound: after a
             reconnect to a server that did keep the old requests, up to twice as many may come.
+        expires, heartbeat: Of each pull request, in seconds.
+        recheck: Longest pause between checks for lost requests (tests lengthen it to prove
+            that a released slot is asked for without waiting for a check).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class StandingPull:
         capacity: int,
         expires: float = EXPIRES,
         heartbeat: float = HEARTBEAT,
+        recheck: float = RECHECK,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -86,6 +90,7 @@ class StandingPull:
         self._threshold = max(1, capacity // 2)
         self._expires = expires
         self._heartbeat = heartbeat
+        self._recheck = min(heartbeat / 2, recheck)
         self._in_hand = 0
         self._requested = 0
         self._requested_at = 0.0
@@ -95,9 +100,11 @@ class StandingPull:
         self._stopping = False
 
     def release(self) -> None:
-        """A handler settled its message: its slot can be asked for again."""
+        """A handler settled its message: its slot can be asked for again (at once when
+        nothing is asked for, else once half the capacity is free)."""
         self._in_hand -= 1
-        if self._capacity - self._in_hand - self._requested >= self._threshold:
+        free = self._capacity - self._in_hand - self._requested
+        if free >= self._threshold or (free > 0 and self._requested == 0):
             self._wake.set()
 
     async def run(
@@ -131,7 +138,7 @@ class StandingPull:
                 await self._top_up(inbox)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(self._heartbeat / 2, RECHECK)):
+                    async with asyncio.timeout(self._recheck):
                         await self._wake.wait()
         finally:
             self._stopping = True
@@ -172,8 +179,10 @@ class StandingPull:
             return
         # A refusal is asked again on the next check, not at once: a condition that persists
         # (too many waiting requests) must not become a loop of requests and refusals.
-        log.info("pull_request_ended", consumer=self.name, status=status,
-                 description=headers.get("Description", ""))  # fmt: skip
+        # A 400 is a request this code got wrong (e.g. a heartbeat too long for its expiry).
+        level = log.warning if status == "400" else log.info
+        level("pull_request_ended", consumer=self.name, status=status,
+              description=headers.get("Description", ""))  # fmt: skip
 
     def _forget_lost_requests(self) -> None:
         """Requests a restarted server or a dropped connection no longer holds."""

@@ -154,3 +154,32 @@ async def test_requests_a_crashed_server_forgot_are_asked_again(tmp_path: Path) 
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_a_slot_released_when_nothing_is_asked_for_is_asked_for_at_once(bus: Bus) -> None:
+    """All slots busy and every request filled: the first slot freed is asked for again right
+    away, not at the next periodic check (an hour away here)."""
+    _, subject, next_subject = await _consumer(bus)
+    for n in range(5):
+        await bus.publish(subject, b"%d" % n, msg_id=f"busy{n}")
+    pull = StandingPull(
+        bus.nc, next_subject, "test", capacity=4, expires=7200, heartbeat=3600, recheck=3600
+    )
+    stopping, delivered = asyncio.Event(), asyncio.Queue[tuple[Msg, Permits]]()
+
+    def dispatch(msg: Msg, permits: Permits) -> None:
+        delivered.put_nowait((msg, permits))
+
+    feed = asyncio.create_task(pull.run(stopping, dispatch))
+    try:
+        async with asyncio.timeout(10):
+            held = [await delivered.get() for _ in range(4)]  # every slot taken, none asked
+            msg, permits = held[0]
+            await msg.ack()
+            permits.release()
+            fifth, _ = await delivered.get()
+        assert fifth.data == b"4"
+    finally:
+        stopping.set()
+        async with asyncio.timeout(10):
+            await feed
