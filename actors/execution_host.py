@@ -318,7 +318,8 @@ class ExecutionHost(HostLifecycle):
             try:
                 stored = await self._store(execution_id, transition, revision)
             except RevisionConflictError:
-                self._conflicts += not assume_new
+                if not assume_new:  # a create that finds the execution is no conflict
+                    self._conflicts += 1
                 assume_new = False
                 self._cache.pop(execution_id, None)
                 continue

@@ -819,10 +819,8 @@ class Execution:
         closed, stored = outcome
         self._mark_closed(closed.snapshot, status=closed.status, reason=None)
         if closed.revision:
-            self._state_version = max(self._state_version, closed.revision)
-            self._started_at = closed.started_at or self._started_at
-            self._closed_at = closed.closed_at or self._closed_at
-            self._close_reason = closed.close_reason or self._close_reason
+            self._take_meta(closed.revision, closed.started_at, closed.closed_at,
+                            closed.close_reason)  # fmt: skip
         self._refresh(stored)
         if closed.error is not None and closed.status == "failed":
             self._raise(closed.error)
@@ -846,14 +844,25 @@ class Execution:
         if stored is None:
             return
         snapshot, revision = stored
-        self._state_version = max(self._state_version, revision)
         if snapshot.status in ("running", "waiting") and self._close_snapshot is None:
             self._status = snapshot.status
-        if snapshot.started_at:
-            self._started_at = snapshot.started_at
-        if snapshot.lifecycle == "closed":
-            self._closed_at = snapshot.closed_at or self._closed_at
-            self._close_reason = snapshot.close_reason or self._close_reason
+        closed = snapshot.lifecycle == "closed"
+        self._take_meta(revision, snapshot.started_at, snapshot.closed_at if closed else None,
+                        snapshot.close_reason if closed else None)  # fmt: skip
+
+    def _take_meta(
+        self,
+        revision: int,
+        started_at: float | None,
+        closed_at: float | None,
+        close_reason: str | None,
+    ) -> None:
+        """Meta the handle learns from the store or a close notice (empty values change
+        nothing)."""
+        self._state_version = max(self._state_version, revision)
+        self._started_at = started_at or self._started_at
+        self._closed_at = closed_at or self._closed_at
+        self._close_reason = close_reason or self._close_reason
 
     def _raise(self, error: ErrorInfo | None) -> None:
         if error is None:
