@@ -98,7 +98,11 @@ def _debug_enabled() -> bool:
     is_enabled_for = getattr(structlog.get_config()["wrapper_class"], "is_enabled_for", None)
     if is_enabled_for is None:
         return True  # an application's own wrapper: let it decide
-    return bool(is_enabled_for(None, logging.DEBUG))
+    try:
+        # structlog's filtering wrappers compare the level with a constant, never ``self``.
+        return bool(is_enabled_for(None, logging.DEBUG))
+    except Exception:  # a wrapper that does use ``self``: let it decide per call
+        return True
 
 
 def log_event(event: Event) -> None:
