@@ -91,16 +91,17 @@ class Delivery:
 
 
 class PullConsumer:
-    """A bound durable pull consumer: ``deliver`` keeps handlers fed through standing pull
-    requests; ``fetch`` returns what is ready, waiting up to ``wait``."""
+    """A durable pull consumer: ``deliver`` keeps handlers fed through standing pull
+    requests; ``fetch`` returns what is ready, waiting up to ``wait`` (through nats-py's pull
+    subscription, bound on first use: hosts that only ``deliver`` never need its inbox)."""
 
-    def __init__(
-        self, sub: JetStreamContext.PullSubscription, name: str, nc: Client, *, stream: str,
-        durable: str,
-    ) -> None:  # fmt: skip
-        self._sub = sub
+    def __init__(self, js: JetStreamContext, nc: Client, *, stream: str, durable: str) -> None:
+        self._js = js
         self._nc = nc
-        self.name = name
+        self._stream = stream
+        self._durable = durable
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.name = f"{stream}/{durable}"
         self._next_subject = f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}"
 
     async def deliver(
@@ -157,6 +158,8 @@ class PullConsumer:
     async def fetch(self, batch: int, wait: float) -> list[Delivery]:
         try:
             with translate_nats_errors(subject=self.name):
+                if self._sub is None:
+                    self._sub = await self._js.pull_subscribe_bind(self._durable, self._stream)
                 msgs = await self._sub.fetch(batch, timeout=wait)
         except (TimeoutError, nats.errors.TimeoutError):
             return []  # nothing arrived within ``wait``: the normal idle case
@@ -169,10 +172,12 @@ class PullConsumer:
     async def pending(self) -> int:
         """Messages not yet delivered: the backlog an autoscaler would read."""
         with translate_nats_errors(subject=self.name):
-            info = await self._sub.consumer_info()
+            info = await self._js.consumer_info(self._stream, self._durable)
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     async def close(self) -> None:
+        if self._sub is None:
+            return
         try:
             await self._sub.unsubscribe()
         except nats.errors.Error:
@@ -426,13 +431,11 @@ class Bus:
         filter_subject: str,
         policy: ConsumerPolicy | None = None,
     ) -> PullConsumer:
-        """Ensure the durable consumer exists, then bind to it."""
+        """Ensure the durable consumer exists; nothing is subscribed until it is used."""
         await ensure_consumer(
             self.js, stream=stream, durable=durable, filter_subject=filter_subject, policy=policy
         )
-        with translate_nats_errors(subject=f"{stream}/{durable}"):
-            sub = await self.js.pull_subscribe_bind(durable, stream)
-        return PullConsumer(sub, f"{stream}/{durable}", self.nc, stream=stream, durable=durable)
+        return PullConsumer(self.js, self.nc, stream=stream, durable=durable)
 
     async def subscribe(self, subject: str) -> Subscription:
         with translate_nats_errors(subject=subject):
