@@ -49,6 +49,31 @@ async def only_step(data: TriggerFlowRuntimeData) -> int:
 
 single.to(only_step).end()
 
+# --- 1: the same chain, each chunk stamping when it started ----------------------------------
+# time.monotonic() is CLOCK_MONOTONIC, one clock for every process on the machine, so a driver
+# can subtract stamps taken in a worker: chunk start to next chunk start is one step, measured
+# directly rather than inferred from end-to-end times.
+
+timed_chain = TriggerFlow(name="bench_timed_chain")
+
+
+@timed_chain.chunk("stamp_a")
+async def stamp_a(data: TriggerFlowRuntimeData) -> list[float]:
+    return [time.monotonic()]
+
+
+@timed_chain.chunk("stamp_b")
+async def stamp_b(data: TriggerFlowRuntimeData) -> list[float]:
+    return [*data.value, time.monotonic()]
+
+
+@timed_chain.chunk("stamp_c")
+async def stamp_c(data: TriggerFlowRuntimeData) -> list[float]:
+    return [*data.value, time.monotonic()]
+
+
+timed_chain.to(stamp_a).to(stamp_b).to(stamp_c).end()
+
 # --- 3: prepare -> batch of 10 -> join -------------------------------------------------------
 
 fanout = TriggerFlow(name="bench_fanout")
