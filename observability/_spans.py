@@ -315,19 +315,27 @@ class SpanRecorder:
                 log.warning("span_exporter_shutdown_failed", error=str(exc))
 
     def _run(self) -> None:
+        due = time.monotonic() + self._delay
         while not self._stopping:
-            self._wake.wait(self._delay)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
             if self._stopping:
                 return
-            self._export_queued()
+            if time.monotonic() >= due:
+                self._export_queued()
+                due = time.monotonic() + self._delay
+            else:
+                # Woken by a full batch: export whole batches only. Exporting the remainder
+                # too would post the few spans that arrived during the last post, then the
+                # fewer that arrived during that one, a post every few milliseconds.
+                self._export_queued(whole_batches_only=True)
 
-    def _export_queued(self) -> None:
+    def _export_queued(self, *, whole_batches_only: bool = False) -> None:
         with self._export_lock:
             queue = self._queue
-            while queue:
-                size = min(len(queue), self._max_batch)
-                self._export([queue.popleft() for _ in range(size)])
+            batch = self._max_batch
+            while len(queue) >= (batch if whole_batches_only else 1):
+                self._export([queue.popleft() for _ in range(min(len(queue), batch))])
 
     def _export(self, batch: list[RecordedSpan]) -> None:
         payload: bytes | None = None

@@ -9,6 +9,8 @@ drops, renames or mis-encodes makes the messages differ.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, DEFAULT_ON, ParentBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
@@ -223,6 +226,58 @@ class TestRecordedSpans:
         always = ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)
         assert not tracing._follows_parent(always)
         assert not tracing._follows_parent(ALWAYS_ON)
+
+    def test_a_full_batch_is_posted_alone_while_later_spans_wait_for_theirs(self) -> None:
+        """Spans that arrive while a batch is being posted wait for a whole batch (or the
+        delay): posting them at once made a post every few milliseconds under load."""
+        posted: list[int] = []
+        first_post_started = threading.Event()
+        release_first_post = threading.Event()
+        second_post = threading.Event()
+
+        class Exporter(SpanExporter):
+            def export(self, spans: Sequence[Any]) -> SpanExportResult:
+                posted.append(len(spans))
+                if len(posted) == 1:
+                    first_post_started.set()
+                    assert release_first_post.wait(10)
+                else:
+                    second_post.set()
+                return SpanExportResult.SUCCESS
+
+        class Wake(threading.Event):
+            """The export thread's wake-up, telling when the thread is back waiting on it."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.idle = threading.Event()
+
+            def wait(self, timeout: float | None = None) -> bool:
+                self.idle.set()
+                return super().wait(timeout)
+
+        recorder = SpanRecorder([Exporter()], resource=RESOURCE, scope=SCOPE, max_queue=100,
+                                max_batch=4, delay=3600)  # fmt: skip
+        try:
+            wake, started_with = Wake(), recorder._wake
+            recorder._wake = wake
+            started_with.set()  # the thread moves over to the watched event
+            assert wake.idle.wait(10)
+            span_ids = iter(range(1, 100))
+            for _ in range(4):
+                _span(recorder, "s", span_id=next(span_ids)).end()  # type: ignore[arg-type]
+            assert first_post_started.wait(10)
+            for _ in range(3):  # arrive during the first post: not yet a batch
+                _span(recorder, "s", span_id=next(span_ids)).end()  # type: ignore[arg-type]
+            wake.idle.clear()
+            release_first_post.set()
+            assert wake.idle.wait(10)  # the first post is done and the thread waits again
+            assert posted == [4]
+            _span(recorder, "s", span_id=next(span_ids)).end()  # type: ignore[arg-type]
+            assert second_post.wait(10)
+            assert posted == [4, 4]
+        finally:
+            recorder.shutdown()
 
     def test_a_full_queue_drops_new_spans_and_counts_them(self) -> None:
         recorder = SpanRecorder([], resource=RESOURCE, scope=SCOPE, max_queue=2, max_batch=10,
