@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry import trace
@@ -37,6 +37,9 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from triggerbus.observability._otlp import SpanEncoder
+
+if TYPE_CHECKING:
+    from triggerbus.observability._span_export import ExportProcess
 
 log = structlog.get_logger()
 
@@ -254,7 +257,10 @@ class SpanRecorder:
         max_queue: int,
         max_batch: int,
         delay: float,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``environ`` (the ``OTEL_*`` settings the exporters were built from), when given and
+        every exporter is OTLP/HTTP, moves the export to a child process (``_span_export``)."""
         self.limits = SpanLimits()
         self.resource = resource
         self.scope = scope
@@ -268,6 +274,9 @@ class SpanRecorder:
             resource_schema_url=resource.schema_url or "",
             scope_schema_url=scope.schema_url or "",
         )
+        self._process: ExportProcess | None = None
+        if environ is not None and self._clients and all(self._clients):
+            self._process = _start_process(environ, resource, scope)
         self._queue: deque[RecordedSpan] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
@@ -297,6 +306,12 @@ class SpanRecorder:
         if self._closed:
             return False
         self._export_queued()
+        with self._export_lock:
+            process = self._process
+            if process is not None and not process.flush(timeout_millis / 1000):
+                log.warning("span_export_process_flush_timed_out", pid=process.pid,
+                            waited_ms=timeout_millis)  # fmt: skip
+                return False
         return True
 
     def shutdown(self) -> None:
@@ -308,6 +323,9 @@ class SpanRecorder:
         self._export_queued()
         self._closed = True
         atexit.unregister(self.shutdown)
+        if self._process is not None:
+            self._process.close(timeout=30)
+            self._process = None
         for exporter in self._exporters:
             try:
                 exporter.shutdown()
@@ -338,6 +356,14 @@ class SpanRecorder:
                 self._export([queue.popleft() for _ in range(min(len(queue), batch))])
 
     def _export(self, batch: list[RecordedSpan]) -> None:
+        process = self._process
+        if process is not None:
+            try:
+                process.export(batch)
+                return
+            except OSError as exc:  # the child is gone: export from this process from now on
+                log.warning("span_export_process_lost", pid=process.pid, error=str(exc))
+                self._process = None
         payload: bytes | None = None
         for exporter, client in zip(self._exporters, self._clients, strict=True):
             try:
@@ -364,3 +390,24 @@ def _otlp_http_client(exporter: SpanExporter) -> Any:
         return None
     client = getattr(exporter, "_client", None)
     return client if callable(getattr(client, "export", None)) else None
+
+
+def _start_process(
+    environ: Mapping[str, str], resource: Resource, scope: InstrumentationScope
+) -> ExportProcess | None:
+    """The export child, or None (then this process exports) when it cannot be started."""
+    from triggerbus.observability._span_export import ExportProcess, hello_for
+
+    hello = hello_for(
+        environ,
+        resource.attributes,
+        resource.schema_url or "",
+        scope.name,
+        scope.version,
+        scope.schema_url or "",
+    )
+    try:
+        return ExportProcess(hello)
+    except OSError as exc:
+        log.warning("span_export_process_not_started", error=str(exc))
+        return None

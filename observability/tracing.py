@@ -537,8 +537,21 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
         max_queue=queue,
         max_batch=batch,
         delay=delay / 1000,
+        environ=environ if span_export_mode(environ) == "process" else None,
     )
     return Tracing(recorder, sampler)
+
+
+SPAN_EXPORT = "TRIGGERBUS_SPAN_EXPORT"
+
+
+def span_export_mode(environ: Mapping[str, str]) -> str:
+    """Where OTLP/HTTP span export runs: ``process`` (a child process, the default) or
+    ``thread`` (a thread of this process, which shares its GIL with the event loop)."""
+    mode = (environ.get(SPAN_EXPORT) or os.environ.get(SPAN_EXPORT) or "process").strip()
+    if mode not in ("process", "thread"):
+        raise ConfigurationError(f"{SPAN_EXPORT} must be process or thread, not {mode!r}")
+    return mode
 
 
 BSP_MAX_QUEUE_SIZE = 8192

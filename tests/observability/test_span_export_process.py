@@ -1,0 +1,152 @@
+"""Span export through a child process: the same bytes reach the collector, under the traced
+process's resource; a lost child costs no spans; the child does not outlive its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind
+
+from triggerbus.errors import ConfigurationError
+from triggerbus.observability import tracing
+from triggerbus.observability._otlp import SpanEncoder
+from triggerbus.observability._span_export import SpanRecord, from_record, to_record
+from triggerbus.observability._spans import RecordedSpan, SpanRecorder
+from triggerbus.observability.testing import OtlpReceiver
+
+from .test_otlp_encoding import _every_kind_of_span
+
+REPO = Path(__file__).resolve().parents[2]
+RESOURCE = Resource.create({"service.name": "traced-process", "service.instance.id": "host:1"})
+SCOPE = InstrumentationScope("triggerbus", "1.2.3")
+
+
+def _recorder(receiver: OtlpReceiver) -> SpanRecorder:
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    exporter = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
+    return SpanRecorder([exporter], resource=RESOURCE, scope=SCOPE, max_queue=1000,
+                        max_batch=100, delay=3600, environ=environ)  # fmt: skip
+
+
+def _spans(recorder: SpanRecorder, count: int, first_id: int = 1) -> None:
+    for span_id in range(first_id, first_id + count):
+        RecordedSpan(recorder, f"span {span_id}", SpanKind.INTERNAL, 0xABC, span_id, 1, None, 0,
+                     False, {"n": span_id}, (), 1_700_000_000_000_000_000).end()  # fmt: skip
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def test_a_span_sent_as_a_record_encodes_to_the_same_bytes() -> None:
+    spans = _every_kind_of_span()
+    wire = msgspec.msgpack.encode([to_record(span) for span in spans])
+    back = [from_record(r) for r in msgspec.msgpack.decode(wire, type=list[SpanRecord])]
+    assert SpanEncoder(RESOURCE.attributes, "triggerbus", "1").encode(back) == SpanEncoder(
+        RESOURCE.attributes, "triggerbus", "1"
+    ).encode(spans)
+
+
+async def test_spans_reach_the_collector_through_the_child_under_the_parents_resource() -> None:
+    with OtlpReceiver() as receiver:
+        recorder = _recorder(receiver)
+        try:
+            assert recorder._process is not None
+            _spans(recorder, 150)
+            assert recorder.force_flush(10_000)  # returns once the child has posted them
+            spans = receiver.snapshot()
+        finally:
+            recorder.shutdown()
+    assert sorted(s.attributes["n"] for s in spans) == list(range(1, 151))
+    assert {s.service for s in spans} == {"traced-process"}
+
+
+async def test_a_lost_child_loses_no_spans_the_process_exports_them_itself() -> None:
+    with OtlpReceiver() as receiver:
+        recorder = _recorder(receiver)
+        try:
+            process = recorder._process
+            assert process is not None
+            os.kill(process.pid, signal.SIGKILL)
+            assert _exited(process.pid, 10)
+            _spans(recorder, 30)
+            recorder.force_flush(10_000)
+            async with asyncio.timeout(10):
+                spans = await receiver.wait_for(lambda s: len(s) >= 30)
+            assert recorder._process is None
+        finally:
+            recorder.shutdown()
+    assert sorted(s.attributes["n"] for s in spans) == list(range(1, 31))
+
+
+async def test_spans_handed_over_before_the_traced_process_is_killed_are_still_posted() -> None:
+    """The child exits when its stdin closes, after posting what it holds: a SIGKILL of the
+    traced process neither leaks the child nor loses a batch it had already been given."""
+    script = textwrap.dedent("""
+        import sys
+        from triggerbus.observability.telemetry import configure_telemetry
+        from triggerbus.observability.tracing import Tracing
+        from opentelemetry.trace import SpanKind
+        telemetry = configure_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": sys.argv[1],
+                                         "OTEL_METRICS_EXPORTER": "none"})
+        recorder = telemetry.tracing.recorder
+        for n in range(20):
+            telemetry.tracing.start_span(f"s{n}", parent=None, kind=SpanKind.INTERNAL,
+                                         attributes={"n": n}).end()
+        recorder._export_queued()  # handed to the child, not waited for
+        print(recorder._process.pid, flush=True)
+        sys.stdin.read()
+    """)
+    with OtlpReceiver() as receiver:
+        traced = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, receiver.endpoint, cwd=REPO,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(30):
+                line = await traced.stdout.readline()  # type: ignore[union-attr]
+            child = int(line)
+            traced.kill()
+            assert _exited(child, 15)
+            async with asyncio.timeout(10):
+                spans = await receiver.wait_for(lambda s: len(s) >= 20)
+        finally:
+            if traced.returncode is None:
+                traced.kill()
+            async with asyncio.timeout(10):
+                await traced.wait()
+    assert sorted(s.attributes["n"] for s in spans) == list(range(20))
+
+
+def test_the_export_place_is_a_setting_with_a_clear_error() -> None:
+    assert tracing.span_export_mode({}) == "process"
+    assert tracing.span_export_mode({"TRIGGERBUS_SPAN_EXPORT": "thread"}) == "thread"
+    with pytest.raises(ConfigurationError, match="process or thread"):
+        tracing.span_export_mode({"TRIGGERBUS_SPAN_EXPORT": "sidecar"})
+    with OtlpReceiver() as receiver:
+        built = tracing.tracing_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                          "TRIGGERBUS_SPAN_EXPORT": "thread"})  # fmt: skip
+        assert built is not None
+        try:
+            assert built.recorder._process is None
+        finally:
+            built.shutdown()
