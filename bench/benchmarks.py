@@ -299,8 +299,12 @@ async def timed_latency(flow: Any, count: int) -> dict:
 
 
 def throughput_run(ctx: Context, prefix: str, flow: Any, count: int,
-                         expected: Callable[[int], Any], *, worker_chunks: bool) -> dict:
-    """Drive ``count`` executions, IN_FLIGHT at a time; count JetStream writes and CPU."""
+                         expected: Callable[[int], Any], *, worker_chunks: bool,
+                         other_pids: Callable[[], dict[str, int]] | None = None) -> dict:
+    """Drive ``count`` executions, IN_FLIGHT at a time; count JetStream writes and CPU.
+
+    ``other_pids`` names more processes whose CPU counts (asked after the warm-up).
+    """
 
     async def body(worker_pids: list[int]) -> dict:
         for value in range(20):  # warm-up: consumers bound, caches hot
@@ -309,7 +313,8 @@ def throughput_run(ctx: Context, prefix: str, flow: Any, count: int,
         writes_before = await jetstream_writes(nc, prefix)
         pids = {"driver": os.getpid(),
                 **({"nats-server": ctx.server_pid} if ctx.server_pid else {}),
-                **{f"worker{i}": pid for i, pid in enumerate(worker_pids)}}
+                **{f"worker{i}": pid for i, pid in enumerate(worker_pids)},
+                **(other_pids() if other_pids is not None else {})}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         result = await drive(
             flow.async_start, count=count, in_flight=IN_FLIGHT, time_limit=ctx.sizes.time_limit,

@@ -85,10 +85,17 @@ def _seam_cost_ns() -> dict[str, float]:
 
 def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], Any],
                 environ: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    configure_telemetry(environ)
+    telemetry = configure_telemetry(environ)
+
+    def span_export_process() -> dict[str, int]:
+        recorder = telemetry.tracing.recorder if telemetry.tracing is not None else None
+        process = recorder._process if recorder is not None else None
+        return {"span export process": process.pid} if process is not None else {}
+
     try:
         prefix = configure_for(ctx, worker_chunks=False)
-        return throughput_run(ctx, prefix, flow, count, expected, worker_chunks=False)
+        return throughput_run(ctx, prefix, flow, count, expected, worker_chunks=False,
+                              other_pids=span_export_process)
     finally:
         shutdown_telemetry()
 
@@ -118,12 +125,19 @@ def bench_telemetry(ctx: Context) -> dict:
             off = sum(r["executions_per_s"] for r in runs["off"]) / 2
             on_eps = sum(r["executions_per_s"] for r in runs["on"]) / 2
             exported = sum(r["otlp_bytes"] for r in runs["on"])
+            cpu = {mode: {name: round(sum(r["cpu_ms_per_execution"].get(name, 0.0)
+                                          for r in runs[mode]) / 2, 2)
+                          for name in ("driver", "span export process")}
+                   for mode in ("off", "on")}  # fmt: skip
             rows.append(row("7 telemetry", f"{label} executions/s, tracing + metrics on",
                             round(on_eps, 1), "exec/s", anchor="tracing off",
                             anchor_value=round(off, 1), target=">= 0.85x",
                             passed=on_eps >= 0.85 * off,
                             note=f"OTLP/HTTP to a receiver process on loopback, {exported:,} bytes "
-                                 "exported; mean of 2 runs each, alternated"))  # fmt: skip
+                                 "exported; mean of 2 runs each, alternated; CPU ms per "
+                                 f"execution: driver {cpu['off']['driver']} off, "
+                                 f"{cpu['on']['driver']} on, span export process "
+                                 f"{cpu['on']['span export process']}"))  # fmt: skip
             writes = runs["off"][0]["writes_per_execution"]
             per_exec_ns = details["seam_off"]["publish_ns"] * writes
             exec_ns = 1e9 / max(off, 1e-9)

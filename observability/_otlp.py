@@ -23,7 +23,7 @@ import structlog
 from opentelemetry.trace import SpanKind
 
 if TYPE_CHECKING:
-    from triggerbus.observability._spans import RecordedSpan
+    from triggerbus.observability._records import LinkRecord, SpanRecord
 
 log = structlog.get_logger()
 
@@ -38,7 +38,7 @@ FLAG_IS_REMOTE = 0x200
 _CACHE_LIMIT = 8192
 
 # Span.kind (field 6): OTLP numbers the kinds from SPAN_KIND_INTERNAL = 1.
-_KINDS = {kind: b"\x30" + bytes((kind.value + 1,)) for kind in SpanKind}
+_KINDS = [b"\x30" + bytes((kind.value + 1,)) for kind in sorted(SpanKind, key=lambda k: k.value)]
 
 
 def _varint(value: int) -> bytes:
@@ -86,7 +86,7 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 class SpanEncoder:
-    """Encodes batches of :class:`RecordedSpan` for one resource and instrumentation scope.
+    """Encodes batches of :class:`SpanRecord` for one resource and instrumentation scope.
 
     Not thread-safe: one per exporting thread (its attribute cache is plain dicts).
     """
@@ -113,30 +113,26 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope)  # ScopeSpans.scope
         self._scope_tail = _field(b"\x1a", scope_schema_url.encode()) if scope_schema_url else b""
 
-    def encode(self, spans: Iterable[RecordedSpan]) -> bytes:
+    def encode(self, spans: Iterable[SpanRecord]) -> bytes:
         """One ``ExportTraceServiceRequest`` holding ``spans``."""
         body = b"".join([_field(b"\x12", self.span(span)) for span in spans])
         scope_spans = self._scope + body + self._scope_tail
         resource_spans = self._resource + _field(b"\x12", scope_spans) + self._resource_tail
         return _field(b"\x0a", resource_spans)
 
-    def span(self, span: RecordedSpan) -> bytes:
+    def span(self, span: SpanRecord) -> bytes:
         """One ``Span`` message body."""
         name = self._names.get(span.name)
         if name is None:
             if len(self._names) > _CACHE_LIMIT:
                 self._names.clear()
             name = self._names[span.name] = _field(b"\x2a", span.name.encode("utf-8"))
-        parts = [
-            b"\x0a\x10", span.trace_id.to_bytes(16, "big"),
-            b"\x12\x08", span.span_id.to_bytes(8, "big"),
-        ]  # fmt: skip
+        parts = [b"\x0a\x10", span.trace_id, b"\x12\x08", span.span_id]
         if span.trace_state:
-            state = ",".join([f"{key}={value}" for key, value in span.trace_state.items()])
-            parts.append(_field(b"\x1a", state.encode("utf-8")))
+            parts.append(_field(b"\x1a", span.trace_state.encode("utf-8")))
         if span.parent_id:
             parts.append(b"\x22\x08")
-            parts.append(span.parent_id.to_bytes(8, "big"))
+            parts.append(span.parent_id)
         parts.append(name)
         parts.append(_KINDS[span.kind])
         parts.append(b"\x39" + _pack_fixed64(span.start_ns))
@@ -195,15 +191,11 @@ class SpanEncoder:
             + b"".join(self._attributes(attributes.items(), b"\x1a"))
         )  # fmt: skip
 
-    def _link(self, link: Any) -> bytes:
-        context = link.context
-        out = (
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big")
-            + b"\x12\x08" + context.span_id.to_bytes(8, "big")
-        )  # fmt: skip
+    def _link(self, link: LinkRecord) -> bytes:
+        out = b"\x0a\x10" + link.trace_id + b"\x12\x08" + link.span_id
         if link.attributes:
             out += b"".join(self._attributes(link.attributes.items(), b"\x22"))
         if link.dropped_attributes:
             out += b"\x28" + _varint(link.dropped_attributes)
-        flags = FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if context.is_remote else 0)
+        flags = FLAG_HAS_IS_REMOTE | (FLAG_IS_REMOTE if link.remote else 0)
         return out + b"\x35" + _pack_fixed32(flags)

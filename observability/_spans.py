@@ -37,6 +37,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from triggerbus.observability._otlp import SpanEncoder
+from triggerbus.observability._records import to_record
 
 if TYPE_CHECKING:
     from triggerbus.observability._span_export import ExportProcess
@@ -369,7 +370,7 @@ class SpanRecorder:
             try:
                 if client is not None:
                     if payload is None:
-                        payload = self._encoder.encode(batch)
+                        payload = self._encoder.encode([to_record(span) for span in batch])
                     client.export(payload)  # logs its own failures, as the SDK exporter does
                 else:
                     exporter.export([span.readable(self.resource, self.scope) for span in batch])

@@ -28,6 +28,7 @@ from opentelemetry.trace.span import TraceState
 from triggerbus.contracts.messages import InvokeChunk
 from triggerbus.observability import tracing
 from triggerbus.observability._otlp import SpanEncoder
+from triggerbus.observability._records import to_record
 from triggerbus.observability._spans import RecordedSpan, SpanRecorder
 from triggerbus.observability.telemetry import (
     AttemptInput,
@@ -121,7 +122,8 @@ def _decoded(data: bytes) -> ExportTraceServiceRequest:
 class TestEncoder:
     def test_encodes_what_the_sdk_encoder_encodes_for_the_same_spans(self) -> None:
         spans = _every_kind_of_span()
-        ours = _decoded(SpanEncoder(RESOURCE.attributes, SCOPE.name, SCOPE.version).encode(spans))
+        encoder = SpanEncoder(RESOURCE.attributes, SCOPE.name, SCOPE.version)
+        ours = _decoded(encoder.encode([to_record(span) for span in spans]))
         sdk = encode_spans([span.readable(RESOURCE, SCOPE) for span in spans])
         assert ours == sdk
         assert ours.SerializeToString(deterministic=True) == sdk.SerializeToString(
@@ -131,7 +133,8 @@ class TestEncoder:
     def test_the_fields_a_collector_reads_are_there(self) -> None:
         """Checked by hand as well, so a conversion bug shared by both sides is caught."""
         spans = _every_kind_of_span()
-        request = _decoded(SpanEncoder(RESOURCE.attributes, "triggerbus", "1.2.3").encode(spans))
+        encoder = SpanEncoder(RESOURCE.attributes, "triggerbus", "1.2.3")
+        request = _decoded(encoder.encode([to_record(span) for span in spans]))
         (resource_spans,) = request.resource_spans
         resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
         assert resource["service.name"] == "encoder-test"

@@ -1,0 +1,83 @@
+"""A finished span as a plain record: what the OTLP encoder reads and what crosses the pipe
+to the export process.
+
+Ids are bytes, as OTLP carries them (and because msgpack integers stop at 64 bits). The
+records are not tracked by the garbage collector (``gc=False``: they hold no cycles), so a
+batch of them in flight does not make collections slower.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Link
+
+    from triggerbus.observability._spans import RecordedSpan
+
+
+class LinkRecord(msgspec.Struct, array_like=True, gc=False):
+    trace_id: bytes
+    span_id: bytes
+    remote: bool
+    attributes: dict[str, Any]
+    dropped_attributes: int
+
+
+class SpanRecord(msgspec.Struct, array_like=True, gc=False):
+    name: str
+    kind: int
+    """``SpanKind`` value (INTERNAL is 0)."""
+    trace_id: bytes
+    span_id: bytes
+    trace_state: str
+    """The W3C ``tracestate`` header form, or empty."""
+    parent_id: bytes
+    """Empty for a root span."""
+    parent_remote: bool
+    attributes: dict[str, Any]
+    dropped_attributes: int
+    events: list[tuple[str, int, dict[str, Any]]]
+    dropped_events: int
+    links: list[LinkRecord]
+    dropped_links: int
+    status_code: int
+    status_message: str | None
+    start_ns: int
+    end_ns: int
+
+
+def to_record(span: RecordedSpan) -> SpanRecord:
+    return SpanRecord(
+        span.name,
+        span.kind.value,
+        span.trace_id.to_bytes(16, "big"),
+        span.span_id.to_bytes(8, "big"),
+        span.trace_state.to_header() if span.trace_state else "",
+        span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
+        span.parent_remote,
+        span.attributes,
+        span.dropped_attributes,
+        [(name, at, dict(attributes)) for name, at, attributes in span.events or ()],
+        span.dropped_events,
+        [_link_record(link) for link in span.links] if span.links else [],
+        span.dropped_links,
+        span.status_code,
+        span.status_message,
+        span.start_ns,
+        span.end_ns,
+    )
+
+
+def _link_record(link: Link) -> LinkRecord:
+    context = link.context
+    attributes = link.attributes
+    return LinkRecord(
+        context.trace_id.to_bytes(16, "big"),
+        context.span_id.to_bytes(8, "big"),
+        context.is_remote,
+        dict(attributes) if attributes else {},
+        link.dropped_attributes,
+    )
