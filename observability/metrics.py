@@ -84,6 +84,7 @@ class Metrics:
                 name, callbacks=[_observe_counts(counts, keys)], description=description
             )
         self._backlog: dict[tuple[str, str, str], int] = {}
+        self._handlers = self._handlers_by_type()
         meter.create_observable_gauge(
             "triggerbus.chunk.backlog",
             callbacks=[self._observe_backlog],
@@ -91,23 +92,24 @@ class Metrics:
         )
 
     def on_event(self, event: events.Event) -> None:
-        match event:
-            case events.ChunkSucceeded():
-                self.durations.record((event.flow, event.chunk, "succeeded"), event.duration)
-            case events.ChunkFailed():
-                self.durations.record((event.flow, event.chunk, "failed"), event.duration)
-            case events.ChunkInvoked():
-                _count(self._invocations, (event.flow, event.chunk))
-            case events.ChunkRetried():
-                _count(self._retries, (event.flow, event.chunk))
-            case events.ChunkDeadLettered():
-                _count(self._dead_letters, (event.flow, event.chunk))
-            case events.ExecutionStarted():
-                _count(self._executions, (event.flow, "started"))
-            case events.ExecutionClosed():
-                _count(self._executions, (event.flow, event.status))
-            case _:
-                pass
+        # One dict lookup per event: most events (every transition's) count nothing, and a
+        # chain of isinstance checks ran for each of them.
+        handle = self._handlers.get(event.__class__)
+        if handle is not None:
+            handle(event)
+
+    def _handlers_by_type(self) -> dict[type[events.Event], Callable[[Any], None]]:
+        durations, counts = self.durations, _count
+        return {
+            events.ChunkSucceeded: lambda e: durations.record(
+                (e.flow, e.chunk, "succeeded"), e.duration),
+            events.ChunkFailed: lambda e: durations.record((e.flow, e.chunk, "failed"), e.duration),
+            events.ChunkInvoked: lambda e: counts(self._invocations, (e.flow, e.chunk)),
+            events.ChunkRetried: lambda e: counts(self._retries, (e.flow, e.chunk)),
+            events.ChunkDeadLettered: lambda e: counts(self._dead_letters, (e.flow, e.chunk)),
+            events.ExecutionStarted: lambda e: counts(self._executions, (e.flow, "started")),
+            events.ExecutionClosed: lambda e: counts(self._executions, (e.flow, e.status)),
+        }  # fmt: skip
 
     def record_backlog(self, flow: str, chunk: str, consumer: str, pending: int) -> None:
         self._backlog[(flow, chunk, consumer)] = pending
