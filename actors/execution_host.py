@@ -423,7 +423,9 @@ class ExecutionHost(HostLifecycle):
                         self._observe(execution_id, name, attributes, handling)
                 case _:
                     after.append(command)
-        if stored:
+        if len(stored) == 1:
+            await stored[0]  # the usual case: no task for it, so no loop turn before it is sent
+        elif stored:
             await asyncio.gather(*stored)
         for command in after:
             match command:
