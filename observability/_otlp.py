@@ -36,6 +36,7 @@ FLAG_HAS_IS_REMOTE = 0x100
 FLAG_IS_REMOTE = 0x200
 
 _CACHE_LIMIT = 8192
+_BYTE = [bytes((value,)) for value in range(0x80)]
 
 # Span.kind (field 6): OTLP numbers the kinds from SPAN_KIND_INTERNAL = 1.
 _KINDS = [b"\x30" + bytes((kind.value + 1,)) for kind in sorted(SpanKind, key=lambda k: k.value)]
@@ -101,6 +102,7 @@ class SpanEncoder:
         scope_schema_url: str = "",
     ) -> None:
         self._pairs: dict[tuple[bytes, str, type, Any], bytes] = {}
+        self._key_fields: dict[str, bytes] = {}
         self._names: dict[str, bytes] = {}
         resource = b"".join(self._attributes(resource_attributes.items(), b"\x0a"))
         scope = _field(b"\x0a", scope_name.encode())
@@ -161,8 +163,9 @@ class SpanEncoder:
         return b"".join(parts)
 
     def _attributes(self, items: Iterable[tuple[str, Any]], tag: bytes) -> list[bytes]:
-        """Each attribute as a ``KeyValue`` field with ``tag``, cached by pair; a value that
-        cannot be encoded is left out, as the SDK's encoder does."""
+        """Each attribute as a ``KeyValue`` field with ``tag``, cached by pair (an execution's
+        spans repeat most of theirs); a value that cannot be encoded is left out, as the SDK's
+        encoder does."""
         cache = self._pairs
         out = []
         for name, value in items:
@@ -172,10 +175,8 @@ class SpanEncoder:
             except TypeError:  # unhashable: a list or dict value
                 cache_key = encoded = None
             if encoded is None:
-                try:
-                    encoded = _field(tag, _key_value(name, value))
-                except TypeError as exc:
-                    log.warning("span_attribute_not_encoded", key=name, error=str(exc))
+                encoded = self._pair(tag, name, value)
+                if encoded is None:
                     continue
                 if cache_key is not None:
                     if len(cache) > _CACHE_LIMIT:
@@ -183,6 +184,24 @@ class SpanEncoder:
                     cache[cache_key] = encoded
             out.append(encoded)
         return out
+
+    def _pair(self, tag: bytes, name: str, value: Any) -> bytes | None:
+        """One ``KeyValue`` field; a short string value (the usual attribute) by arithmetic."""
+        if value.__class__ is str:
+            key = self._key_fields.get(name)
+            if key is None:
+                key = self._key_fields[name] = _field(b"\x0a", name.encode("utf-8"))
+            data = value.encode("utf-8")
+            size = len(data)
+            if size < 126:
+                body = key + b"\x12" + _BYTE[size + 2] + b"\x0a" + _BYTE[size] + data
+                if len(body) < 0x80:
+                    return tag + _BYTE[len(body)] + body
+        try:
+            return _field(tag, _key_value(name, value))
+        except TypeError as exc:
+            log.warning("span_attribute_not_encoded", key=name, error=str(exc))
+            return None
 
     def _event(self, name: str, timestamp: int, attributes: Mapping[str, Any]) -> bytes:
         return (

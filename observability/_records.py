@@ -60,7 +60,9 @@ def to_record(span: RecordedSpan) -> SpanRecord:
         span.parent_remote,
         span.attributes,
         span.dropped_attributes,
-        [(name, at, dict(attributes)) for name, at, attributes in span.events or ()],
+        [(name, at, dict(attributes)) for name, at, attributes in span.events]
+        if span.events
+        else [],
         span.dropped_events,
         [_link_record(link) for link in span.links] if span.links else [],
         span.dropped_links,
