@@ -25,16 +25,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import msgspec
 import structlog
 
-from triggerbus.observability._records import SpanRecord, to_record
-
-if TYPE_CHECKING:
-    from triggerbus.observability._spans import RecordedSpan
+from triggerbus.observability._records import SpanRecord
 
 log = structlog.get_logger()
 
@@ -92,9 +89,9 @@ class ExportProcess:
     def pid(self) -> int:
         return self._process.pid
 
-    def export(self, spans: Sequence[RecordedSpan]) -> None:
-        """Hand ``spans`` over; raises ``OSError`` when the child is gone."""
-        self._send(Batch([to_record(span) for span in spans]))
+    def export(self, records: list[SpanRecord]) -> None:
+        """Hand ``records`` over; raises ``OSError`` when the child is gone."""
+        self._send(Batch(records))
 
     def flush(self, timeout: float) -> bool:
         """Wait until the child has posted everything sent so far."""

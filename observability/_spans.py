@@ -278,7 +278,11 @@ class SpanRecorder:
         self._process: ExportProcess | None = None
         if environ is not None and self._clients and all(self._clients):
             self._process = _start_process(environ, resource, scope)
-        self._queue: deque[RecordedSpan] = deque()
+        # With only OTLP/HTTP exporters, a span becomes its record as it ends, on the thread
+        # that ends it: converting on the export thread took the GIL from the event loop at
+        # each of its socket writes, and the loop then waited to get it back.
+        self._as_records = bool(self._clients) and all(self._clients)
+        self._queue: deque[Any] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._delay = delay
@@ -298,7 +302,7 @@ class SpanRecorder:
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return
-        queue.append(span)
+        queue.append(to_record(span) if self._as_records else span)
         if len(queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 
@@ -356,7 +360,8 @@ class SpanRecorder:
             while len(queue) >= (batch if whole_batches_only else 1):
                 self._export([queue.popleft() for _ in range(min(len(queue), batch))])
 
-    def _export(self, batch: list[RecordedSpan]) -> None:
+    def _export(self, batch: list[Any]) -> None:
+        """Export ``batch``: span records when every exporter is OTLP/HTTP, else spans."""
         process = self._process
         if process is not None:
             try:
@@ -370,7 +375,7 @@ class SpanRecorder:
             try:
                 if client is not None:
                     if payload is None:
-                        payload = self._encoder.encode([to_record(span) for span in batch])
+                        payload = self._encoder.encode(batch)
                     client.export(payload)  # logs its own failures, as the SDK exporter does
                 else:
                     exporter.export([span.readable(self.resource, self.scope) for span in batch])
