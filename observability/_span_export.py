@@ -105,7 +105,12 @@ class ExportProcess:
             body = _read_frame(stdout, deadline)
             if body is None:
                 return False
-            if self._decoder.decode(body).id >= wanted:
+            try:
+                flushed = self._decoder.decode(body)
+            except msgspec.DecodeError as exc:  # something else wrote to the child's stdout
+                log.warning("span_export_process_reply_unreadable", pid=self.pid, error=str(exc))
+                return False
+            if flushed.id >= wanted:
                 return True
 
     def close(self, timeout: float) -> None:

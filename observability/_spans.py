@@ -18,9 +18,11 @@ nest under it, and ``set_attribute``/``add_event``/``record_exception`` on it ar
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -290,11 +292,26 @@ class SpanRecorder:
         self._export_lock = threading.Lock()
         self._stopping = False
         self._closed = False
-        self._thread = threading.Thread(
-            target=self._run, name="TriggerbusSpanExport", daemon=True
-        )
-        self._thread.start()
+        self._thread = self._start_thread()
         atexit.register(self.shutdown)
+        recorder = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork(recorder))
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name="TriggerbusSpanExport", daemon=True)
+        thread.start()
+        return thread
+
+    def _forked(self) -> None:
+        """In a forked child: the export process and its pipe are the parent's (a write from
+        here would interleave with the parent's frames), and so are the spans it had queued;
+        the child exports its own spans from a thread of its own."""
+        self._process = None
+        self._queue = deque()
+        self._wake = threading.Event()
+        self._export_lock = threading.Lock()
+        if not self._closed:
+            self._thread = self._start_thread()
 
     def append(self, span: RecordedSpan) -> None:
         """Called by :meth:`RecordedSpan.end`, on any thread."""
@@ -417,3 +434,9 @@ def _start_process(
     except OSError as exc:
         log.warning("span_export_process_not_started", error=str(exc))
         return None
+
+
+def _after_fork(recorder: weakref.ref[SpanRecorder]) -> None:
+    alive = recorder()
+    if alive is not None:
+        alive._forked()

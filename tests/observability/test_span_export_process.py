@@ -148,3 +148,33 @@ def test_the_export_place_is_a_setting_with_a_clear_error() -> None:
             assert built.recorder._process is None
         finally:
             built.shutdown()
+
+
+async def test_a_forked_child_exports_its_own_spans_without_touching_the_parents_pipe() -> None:
+    """A fork shares the pipe to the export process; frames written from both sides would
+    interleave and corrupt the stream. The forked child exports from a thread of its own."""
+    with OtlpReceiver() as receiver:
+        recorder = _recorder(receiver)
+        try:
+            process = recorder._process
+            assert process is not None
+            _spans(recorder, 5, first_id=1)
+            pid = os.fork()
+            if pid == 0:  # the forked child: record, flush, and leave without pytest's teardown
+                code = 1
+                try:
+                    if recorder._process is None:
+                        _spans(recorder, 5, first_id=101)
+                        code = 0 if recorder.force_flush(10_000) else 2
+                finally:
+                    os._exit(code)
+            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            _spans(recorder, 5, first_id=201)
+            assert recorder._process is process and recorder.force_flush(10_000)
+            async with asyncio.timeout(10):
+                spans = await receiver.wait_for(lambda s: len(s) >= 15)
+        finally:
+            recorder.shutdown()
+    assert sorted(s.attributes["n"] for s in spans) == [*range(1, 6), *range(101, 106),
+                                                        *range(201, 206)]  # fmt: skip
