@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from collections.abc import Callable
+from typing import Any, Literal, TextIO
 
 import structlog
 from opentelemetry import trace
 
-if TYPE_CHECKING:
-    from triggerbus.observability.events import Event
+from triggerbus.observability import events
+from triggerbus.observability.events import Event
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -91,57 +92,75 @@ log = structlog.get_logger("triggerbus.events")
 _COMMON = frozenset({"flow", "execution_id", "at", "trace_id", "span_id", "chunk", "step"})
 
 
-def _debug_enabled() -> bool:
-    """Whether structlog's configured wrapper writes debug lines: asked per event (the
-    configuration can change), because a filtered ``log.debug`` through the lazy proxy still
-    costs a bind (~5 us), and most events here are debug lines."""
+def _enabled(level: int) -> bool:
+    """Whether structlog's configured wrapper writes lines at ``level``: asked per event (the
+    configuration can change), because a filtered call through the lazy proxy still costs a
+    bind (~5 us), and most events here are debug or info lines that a library's default
+    (warning) drops."""
     is_enabled_for = getattr(structlog.get_config()["wrapper_class"], "is_enabled_for", None)
     if is_enabled_for is None:
         return True  # an application's own wrapper: let it decide
     try:
         # structlog's filtering wrappers compare the level with a constant, never ``self``.
-        return bool(is_enabled_for(None, logging.DEBUG))
+        return bool(is_enabled_for(None, level))
     except Exception:  # a wrapper that does use ``self``: let it decide per call
         return True
 
 
-def log_event(event: Event) -> None:
-    """The Event Center's logging subscriber (the host already bound flow, execution, chunk)."""
-    from triggerbus.observability import events
+def _started(event: Any) -> None:
+    log.debug("chunk_attempt_started")
 
-    match event:
-        case events.ChunkStarted():
-            if _debug_enabled():
-                log.debug("chunk_attempt_started")
-        case events.ChunkSucceeded():
-            log.info("chunk_attempt_succeeded", duration_ms=round(event.duration * 1000, 3))
-        case events.ChunkFailed():
-            log.warning(
-                "chunk_attempt_failed",
-                duration_ms=round(event.duration * 1000, 3),
-                error_type=event.error_type,
-                error=event.message,
-            )
-        case events.ChunkRetried():
-            log.info("chunk_attempt_retried", attempt=event.attempt)
-        case events.ChunkDeadLettered():
-            log.error(
-                "invocation_dead_lettered",
-                chunk=event.chunk,
-                reason=event.reason,
-                subject=event.subject,
-            )
-        case _ if not _debug_enabled():
-            return
-        case _:
-            fields = {
-                # structlog reserves "event" for the line's name
-                ("event_name" if name == "event" else name): getattr(event, name)
-                for name in event.__struct_fields__
-                if name not in _COMMON
-            }
-            if hasattr(event, "chunk"):
-                fields["chunk"] = event.chunk  # type: ignore[attr-defined]
-            if hasattr(event, "step"):
-                fields["step"] = event.step  # type: ignore[attr-defined]
-            log.debug(event.__struct_config__.tag or "observed", **fields)
+
+def _succeeded(event: Any) -> None:
+    log.info("chunk_attempt_succeeded", duration_ms=round(event.duration * 1000, 3))
+
+
+def _failed(event: Any) -> None:
+    log.warning(
+        "chunk_attempt_failed",
+        duration_ms=round(event.duration * 1000, 3),
+        error_type=event.error_type,
+        error=event.message,
+    )
+
+
+def _retried(event: Any) -> None:
+    log.info("chunk_attempt_retried", attempt=event.attempt)
+
+
+def _dead_lettered(event: Any) -> None:
+    log.error("invocation_dead_lettered", chunk=event.chunk, reason=event.reason,
+              subject=event.subject)  # fmt: skip
+
+
+def _observed(event: Event) -> None:
+    fields = {
+        # structlog reserves "event" for the line's name
+        ("event_name" if name == "event" else name): getattr(event, name)
+        for name in event.__struct_fields__
+        if name not in _COMMON
+    }
+    if hasattr(event, "chunk"):
+        fields["chunk"] = event.chunk  # type: ignore[attr-defined]
+    if hasattr(event, "step"):
+        fields["step"] = event.step  # type: ignore[attr-defined]
+    log.debug(event.__struct_config__.tag or "observed", **fields)
+
+
+_LINES: dict[type, tuple[int, Callable[[Any], None]]] = {
+    events.ChunkStarted: (logging.DEBUG, _started),
+    events.ChunkSucceeded: (logging.INFO, _succeeded),
+    events.ChunkFailed: (logging.WARNING, _failed),
+    events.ChunkRetried: (logging.INFO, _retried),
+    events.ChunkDeadLettered: (logging.ERROR, _dead_lettered),
+}
+
+
+def log_event(event: Event) -> None:
+    """The Event Center's logging subscriber (the host already bound flow, execution, chunk).
+
+    Chunk attempts get lines of their own levels; every other event is a debug line.
+    """
+    level, write = _LINES.get(event.__class__, (logging.DEBUG, _observed))
+    if level >= logging.WARNING or _enabled(level):
+        write(event)

@@ -278,9 +278,13 @@ class Attempt:
 
     def publish(self, input: PublishInput) -> Headers:
         """Around a message this attempt sends: emits get a producer span."""
-        if self._span is None or self._telemetry.tracing is None:
+        span, tracing = self._span, self._telemetry.tracing
+        if span is None or tracing is None:
             return _NO_HEADERS
-        return _publish(self._telemetry.tracing, self._span.get_span_context(), input, ())
+        if isinstance(input.message, InvokeChunk | EmitEvent):
+            return _Producer(tracing, span.get_span_context(), input, ())
+        # The attempt's outcome and its other messages name the attempt's span itself.
+        return contextlib.nullcontext(inject_span(span, {}))
 
     def finished(self, *, error_type: str = "", message: str = "") -> float:
         """The attempt's outcome is stored; returns its duration in seconds."""
