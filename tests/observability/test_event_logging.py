@@ -28,3 +28,27 @@ def test_debug_events_follow_the_configured_level(level: str, written: bool) -> 
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     names = [line["event"] for line in lines]
     assert names == (["execution_started", "chunk_attempt_started"] if written else [])
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("info", ["chunk_attempt_succeeded", "chunk_attempt_retried", "chunk_attempt_failed",
+                  "invocation_dead_lettered"]),
+        ("warning", ["chunk_attempt_failed", "invocation_dead_lettered"]),
+        ("error", ["invocation_dead_lettered"]),
+    ],
+)  # fmt: skip
+def test_each_attempt_event_is_a_line_at_its_own_level(level: str, expected: list[str]) -> None:
+    out = io.StringIO()
+    configure_logging(level=level, fmt="json", stream=out)
+    common = {"flow": "f", "execution_id": "e1", "at": 1.0, "chunk": "c", "step": 1}
+    log_event(events.ChunkSucceeded(**common, attempt=1, duration=0.5))
+    log_event(events.ChunkRetried(**common, attempt=2))
+    log_event(events.ChunkFailed(**common, attempt=2, duration=0.1, error_type="E", message="m"))
+    log_event(events.ChunkDeadLettered(flow="f", execution_id="e1", at=1.0, chunk="c",
+                                       reason="spent", subject="s"))  # fmt: skip
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == expected
+    if "chunk_attempt_succeeded" in expected:
+        assert lines[0]["duration_ms"] == 500.0
