@@ -257,19 +257,26 @@ async def request_reply(url: str, prefix: str, count: int) -> dict[str, Any]:
 # --- triggerbus runs ---------------------------------------------------------------------------
 
 
-async def sequential_latency(flow: Any, count: int, expected: Callable[[int], Any]) -> dict:
+async def one_at_a_time(flow: Any, count: int) -> AsyncIterator[tuple[int, float, float, Any]]:
+    """Executions of ``flow`` one after another, after a warm-up, for at most two minutes:
+    (value, monotonic time at the call, at the result, the result)."""
     for value in range(10):
         await flow.async_start(value)
-    samples: list[float] = []
-    wrong = 0
     deadline = time.perf_counter() + 120
     for value in range(count):
         if time.perf_counter() > deadline:
-            break
-        began = time.perf_counter()
+            return
+        began = time.monotonic()
         async with asyncio.timeout(30):
             result = await flow.async_start(value)
-        samples.append(time.perf_counter() - began)
+        yield value, began, time.monotonic(), result
+
+
+async def sequential_latency(flow: Any, count: int, expected: Callable[[int], Any]) -> dict:
+    samples: list[float] = []
+    wrong = 0
+    async for value, began, ended, result in one_at_a_time(flow, count):
+        samples.append(ended - began)
         wrong += result.get("$final_result") != expected(value)
     return {**percentiles(samples), "wrong_results": wrong}
 
@@ -285,25 +292,16 @@ async def timed_latency(flow: Any, count: int,
     which wakes an idle responder, is not kept): the anchor sampled across the same minutes as
     the chain, so a host that gets slower or faster moves both alike.
     """
-    for value in range(10):
-        await flow.async_start(value)
     e2e: list[float] = []
     steps: list[float] = []
     starts: list[float] = []
     closes: list[float] = []
     round_trips: list[float] = []
     wrong = 0
-    deadline = time.perf_counter() + 120
-    for value in range(count):
-        if time.perf_counter() > deadline:
-            break
+    async for _, began, ended, result in one_at_a_time(flow, count):
         if round_trip is not None:
-            await round_trip()  # wakes the responder, idle during the last execution
+            await round_trip()  # wakes the responder, idle during the execution
             round_trips.extend([await round_trip(), await round_trip()])
-        began = time.monotonic()
-        async with asyncio.timeout(30):
-            result = await flow.async_start(value)
-        ended = time.monotonic()
         stamps = result.get("$final_result")
         if not (isinstance(stamps, list) and len(stamps) == 3):
             wrong += 1
