@@ -277,13 +277,13 @@ class SpanRecorder:
             resource_schema_url=resource.schema_url or "",
             scope_schema_url=scope.schema_url or "",
         )
-        self._process: ExportProcess | None = None
-        if environ is not None and self._clients and all(self._clients):
-            self._process = _start_process(environ, resource, scope)
         # With only OTLP/HTTP exporters, a span becomes its record as it ends, on the thread
         # that ends it: converting on the export thread took the GIL from the event loop at
         # each of its socket writes, and the loop then waited to get it back.
         self._as_records = bool(self._clients) and all(self._clients)
+        self._process: ExportProcess | None = None
+        if environ is not None and self._as_records:
+            self._process = _start_process(environ, resource, scope)
         self._queue: deque[Any] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
