@@ -171,13 +171,16 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     decoder = msgspec.msgpack.Decoder(Frame)
     replies = msgspec.msgpack.Encoder()
     body = _read_blocking(stdin)
-    hello = decoder.decode(body) if body is not None else None
+    try:
+        hello = decoder.decode(body) if body is not None else None
+    except msgspec.DecodeError:
+        hello = None
     if not isinstance(hello, Hello) or hello.format != FORMAT:
         log.error("span_export_process_refused", reason="first frame is not a hello in "
                   f"format {FORMAT}")  # fmt: skip
         return 2
     exporters = _span_exporters(hello.environ)
-    clients = [_otlp_http_client(exporter) for exporter in exporters]
+    clients = [c for c in map(_otlp_http_client, exporters) if c is not None]
     encoder = SpanEncoder(
         hello.resource_attributes,
         hello.scope_name,
@@ -187,12 +190,13 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     )
     try:
         while (body := _read_blocking(stdin)) is not None:
-            frame = decoder.decode(body)
+            try:
+                frame = decoder.decode(body)
+            except msgspec.DecodeError as exc:  # the stream is broken: nothing after it is sure
+                log.error("span_export_process_frame_unreadable", error=str(exc))
+                return 3
             if isinstance(frame, Batch):
-                payload = encoder.encode(frame.spans)
-                for client in clients:
-                    if client is not None:
-                        client.export(payload)  # logs its own failures, as the SDK's does
+                _post(encoder.encode(frame.spans), clients, len(frame.spans))
             elif isinstance(frame, Flush):
                 reply = replies.encode(Flushed(frame.id))
                 stdout.write(_LENGTH.pack(len(reply)) + reply)
@@ -201,6 +205,14 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         for exporter in exporters:
             exporter.shutdown()
     return 0
+
+
+def _post(payload: bytes, clients: list[Any], spans: int) -> None:
+    for client in clients:
+        try:
+            client.export(payload)  # logs its own failures, as the SDK exporter does
+        except Exception as exc:  # one lost batch is not worth the export process
+            log.warning("span_export_failed", spans=spans, error=str(exc))
 
 
 def _read_blocking(stream: BinaryIO) -> bytes | None:

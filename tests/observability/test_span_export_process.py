@@ -19,7 +19,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
 from triggerbus.errors import ConfigurationError
-from triggerbus.observability import tracing
+from triggerbus.observability import _span_export, tracing
 from triggerbus.observability._otlp import SpanEncoder
 from triggerbus.observability._records import SpanRecord, to_record
 from triggerbus.observability._spans import RecordedSpan, SpanRecorder
@@ -178,3 +178,29 @@ async def test_a_forked_child_exports_its_own_spans_without_touching_the_parents
             recorder.shutdown()
     assert sorted(s.attributes["n"] for s in spans) == [*range(1, 6), *range(101, 106),
                                                         *range(201, 206)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("frames", "code", "logged"),
+    [
+        ([b"not msgpack at all"], 2, "span_export_process_refused"),
+        (["hello", b"\xc1"], 3, "span_export_process_frame_unreadable"),
+    ],
+)
+async def test_the_export_process_refuses_a_broken_stream_with_a_reason(
+    frames: list[object], code: int, logged: str
+) -> None:
+    """The pipe is private, but a broken stream still ends the child with a reason and an exit
+    code (the parent then exports itself), never by hanging or posting garbage."""
+    hello = _span_export.hello_for({}, {"service.name": "x"}, "", "triggerbus", "1", "")
+    encoded = [msgspec.msgpack.encode(hello) if f == "hello" else f for f in frames]
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "triggerbus.observability._span_export", cwd=REPO,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    data = b"".join(len(f).to_bytes(4, "big") + f for f in encoded)  # type: ignore[arg-type]
+    async with asyncio.timeout(30):
+        _, stderr = await child.communicate(data)
+    assert child.returncode == code
+    assert logged in stderr.decode()
