@@ -152,30 +152,54 @@ def test_the_export_place_is_a_setting_with_a_clear_error() -> None:
 
 async def test_a_forked_child_exports_its_own_spans_without_touching_the_parents_pipe() -> None:
     """A fork shares the pipe to the export process; frames written from both sides would
-    interleave and corrupt the stream. The forked child exports from a thread of its own."""
+    interleave and corrupt the stream. The forked child exports from a thread of its own.
+    (The fork happens in a process of its own, not in the test runner.)"""
+    script = textwrap.dedent("""
+        import os, sys
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanKind
+        from triggerbus.observability._spans import RecordedSpan, SpanRecorder
+
+        endpoint = sys.argv[1]
+        recorder = SpanRecorder(
+            [OTLPSpanExporter(endpoint=endpoint + "/v1/traces")],
+            resource=Resource.create({"service.name": "forking"}),
+            scope=InstrumentationScope("triggerbus", "1"), max_queue=1000, max_batch=100,
+            delay=3600, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+
+        def spans(first):
+            for n in range(first, first + 5):
+                RecordedSpan(recorder, f"s{n}", SpanKind.INTERNAL, 0xABC, n, 1, None, 0, False,
+                             {"n": n}, (), 1_700_000_000_000_000_000).end()
+
+        process = recorder._process
+        assert process is not None
+        spans(1)
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                if recorder._process is None:
+                    spans(101)
+                    code = 0 if recorder.force_flush(10_000) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(10 + os.waitstatus_to_exitcode(status))
+        spans(201)
+        ok = recorder._process is process and recorder.force_flush(10_000)
+        recorder.shutdown()
+        sys.exit(0 if ok else 4)
+    """)
     with OtlpReceiver() as receiver:
-        recorder = _recorder(receiver)
-        try:
-            process = recorder._process
-            assert process is not None
-            _spans(recorder, 5, first_id=1)
-            pid = os.fork()
-            if pid == 0:  # the forked child: record, flush, and leave without pytest's teardown
-                code = 1
-                try:
-                    if recorder._process is None:
-                        _spans(recorder, 5, first_id=101)
-                        code = 0 if recorder.force_flush(10_000) else 2
-                finally:
-                    os._exit(code)
-            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
-            assert os.waitstatus_to_exitcode(status) == 0
-            _spans(recorder, 5, first_id=201)
-            assert recorder._process is process and recorder.force_flush(10_000)
-            async with asyncio.timeout(10):
-                spans = await receiver.wait_for(lambda s: len(s) >= 15)
-        finally:
-            recorder.shutdown()
+        forking = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, receiver.endpoint, cwd=REPO)
+        async with asyncio.timeout(60):
+            assert await forking.wait() == 0
+            spans = await receiver.wait_for(lambda s: len(s) >= 15)
     assert sorted(s.attributes["n"] for s in spans) == [*range(1, 6), *range(101, 106),
                                                         *range(201, 206)]  # fmt: skip
 
