@@ -137,21 +137,25 @@ class ExportProcess:
         stdin.flush()
 
 
-def _read_frame(stream: BinaryIO, deadline: float) -> bytes | None:
-    """One frame from a pipe, or None at its end or the deadline."""
+def _read_frame(stream: BinaryIO, deadline: float | None = None) -> bytes | None:
+    """One frame from a pipe, or None at its end or the deadline (None: no deadline).
+
+    Reads the pipe's descriptor directly: a buffered reader's ``read`` cannot be bounded.
+    """
     head = _read_exactly(stream, _LENGTH.size, deadline)
     if head is None:
         return None
     return _read_exactly(stream, _LENGTH.unpack(head)[0], deadline)
 
 
-def _read_exactly(stream: BinaryIO, size: int, deadline: float) -> bytes | None:
+def _read_exactly(stream: BinaryIO, size: int, deadline: float | None) -> bytes | None:
     chunks: list[bytes] = []
     fd = stream.fileno()
     while size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return None
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
         chunk = os.read(fd, size)
         if not chunk:
             return None
@@ -170,7 +174,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
 
     decoder = msgspec.msgpack.Decoder(Frame)
     replies = msgspec.msgpack.Encoder()
-    body = _read_blocking(stdin)
+    body = _read_frame(stdin)
     try:
         hello = decoder.decode(body) if body is not None else None
     except msgspec.DecodeError:
@@ -189,7 +193,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         scope_schema_url=hello.scope_schema_url,
     )
     try:
-        while (body := _read_blocking(stdin)) is not None:
+        while (body := _read_frame(stdin)) is not None:
             try:
                 frame = decoder.decode(body)
             except msgspec.DecodeError as exc:  # the stream is broken: nothing after it is sure
@@ -213,15 +217,6 @@ def _post(payload: bytes, clients: list[Any], spans: int) -> None:
             client.export(payload)  # logs its own failures, as the SDK exporter does
         except Exception as exc:  # one lost batch is not worth the export process
             log.warning("span_export_failed", spans=spans, error=str(exc))
-
-
-def _read_blocking(stream: BinaryIO) -> bytes | None:
-    head = stream.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
-        return None
-    size = _LENGTH.unpack(head)[0]
-    body = stream.read(size)
-    return body if len(body) == size else None
 
 
 def hello_for(
