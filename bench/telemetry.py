@@ -88,9 +88,8 @@ def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], A
     telemetry = configure_telemetry(environ)
 
     def span_export_process() -> dict[str, int]:
-        recorder = telemetry.tracing.recorder if telemetry.tracing is not None else None
-        process = recorder._process if recorder is not None else None
-        return {"span export process": process.pid} if process is not None else {}
+        pid = telemetry.tracing.recorder.export_pid if telemetry.tracing is not None else None
+        return {"span export process": pid} if pid is not None else {}
 
     try:
         prefix = configure_for(ctx, worker_chunks=False)

@@ -297,6 +297,11 @@ class SpanRecorder:
         recorder = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(recorder))
 
+    @property
+    def export_pid(self) -> int | None:
+        """The export process's pid, or None when spans are exported from this process."""
+        return self._process.pid if self._process is not None else None
+
     def _start_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self._run, name="TriggerbusSpanExport", daemon=True)
         thread.start()

@@ -111,7 +111,7 @@ async def test_spans_handed_over_before_the_traced_process_is_killed_are_still_p
             telemetry.tracing.start_span(f"s{n}", parent=None, kind=SpanKind.INTERNAL,
                                          attributes={"n": n}).end()
         recorder._export_queued()  # handed to the child, not waited for
-        print(recorder._process.pid, flush=True)
+        print(recorder.export_pid, flush=True)
         sys.stdin.read()
     """)
     with OtlpReceiver() as receiver:
