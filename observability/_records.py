@@ -55,7 +55,7 @@ def to_record(span: RecordedSpan) -> SpanRecord:
         span.kind.value,
         span.trace_id.to_bytes(16, "big"),
         span.span_id.to_bytes(8, "big"),
-        span.trace_state.to_header() if span.trace_state else "",
+        span.trace_state,
         span.parent_id.to_bytes(8, "big") if span.parent_id else b"",
         span.parent_remote,
         span.attributes,

@@ -69,7 +69,7 @@ class RecordedSpan(trace.Span):
         trace_id: int,
         span_id: int,
         flags: int,
-        trace_state: TraceState | None,
+        trace_state: str,
         parent_id: int,
         parent_remote: bool,
         attributes: dict[str, Any],
@@ -106,12 +106,13 @@ class RecordedSpan(trace.Span):
     def get_span_context(self) -> SpanContext:
         context = self._context
         if context is None:
+            state = self.trace_state
             context = self._context = SpanContext(
                 self.trace_id,
                 self.span_id,
                 is_remote=False,
                 trace_flags=TraceFlags(self.flags),
-                trace_state=self.trace_state,
+                trace_state=TraceState.from_header([state]) if state else None,
             )
         return context
 

@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from triggerbus.observability import events
 from triggerbus.observability.events import Event
+from triggerbus.observability.tracing import HANDLED_PARENT
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -79,11 +80,17 @@ def configure_default_logging(level: str = "warning") -> None:
 def add_trace_ids(
     logger: Any, method_name: str, event_dict: structlog.typing.EventDict
 ) -> structlog.typing.EventDict:
-    """A processor: the current span's ``trace_id`` and ``span_id`` (hex), when there is one."""
+    """A processor: the current span's ``trace_id`` and ``span_id`` (hex), when there is one,
+    else those of the mailbox message an execution host is handling."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event_dict.setdefault("trace_id", f"{context.trace_id:032x}")
         event_dict.setdefault("span_id", f"{context.span_id:016x}")
+        return event_dict
+    parent = HANDLED_PARENT.get()
+    if parent is not None:
+        event_dict.setdefault("trace_id", f"{parent.trace_id:032x}")
+        event_dict.setdefault("span_id", f"{parent.span_id:016x}")
     return event_dict
 
 

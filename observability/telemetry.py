@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib.metadata
 import os
 import threading
@@ -30,9 +31,9 @@ from typing import Any
 
 import msgspec
 import structlog
-from opentelemetry import baggage, trace
+from opentelemetry import trace
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
@@ -41,19 +42,18 @@ from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
 from triggerbus.observability.tracing import (
+    HANDLED_PARENT,
     JOIN_PREFIX,
-    TRACEPARENT,
-    TRACESTATE,
+    Parent,
     Tracing,
     execution_context,
     execution_trace,
-    inject,
+    inject_parent,
     inject_span,
     join_links,
+    parent_of,
     record_arrival,
-    span_context_of,
     tracing_from_env,
-    w3c_only,
 )
 
 log = structlog.get_logger()
@@ -140,10 +140,10 @@ class Telemetry:
         """Around a client's publish: the caller's current span is the parent."""
         if self.tracing is None:
             return _NO_HEADERS
-        parent = trace.get_current_span().get_span_context()
-        if not parent.is_valid:
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
             return _NO_HEADERS  # no trace to join: the execution's own trace takes the message
-        return _publish(self.tracing, parent, input, ())
+        return _publish(self.tracing, Parent.of(context), input, ())
 
     # chunk side ---------------------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ class Attempt:
             invocation = input.invocation
             self._span = tracing.start_span(
                 f"process {input.chunk}",
-                parent=span_context_of(input.headers),
+                parent=parent_of(input.headers),
                 kind=SpanKind.CONSUMER,
                 attributes={
                     "messaging.system": "nats",
@@ -282,7 +282,8 @@ class Attempt:
         if span is None or tracing is None:
             return _NO_HEADERS
         if isinstance(input.message, InvokeChunk | EmitEvent):
-            return _Producer(tracing, span.get_span_context(), input, ())
+            parent = Parent(span.trace_id, span.span_id, span.flags, span.trace_state, False)
+            return _Producer(tracing, parent, input, ())
         # The attempt's outcome and its other messages name the attempt's span itself.
         return contextlib.nullcontext(inject_span(span, {}))
 
@@ -379,20 +380,23 @@ class _TracedHandling(Handling):
     def __init__(self, telemetry: Telemetry, tracing: Tracing, input: MailboxInput) -> None:
         super().__init__(telemetry, input)
         self._tracing = tracing
-        self._message = span_context_of(input.headers)  # parsed once per message
-        self._parent: SpanContext | None = self._message
+        self._message = parent_of(input.headers)  # parsed once per message
+        self._parent: Parent | None = self._message
         self._links: list[Link] = []
-        self._scope: object | None = None
-        self._ids: tuple[SpanContext | None, str, str] = (None, "", "")
+        self._token: contextvars.Token[Parent | None] | None = None
+        self._ids: tuple[Parent | None, str, str] = (None, "", "")
 
     def __enter__(self) -> Handling:
+        # For the trace ids of log lines written while handling (``add_trace_ids``); not an
+        # OpenTelemetry context: the actor runs no user code that starts spans, and attaching
+        # one (a Context copy and a token per message) was a measured part of tracing's cost.
         if self._parent is not None:
-            self._scope = attach(trace.set_span_in_context(trace.NonRecordingSpan(self._parent)))
+            self._token = HANDLED_PARENT.set(self._parent)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._scope is not None:
-            detach(self._scope)
+        if self._token is not None:
+            HANDLED_PARENT.reset(self._token)
 
     def resume(self, snapshot: Snapshot) -> None:
         super().resume(snapshot)
@@ -418,7 +422,7 @@ class _TracedHandling(Handling):
         else:
             parent = own
             if message is not None and message.trace_id != own.trace_id:
-                self._links.append(Link(message, {"triggerbus.link": "origin"}))
+                self._links.append(Link(message.span_context(), {"triggerbus.link": "origin"}))
         self._parent = parent
         before_joins = before.joins if before is not None else {}
         if parent is not None and (before_joins or after.joins):
@@ -466,7 +470,7 @@ class _TracedHandling(Handling):
             error=f"{error.error_type}: {error.message}" if error is not None else None,
         )
 
-    def _hex_ids(self) -> tuple[SpanContext | None, str, str]:
+    def _hex_ids(self) -> tuple[Parent | None, str, str]:
         """The parent's ids as hex, formatted once per parent (every event carries them)."""
         ids = self._ids
         if ids[0] is not self._parent:
@@ -480,15 +484,8 @@ class _TracedHandling(Handling):
 
     def _headers(self) -> dict[str, str]:
         """Headers naming the parent, for a message that gets no span of its own."""
-        parent = self._parent
-        assert parent is not None
-        if w3c_only() and not baggage.get_all():
-            _, trace_id, span_id = self._hex_ids()
-            headers = {TRACEPARENT: f"00-{trace_id}-{span_id}-{int(parent.trace_flags):02x}"}
-            if parent.trace_state:
-                headers[TRACESTATE] = parent.trace_state.to_header()
-            return headers
-        return inject(parent, {})
+        assert self._parent is not None
+        return inject_parent(self._parent, {})
 
     def _trace_id(self) -> str:
         return self._hex_ids()[1]
@@ -506,7 +503,7 @@ class _Producer:
 
     __slots__ = ("_span",)
 
-    def __init__(self, tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any):
+    def __init__(self, tracing: Tracing, parent: Parent, input: PublishInput, links: Any):
         message = input.message
         attributes: dict[str, Any] = {
             "messaging.system": "nats",
@@ -542,10 +539,10 @@ class _Producer:
         span.end()
 
 
-def _publish(tracing: Tracing, parent: SpanContext, input: PublishInput, links: Any) -> Headers:
+def _publish(tracing: Tracing, parent: Parent, input: PublishInput, links: Any) -> Headers:
     if isinstance(input.message, InvokeChunk | EmitEvent):
         return _Producer(tracing, parent, input, links)
-    return contextlib.nullcontext(inject(parent, {}))
+    return contextlib.nullcontext(inject_parent(parent, {}))
 
 
 # --- the process's telemetry -------------------------------------------------------------------

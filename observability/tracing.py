@@ -19,6 +19,7 @@ variables (see :func:`tracing_from_env`).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import importlib
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 from opentelemetry import baggage, propagate, trace
 from opentelemetry.context import Context, attach, detach
 from opentelemetry.sdk.resources import Resource
@@ -57,6 +59,10 @@ TRACESTATE = "tracestate"
 CALLER_SPAN = "caller_span_id"
 """Keys of ``Snapshot.trace``; join arrivals are kept under ``join:<key>``."""
 JOIN_PREFIX = "join:"
+HANDLED_PARENT: contextvars.ContextVar[Parent | None] = contextvars.ContextVar(
+    "triggerbus_handled_parent", default=None
+)
+"""The parent of the mailbox message an execution host is handling, for log lines' trace ids."""
 MAX_JOIN_LINKS = 128
 
 def _digest(text: str, size: int) -> int:
@@ -69,17 +75,63 @@ def execution_span_id(execution_id: str) -> int:
     return _digest(f"span:{execution_id}", 8)
 
 
-def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
-    """The remote span context in message headers (``traceparent``), or None."""
+class Parent(msgspec.Struct, frozen=True, gc=False):
+    """A span named as the parent of the next: the W3C trace context a message carries, or
+    one of our own spans.
+
+    Plain ints and the ``tracestate`` header rather than OpenTelemetry's ``SpanContext``:
+    every message a host takes names one, and building the SDK's object for each (a
+    validated tuple subclass, tracked by the garbage collector, plus a ``TraceState``) was a
+    measured part of what tracing costs. ``span_context()`` builds it where OpenTelemetry
+    needs one (a link, a sampler's question, a user's current span).
+    """
+
+    trace_id: int
+    span_id: int
+    flags: int
+    state: str = ""
+    """The ``tracestate`` header, or empty."""
+    remote: bool = True
+
+    @classmethod
+    def of(cls, context: SpanContext) -> Parent:
+        state = context.trace_state.to_header() if context.trace_state else ""
+        return cls(context.trace_id, context.span_id, int(context.trace_flags), state,
+                   context.is_remote)  # fmt: skip
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.flags & 1)
+
+    def span_context(self) -> SpanContext:
+        return SpanContext(
+            self.trace_id,
+            self.span_id,
+            is_remote=self.remote,
+            trace_flags=_TRACE_FLAGS[self.flags & 0xFF],
+            trace_state=TraceState.from_header([self.state]) if self.state else None,
+        )
+
+    def traceparent(self) -> str:
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags & 0xFF:02x}"
+
+
+def parent_of(carrier: Mapping[str, str]) -> Parent | None:
+    """The remote parent in message headers (``traceparent``), or None."""
     header = carrier.get(TRACEPARENT)
     if not header:
         return None
     if w3c_only():
-        # What the W3C propagator would extract, parsed once per distinct header: every
-        # message of an execution names the same few parents.
+        # What the W3C propagator would extract, without going through it.
         return _parse_traceparent(header, carrier.get(TRACESTATE))
     context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
-    return context if context.is_valid else None
+    return Parent.of(context) if context.is_valid else None
+
+
+def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
+    """:func:`parent_of` as OpenTelemetry's ``SpanContext``."""
+    parent = parent_of(carrier)
+    return parent.span_context() if parent is not None else None
 
 
 # The W3C trace-context propagator's own rules (opentelemetry.trace.propagation.tracecontext).
@@ -106,8 +158,7 @@ _HEX_DIGITS = "0123456789abcdef"
 _TRACE_FLAGS = [TraceFlags(value) for value in range(256)]
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_traceparent(header: str, state: str | None) -> SpanContext | None:
+def _parse_traceparent(header: str, state: str | None) -> Parent | None:
     if (
         len(header) == 55
         and header[:3] == "00-"
@@ -131,16 +182,15 @@ def _parse_traceparent(header: str, state: str | None) -> SpanContext | None:
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    trace_state = None
-    if state is not None and len(state) <= _TRACESTATE_MAX:
-        trace_state = TraceState.from_header([state])
-    return SpanContext(
-        trace_id,
-        span_id,
-        is_remote=True,
-        trace_flags=_TRACE_FLAGS[int(flags, 16)],
-        trace_state=trace_state,
-    )
+    return Parent(trace_id, span_id, int(flags, 16), _trace_state(state) if state else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _trace_state(header: str) -> str:
+    """``header`` as the SDK's ``TraceState`` parses and writes it back (invalid: empty)."""
+    if len(header) > _TRACESTATE_MAX:
+        return ""
+    return TraceState.from_header([header]).to_header()
 
 
 def execution_trace(
@@ -155,10 +205,10 @@ def execution_trace(
     starts the same execution agrees on it, and ``sampled(trace_id)`` (the configured sampler)
     decides, once for the whole execution, whether it is recorded.
     """
-    caller = span_context_of(headers)
+    caller = parent_of(headers)
     span_id = execution_span_id(execution_id)
     if caller is not None:
-        trace_id, flags = caller.trace_id, int(caller.trace_flags)
+        trace_id, flags = caller.trace_id, caller.flags
     else:
         trace_id = _digest(f"trace:{execution_id}", 16)
         keep = sampled(trace_id) if sampled is not None else True
@@ -166,14 +216,14 @@ def execution_trace(
     stored = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
     if caller is not None:
         stored[CALLER_SPAN] = f"{caller.span_id:016x}"
-        if caller.trace_state:
-            stored[TRACESTATE] = caller.trace_state.to_header()
+        if caller.state:
+            stored[TRACESTATE] = caller.state
     return stored
 
 
-def execution_context(stored: Mapping[str, str]) -> SpanContext | None:
-    """The execution span's context, from the snapshot's trace fields."""
-    return span_context_of(stored)
+def execution_context(stored: Mapping[str, str]) -> Parent | None:
+    """The execution span, from the snapshot's trace fields."""
+    return parent_of(stored)
 
 
 def remote_context(span_context: SpanContext) -> Context:
@@ -181,25 +231,25 @@ def remote_context(span_context: SpanContext) -> Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
-def traceparent(span_context: SpanContext) -> str:
-    return (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-        f"{int(span_context.trace_flags) & 0xFF:02x}"
-    )
-
-
 def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[str, str]:
     """Write ``span_context`` into ``headers`` with the configured propagators."""
     if span_context is None or not span_context.is_valid:
         return headers
     if w3c_only() and not baggage.get_all():
-        # Exactly what the W3C propagators write when there is no baggage.
-        headers[TRACEPARENT] = traceparent(span_context)
-        if span_context.trace_state:
-            headers[TRACESTATE] = span_context.trace_state.to_header()
-        return headers
+        return inject_parent(Parent.of(span_context), headers)
     propagate.inject(headers, context=remote_context(span_context))
     return headers
+
+
+def inject_parent(parent: Parent, headers: dict[str, str]) -> dict[str, str]:
+    """:func:`inject` for a :class:`Parent`: exactly what the W3C propagators write when
+    there is no baggage, without building a ``SpanContext``."""
+    if w3c_only() and not baggage.get_all():
+        headers[TRACEPARENT] = parent.traceparent()
+        if parent.state:
+            headers[TRACESTATE] = parent.state
+        return headers
+    return inject(parent.span_context(), headers)
 
 
 def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
@@ -208,7 +258,7 @@ def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
         flags = span.flags & 0xFF
         headers[TRACEPARENT] = f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"
         if span.trace_state:
-            headers[TRACESTATE] = span.trace_state.to_header()
+            headers[TRACESTATE] = span.trace_state
         return headers
     return inject(span.get_span_context(), headers)
 
@@ -217,17 +267,17 @@ def join_links(stored: Mapping[str, str], key: str) -> list[Link]:
     """Links to every recorded arrival of the join ``key``."""
     links = []
     for value in stored.get(JOIN_PREFIX + key, "").split(","):
-        context = span_context_of({TRACEPARENT: value}) if value else None
-        if context is not None:
-            links.append(Link(context, {"triggerbus.link": "join_arrival"}))
+        parent = parent_of({TRACEPARENT: value}) if value else None
+        if parent is not None:
+            links.append(Link(parent.span_context(), {"triggerbus.link": "join_arrival"}))
     return links
 
 
-def record_arrival(stored: dict[str, str], key: str, span_context: SpanContext) -> None:
-    """Remember ``span_context`` as one more arrival at the join ``key``."""
+def record_arrival(stored: dict[str, str], key: str, parent: Parent) -> None:
+    """Remember ``parent`` as one more arrival at the join ``key``."""
     previous = stored.get(JOIN_PREFIX + key, "")
     arrivals = [a for a in previous.split(",") if a][-(MAX_JOIN_LINKS - 1) :]
-    arrivals.append(traceparent(span_context))
+    arrivals.append(parent.traceparent())
     stored[JOIN_PREFIX + key] = ",".join(arrivals)
 
 
@@ -261,7 +311,7 @@ class Tracing:
         self,
         name: str,
         *,
-        parent: SpanContext | None,
+        parent: Parent | None,
         kind: SpanKind,
         attributes: dict[str, Any],
         links: Sequence[Link] = (),
@@ -276,17 +326,16 @@ class Tracing:
         """
         if sampled is not None:
             trace_id = ids[0] if ids is not None else parent.trace_id if parent else 0
-            state = parent.trace_state if parent is not None else None
-            flags = int(sampled) | (int(parent.trace_flags) & _RANDOM_TRACE_ID if parent else 0)
+            state = parent.state if parent is not None else ""
+            flags = int(sampled) | (parent.flags & _RANDOM_TRACE_ID if parent else 0)
         elif parent is not None:
             trace_id = parent.trace_id
-            parent_flags = int(parent.trace_flags)
             if self._follow_parent:
-                sampled, state = bool(parent_flags & 1), parent.trace_state
+                sampled, state = bool(parent.flags & 1), parent.state
             else:
                 sampled, state, attributes = self._ask(parent, trace_id, name, kind,
                                                        attributes, links)  # fmt: skip
-            flags = (parent_flags & _RANDOM_TRACE_ID) | sampled
+            flags = (parent.flags & _RANDOM_TRACE_ID) | sampled
         else:
             trace_id = ids[0] if ids is not None else _random_id(128)
             sampled, state, attributes = self._ask(None, trace_id, name, kind, attributes, links)
@@ -300,7 +349,7 @@ class Tracing:
             flags,
             state,
             parent.span_id if parent is not None else 0,
-            parent.is_remote if parent is not None else False,
+            parent.remote if parent is not None else False,
             attributes,
             links,
             start_ns if start_ns is not None else time.time_ns(),
@@ -308,16 +357,17 @@ class Tracing:
 
     def _ask(
         self,
-        parent: SpanContext | None,
+        parent: Parent | None,
         trace_id: int,
         name: str,
         kind: SpanKind,
         attributes: dict[str, Any],
         links: Sequence[Link],
-    ) -> tuple[bool, TraceState | None, dict[str, Any]]:
-        context = remote_context(parent) if parent is not None else None
+    ) -> tuple[bool, str, dict[str, Any]]:
+        context = remote_context(parent.span_context()) if parent is not None else None
         result = self.sampler.should_sample(context, trace_id, name, kind, attributes, links)
-        return result.decision.is_sampled(), result.trace_state, dict(result.attributes)
+        state = result.trace_state.to_header() if result.trace_state else ""
+        return result.decision.is_sampled(), state, dict(result.attributes)
 
     def export_execution_span(
         self,
@@ -331,21 +381,12 @@ class Tracing:
     ) -> None:
         """Export the execution span with the ids fixed at its start."""
         own = execution_context(stored)
-        if own is None:
-            return
+        if own is None or not own.sampled:
+            return  # not sampled: decided at the start, for the whole execution
         caller_id = stored.get(CALLER_SPAN)
         parent = None
         if caller_id:
-            state = TraceState.from_header([stored[TRACESTATE]]) if TRACESTATE in stored else None
-            parent = SpanContext(
-                own.trace_id,
-                int(caller_id, 16),
-                is_remote=True,
-                trace_flags=own.trace_flags,
-                trace_state=state,
-            )
-        if not own.trace_flags.sampled:
-            return  # decided at the start, for the whole execution (see execution_trace)
+            parent = Parent(own.trace_id, int(caller_id, 16), own.flags, own.state)
         span = self.start_span(
             name,
             parent=parent,

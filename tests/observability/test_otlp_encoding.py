@@ -62,7 +62,7 @@ class _Collected:
 def _span(sink: _Collected, name: str, **kw: Any) -> RecordedSpan:
     fields: dict[str, Any] = {
         "kind": SpanKind.INTERNAL, "trace_id": TRACE, "span_id": 0x1111, "flags": 1,
-        "trace_state": None, "parent_id": 0, "parent_remote": False, "attributes": {},
+        "trace_state": "", "parent_id": 0, "parent_remote": False, "attributes": {},
         "links": (), "start_ns": 1_700_000_000_000_000_000,
     }  # fmt: skip
     fields.update(kw)
@@ -77,7 +77,7 @@ def _every_kind_of_span() -> list[RecordedSpan]:
 
     producer = _span(
         sink, "invoke chunk", kind=SpanKind.PRODUCER, span_id=0x2222, parent_id=REMOTE.span_id,
-        parent_remote=True, trace_state=REMOTE.trace_state,
+        parent_remote=True, trace_state=REMOTE.trace_state.to_header(),
         attributes={
             "messaging.system": "nats", "messaging.destination.name": "tb.f.run.chunk",
             "triggerbus.step": 3, "negative": -42, "big": 2**62, "ratio": 0.25,

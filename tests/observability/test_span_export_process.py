@@ -41,7 +41,7 @@ def _recorder(receiver: OtlpReceiver) -> SpanRecorder:
 
 def _spans(recorder: SpanRecorder, count: int, first_id: int = 1) -> None:
     for span_id in range(first_id, first_id + count):
-        RecordedSpan(recorder, f"span {span_id}", SpanKind.INTERNAL, 0xABC, span_id, 1, None, 0,
+        RecordedSpan(recorder, f"span {span_id}", SpanKind.INTERNAL, 0xABC, span_id, 1, "", 0,
                      False, {"n": span_id}, (), 1_700_000_000_000_000_000).end()  # fmt: skip
 
 
@@ -171,7 +171,7 @@ async def test_a_forked_child_exports_its_own_spans_without_touching_the_parents
 
         def spans(first):
             for n in range(first, first + 5):
-                RecordedSpan(recorder, f"s{n}", SpanKind.INTERNAL, 0xABC, n, 1, None, 0, False,
+                RecordedSpan(recorder, f"s{n}", SpanKind.INTERNAL, 0xABC, n, 1, "", 0, False,
                              {"n": n}, (), 1_700_000_000_000_000_000).end()
 
         process = recorder._process

@@ -16,7 +16,9 @@ from triggerbus._runtime import close_runtime, get_runtime
 from triggerbus.bus.subjects import Subjects
 from triggerbus.errors import ConfigurationError
 from triggerbus.observability import tracing
+from triggerbus.observability.logging import add_trace_ids
 from triggerbus.observability.telemetry import (
+    MailboxInput,
     PublishInput,
     configure_telemetry,
     current,
@@ -272,6 +274,54 @@ class TestConfiguration:
             "traceparent"
         ].startswith(f"00-{CALLER_TRACE}-")
         assert tracing.execution_trace(caller, "e1")["traceparent"].endswith("-00")
+
+
+class TestTraceparentParsing:
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+            {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00", "tracestate": "vendor=x1,b=2"},
+        ],
+    )
+    def test_a_valid_context_is_written_back_as_it_was_read(self, headers: dict) -> None:
+        parent = tracing.parent_of(headers)
+        assert parent is not None
+        assert tracing.inject_parent(parent, {}) == headers
+        assert parent.span_context().trace_id == int(CALLER_TRACE, 16)
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            f"00-{CALLER_TRACE.upper()}-{CALLER_SPAN}-01",  # uppercase hex
+            f"00-{'0' * 32}-{CALLER_SPAN}-01",  # zero trace id
+            f"00-{CALLER_TRACE}-{'0' * 16}-01",  # zero span id
+            f"ff-{CALLER_TRACE}-{CALLER_SPAN}-01",  # forbidden version
+            f"00-{CALLER_TRACE}-{CALLER_SPAN}-01-extra",  # version 00 takes nothing after
+            "garbage",
+        ],
+    )
+    def test_what_the_w3c_propagator_refuses_is_refused(self, header: str) -> None:
+        assert tracing.parent_of({"traceparent": header}) is None
+
+    def test_a_later_version_keeps_its_known_fields(self) -> None:
+        parent = tracing.parent_of({"traceparent": f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-more"})
+        assert parent is not None and parent.span_id == int(CALLER_SPAN, 16)
+
+    def test_log_lines_written_while_a_message_is_handled_name_its_trace(self) -> None:
+        """The execution host's log lines carry the trace of the message it is handling."""
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+               "OTEL_METRICS_EXPORTER": "none", "TRIGGERBUS_SPAN_EXPORT": "thread"}  # fmt: skip
+        telemetry = configure_telemetry(env)
+        try:
+            headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+            with telemetry.mailbox(MailboxInput("flow", "e1", headers)):
+                inside = add_trace_ids(None, "info", {})
+            outside = add_trace_ids(None, "info", {})
+        finally:
+            shutdown_telemetry()
+        assert inside == {"trace_id": CALLER_TRACE, "span_id": CALLER_SPAN}
+        assert outside == {}
 
 
 class TestJoinLinks:
