@@ -2,8 +2,9 @@
 to the export process.
 
 Ids are bytes, as OTLP carries them (and because msgpack integers stop at 64 bits). The
-records are not tracked by the garbage collector (``gc=False``: they hold no cycles), so a
-batch of them in flight does not make collections slower.
+records are not tracked by the garbage collector (``gc=False``: they hold no cycles), and
+their sequences are tuples (an empty list is a tracked object; the empty tuple is not), so a
+batch of them waiting for export does not make collections slower.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ class SpanRecord(msgspec.Struct, array_like=True, gc=False):
     parent_remote: bool
     attributes: dict[str, Any]
     dropped_attributes: int
-    events: list[tuple[str, int, dict[str, Any]]]
+    events: tuple[tuple[str, int, dict[str, Any]], ...]
     dropped_events: int
-    links: list[LinkRecord]
+    links: tuple[LinkRecord, ...]
     dropped_links: int
     status_code: int
     status_message: str | None
@@ -60,11 +61,11 @@ def to_record(span: RecordedSpan) -> SpanRecord:
         span.parent_remote,
         span.attributes,
         span.dropped_attributes,
-        [(name, at, dict(attributes)) for name, at, attributes in span.events]
+        tuple([(name, at, dict(attributes)) for name, at, attributes in span.events])
         if span.events
-        else [],
+        else (),
         span.dropped_events,
-        [_link_record(link) for link in span.links] if span.links else [],
+        tuple([_link_record(link) for link in span.links]) if span.links else (),
         span.dropped_links,
         span.status_code,
         span.status_message,
