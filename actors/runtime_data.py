@@ -191,10 +191,21 @@ class TriggerFlowRuntimeData:
         self._resources = dict(resources or {})
         self._flow_data = copy.deepcopy(invocation.flow_data)
         self._sequence = 0
-        self.state = StateView(self)
-        self.flow_state = FlowStateView(self)
         self.is_resume = invocation.resume is not None
         self.resume = ResumeInfo(invocation.resume)
+
+    @property
+    def state(self) -> StateView:
+        """The execution's state as of dispatch, with this attempt's writes.
+
+        A view made on each access, not kept: a view kept here would refer back to this
+        object, a reference cycle that only the garbage collector can free, every attempt."""
+        return StateView(self)
+
+    @property
+    def flow_state(self) -> FlowStateView:
+        """The flow's data (a view made on each access, as ``state``)."""
+        return FlowStateView(self)
 
     # --- what triggered this chunk --------------------------------------------------------
 

@@ -148,7 +148,12 @@ class Execution:
         self._start_request: asyncio.Future[Reply] | None = None
         self._start_answered = False
         self._started = False
-        self.result = ExecutionResult(self)
+
+    @property
+    def result(self) -> ExecutionResult:
+        """``execution.result`` (made on each access: kept, it would refer back to this handle,
+        a reference cycle per execution that only the garbage collector frees)."""
+        return ExecutionResult(self)
 
     # --- identity and local view --------------------------------------------------------------
 
