@@ -319,13 +319,22 @@ class SpanRecorder:
         if not self._closed:
             self._thread = self._start_thread()
 
+    @property
+    def takes_records(self) -> bool:
+        """Whether :meth:`append_record` may be used (every exporter is OTLP/HTTP)."""
+        return self._as_records
+
     def append(self, span: RecordedSpan) -> None:
         """Called by :meth:`RecordedSpan.end`, on any thread."""
+        self.append_record(to_record(span) if self._as_records else span)
+
+    def append_record(self, record: Any) -> None:
+        """Queue a finished span (its record when :attr:`takes_records`), on any thread."""
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return
-        queue.append(to_record(span) if self._as_records else span)
+        queue.append(record)
         if len(queue) >= self._max_batch and not self._wake.is_set():
             self._wake.set()
 

@@ -38,6 +38,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
 from triggerbus.observability import events
+from triggerbus.observability._records import SpanRecord
 from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
@@ -52,6 +53,7 @@ from triggerbus.observability.tracing import (
     inject_span,
     join_links,
     parent_of,
+    random_span_id,
     record_arrival,
     tracing_from_env,
 )
@@ -385,6 +387,7 @@ class _TracedHandling(Handling):
         self._links: list[Link] = []
         self._token: contextvars.Token[Parent | None] | None = None
         self._ids: tuple[Parent | None, str, str] = (None, "", "")
+        self._written: tuple[Parent | None, dict[str, str]] = (None, {})
 
     def __enter__(self) -> Handling:
         # For the trace ids of log lines written while handling (``add_trace_ids``); not an
@@ -483,9 +486,14 @@ class _TracedHandling(Handling):
         return ids
 
     def _headers(self) -> dict[str, str]:
-        """Headers naming the parent, for a message that gets no span of its own."""
-        assert self._parent is not None
-        return inject_parent(self._parent, {})
+        """Headers naming the parent, for a message that gets no span of its own (written
+        once per parent: a transition's replies, stream items and close notice share it)."""
+        parent = self._parent
+        assert parent is not None
+        cached = self._written
+        if cached[0] is not parent:
+            cached = self._written = (parent, inject_parent(parent, {}))
+        return dict(cached[1])
 
     def _trace_id(self) -> str:
         return self._hex_ids()[1]
@@ -499,9 +507,16 @@ class _TracedHandling(Handling):
 
 class _Producer:
     """A producer span around one publish; yields the headers naming it (a small class rather
-    than a generator context manager: it runs for every traced publish)."""
+    than a generator context manager: it runs for every traced publish).
 
-    __slots__ = ("_span",)
+    Nothing makes a producer span current or asks it anything while it is open, so when the
+    recorder takes records and the sampler follows the parent, it is no span object at all:
+    its fields here, one record when it ends (a ``RecordedSpan`` only if the publish fails,
+    to record the exception as any span does).
+    """
+
+    __slots__ = ("_attributes", "_name", "_parent", "_recorder", "_span", "_span_id", "_start",
+                 "_tracing")  # fmt: skip
 
     def __init__(self, tracing: Tracing, parent: Parent, input: PublishInput, links: Any):
         message = input.message
@@ -524,19 +539,54 @@ class _Producer:
             attributes["triggerbus.event"] = message.event
             if message.step is not None:
                 attributes["triggerbus.step"] = message.step
-        self._span = tracing.start_span(
-            name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
-        )
+        self._tracing = tracing
+        self._recorder = tracing.record_sink(links)
+        if self._recorder is None:
+            self._span: RecordedSpan | None = tracing.start_span(
+                name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
+            )
+            return
+        self._span = None
+        self._name = name
+        self._attributes = attributes
+        # The span's own context: what start_span gives a child that follows its parent.
+        self._parent = parent
+        self._span_id = random_span_id()
+        self._start = time.time_ns()
 
     def __enter__(self) -> dict[str, str] | None:
-        return inject_span(self._span, {})
+        if self._span is not None:
+            return inject_span(self._span, {})
+        parent = self._parent
+        return inject_parent(Parent(parent.trace_id, self._span_id, parent.flags & _CHILD_FLAGS,
+                                    parent.state), {})  # fmt: skip
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         span = self._span
+        if span is None:
+            parent = self._parent
+            if exc is None:
+                if parent.flags & 1:
+                    self._recorder.append_record(SpanRecord(  # type: ignore[union-attr]
+                        self._name, SpanKind.PRODUCER.value, parent.trace_id.to_bytes(16, "big"),
+                        self._span_id.to_bytes(8, "big"), parent.state,
+                        parent.span_id.to_bytes(8, "big"), parent.remote, self._attributes, 0,
+                        (), 0, (), 0, 0, None, self._start, time.time_ns(),
+                    ))  # fmt: skip
+                return
+            span = self._tracing.start_span(
+                self._name, parent=parent, kind=SpanKind.PRODUCER, attributes=self._attributes,
+                start_ns=self._start, ids=(parent.trace_id, self._span_id),
+                sampled=bool(parent.flags & 1),
+            )  # fmt: skip
         if exc is not None:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
+
+
+_CHILD_FLAGS = 0x03
+"""The trace flags a child keeps from its parent: sampled, and the random-trace-id bit."""
 
 
 def _publish(tracing: Tracing, parent: Parent, input: PublishInput, links: Any) -> Headers:

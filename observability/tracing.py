@@ -222,8 +222,25 @@ def execution_trace(
 
 
 def execution_context(stored: Mapping[str, str]) -> Parent | None:
-    """The execution span, from the snapshot's trace fields."""
-    return parent_of(stored)
+    """The execution span, from the snapshot's trace fields.
+
+    Read at every transition of the execution, from the same string: parsed once (a bounded
+    cache; a ``Parent`` is not tracked by the garbage collector)."""
+    header = stored.get(TRACEPARENT)
+    if not header or TRACESTATE in stored or not w3c_only():
+        return parent_of(stored)
+    parent = _EXECUTION_SPANS.get(header)
+    if parent is None:
+        parent = parent_of(stored)
+        if parent is not None:
+            if len(_EXECUTION_SPANS) >= _EXECUTION_SPANS_MAX:
+                _EXECUTION_SPANS.clear()
+            _EXECUTION_SPANS[header] = parent
+    return parent
+
+
+_EXECUTION_SPANS: dict[str, Parent] = {}
+_EXECUTION_SPANS_MAX = 4096
 
 
 def remote_context(span_context: SpanContext) -> Context:
@@ -301,6 +318,14 @@ class Tracing:
         self.recorder = recorder
         self.sampler = sampler
         self._follow_parent = _follows_parent(sampler)
+
+    def record_sink(self, links: Sequence[Link]) -> SpanRecorder | None:
+        """The recorder, when a child span with no links can skip the span object: it takes
+        records and the sampler follows the parent (the default), so nothing reads the span
+        but the recorder."""
+        if links or not self._follow_parent or not self.recorder.takes_records:
+            return None
+        return self.recorder
 
     def sampled(self, trace_id: int) -> bool:
         """The configured sampler's decision for a new root (an execution nobody traced)."""
@@ -409,6 +434,10 @@ class Tracing:
 
 _RANDOM_TRACE_ID = 0x02
 """W3C trace-flags bit the SDK sets on a root whose trace id is random."""
+
+
+def random_span_id() -> int:
+    return _random_id(64)
 
 
 def _random_id(bits: int) -> int:
