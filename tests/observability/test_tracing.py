@@ -4,6 +4,7 @@ configuration by OTEL_*, and nothing at all when telemetry is off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from triggerbus import TriggerFlow
 from triggerbus._runtime import close_runtime, get_runtime
 from triggerbus.bus.subjects import Subjects
+from triggerbus.contracts.messages import InvokeChunk
 from triggerbus.errors import ConfigurationError
 from triggerbus.observability import tracing
 from triggerbus.observability.logging import add_trace_ids
@@ -307,6 +309,39 @@ class TestTraceparentParsing:
     def test_a_later_version_keeps_its_known_fields(self) -> None:
         parent = tracing.parent_of({"traceparent": f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-more"})
         assert parent is not None and parent.span_id == int(CALLER_SPAN, 16)
+
+    async def test_producer_spans_name_their_parent_and_record_a_failed_publish(self) -> None:
+        """A producer span is recorded without a span object unless its publish fails; both
+        kinds reach the collector with the parent, ids and outcome they had."""
+        with OtlpReceiver() as receiver:
+            telemetry = configure_telemetry(
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+            )  # fmt: skip
+            try:
+                headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+                sent: list[dict[str, str] | None] = []
+                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
+                    for step, fails in ((1, False), (2, True)):
+                        invoke = InvokeChunk(id=f"e1:{step}:0", flow="flow", execution_id="e1",
+                                             fingerprint="f", chunk="c", step=step)  # fmt: skip
+                        publish = handling.publish(PublishInput("flow", "tb.flow.run.c", invoke))
+                        with contextlib.suppress(ConnectionError), publish as written:
+                            sent.append(written)
+                            if fails:
+                                raise ConnectionError("no route")
+                async with asyncio.timeout(10):
+                    spans = await receiver.wait_for(lambda spans: len(spans) >= 2)
+            finally:
+                shutdown_telemetry()
+        by_step = {span.attributes["triggerbus.step"]: span for span in spans}
+        for step, written in ((1, sent[0]), (2, sent[1])):
+            span = by_step[step]
+            assert written == {"traceparent": f"00-{CALLER_TRACE}-{span.span_id}-01"}
+            assert (span.trace_id, span.parent_span_id) == (CALLER_TRACE, CALLER_SPAN)
+            assert span.name == "invoke c" and span.kind == 4  # SPAN_KIND_PRODUCER
+        assert by_step[1].ok and by_step[1].events == []
+        assert not by_step[2].ok and by_step[2].events == ["exception"]
 
     def test_log_lines_written_while_a_message_is_handled_name_its_trace(self) -> None:
         """The execution host's log lines carry the trace of the message it is handling."""
