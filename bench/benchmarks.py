@@ -363,7 +363,25 @@ def throughput_run(ctx: Context, prefix: str, flow: Any, count: int,
         async with workers(1, flow_variable(flow), url=ctx.url, prefix=prefix) as started:
             return await body([w.pid for w in started])
 
-    return in_loop(run)
+    try:
+        return in_loop(run)
+    finally:
+        asyncio.run(drop_prefix(ctx.url, prefix))
+
+
+async def drop_prefix(url: str, prefix: str) -> None:
+    """Delete a finished run's streams and bucket. Left behind, every run's streams (their
+    de-duplication windows, their files) are the server's background work during the runs
+    that follow, and later runs measured slower than earlier ones."""
+    nc = await nats.connect(url, name="bench-cleanup")
+    try:
+        js = nc.jetstream()
+        for name in [info.config.name for info in await js.streams_info()]:
+            if name and (name.startswith(f"{prefix}_") or name.startswith(f"KV_{prefix}_")):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(name)
+    finally:
+        await nc.drain()
 
 
 def flow_variable(flow: Any) -> str:

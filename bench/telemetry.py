@@ -1,9 +1,11 @@
 """Benchmark 7: what telemetry costs.
 
-- Chain and fan-out throughput in one process with tracing off (no ``OTEL_*``) and on
-  (spans and metrics exported over OTLP/HTTP to a receiver process on loopback that only counts
-  bytes: `bench/otlp_sink.py`),
-  alternated off/on/on/off so drift cancels out.
+- Chain and fan-out throughput in one process with telemetry off (no ``OTEL_*``), with
+  tracing on (spans exported over OTLP/HTTP to a receiver process on loopback that only
+  counts bytes: `bench/otlp_sink.py`; ``OTEL_METRICS_EXPORTER=none``), and with tracing and
+  metrics on: short rounds of the three, in rotating order, each mode's throughput taken as
+  a ratio to its own round's off run (the median of the rounds is reported). The target is
+  the issue's ("tracing on costs under 15 %"); metrics on top are reported beside it.
 - The seam's cost when off: one ``publish`` round trip (what every bus publish pays) and one
   chunk attempt scope, timed over many calls, then multiplied by the publishes an execution
   makes and compared with the time an execution takes.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -29,6 +32,8 @@ from triggerbus.observability.telemetry import (
 )
 
 SEAM_CALLS = 200_000
+ROUNDS = 5
+"""Rounds of off / tracing / tracing + metrics runs, each of half the benchmark's count."""
 
 
 class _Sink:
@@ -86,6 +91,11 @@ def _seam_cost_ns() -> dict[str, float]:
 def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], Any],
                 environ: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     telemetry = configure_telemetry(environ)
+    if telemetry.tracing is not None:
+        # The export process starts with the telemetry and spends its first second importing
+        # the OTLP exporter: wait for it (a flush is answered once it reads its pipe), so
+        # that its start-up, which an application pays once, is not measured against tracing.
+        telemetry.tracing.force_flush(30_000)
 
     def span_export_process() -> dict[str, int]:
         pid = telemetry.tracing.recorder.export_pid if telemetry.tracing is not None else None
@@ -99,6 +109,10 @@ def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], A
         shutdown_telemetry()
 
 
+def _mean(runs: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in runs) / len(runs)
+
+
 def bench_telemetry(ctx: Context) -> dict:
     details: dict[str, Any] = {"seam_off": _seam_cost_ns()}
     rows = []
@@ -108,35 +122,48 @@ def bench_telemetry(ctx: Context) -> dict:
         ("fan-out", flows.fanout, ctx.sizes.fanout, lambda v: sum(v + i for i in range(width))),
     ]
     with _Sink() as receiver:
-        on = {
+        both = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_SERVICE_NAME": "bench",
             "OTEL_METRIC_EXPORT_INTERVAL": "1000",
         }
+        environs = {"off": {}, "tracing": {**both, "OTEL_METRICS_EXPORTER": "none"},
+                    "tracing + metrics": both}  # fmt: skip
+        modes = list(environs)
         for label, flow, count, expected in cases:
-            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for mode in ("off", "on", "on", "off"):
-                bytes_before = receiver.bytes_received
-                result = _throughput(ctx, flow, count, expected, {} if mode == "off" else on)
-                result["otlp_bytes"] = receiver.bytes_received - bytes_before
-                runs[mode].append(result)
+            runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+            # This machine's speed drifts by ±20 % over tens of seconds (the nats-server's own
+            # CPU per execution moves with it): short rounds of every mode, the order rotated
+            # each round, and each mode compared with the off run of its own round.
+            for round_ in range(ROUNDS):
+                for mode in modes[round_ % 3 :] + modes[: round_ % 3]:
+                    bytes_before = receiver.bytes_received
+                    result = _throughput(ctx, flow, max(count // 2, 50), expected,
+                                         environs[mode])  # fmt: skip
+                    result["otlp_bytes"] = receiver.bytes_received - bytes_before
+                    runs[mode].append(result)
             details[label] = runs
-            off = sum(r["executions_per_s"] for r in runs["off"]) / 2
-            on_eps = sum(r["executions_per_s"] for r in runs["on"]) / 2
-            exported = sum(r["otlp_bytes"] for r in runs["on"])
-            cpu = {mode: {name: round(sum(r["cpu_ms_per_execution"].get(name, 0.0)
-                                          for r in runs[mode]) / 2, 2)
-                          for name in ("driver", "span export process")}
-                   for mode in ("off", "on")}  # fmt: skip
-            rows.append(row("7 telemetry", f"{label} executions/s, tracing + metrics on",
-                            round(on_eps, 1), "exec/s", anchor="tracing off",
-                            anchor_value=round(off, 1), target=">= 0.85x",
-                            passed=on_eps >= 0.85 * off,
-                            note=f"OTLP/HTTP to a receiver process on loopback, {exported:,} bytes "
-                                 "exported; mean of 2 runs each, alternated; CPU ms per "
-                                 f"execution: driver {cpu['off']['driver']} off, "
-                                 f"{cpu['on']['driver']} on, span export process "
-                                 f"{cpu['on']['span export process']}"))  # fmt: skip
+            off = statistics.median(r["executions_per_s"] for r in runs["off"])
+            for mode, target in (("tracing", ">= 0.85x"), ("tracing + metrics", None)):
+                ratios = sorted(on["executions_per_s"] / base["executions_per_s"]
+                                for on, base in zip(runs[mode], runs["off"], strict=True))
+                cpu_ratios = sorted(on["cpu_ms_per_execution"]["driver"]
+                                    / base["cpu_ms_per_execution"]["driver"]
+                                    for on, base in zip(runs[mode], runs["off"], strict=True))
+                ratio = statistics.median(ratios)
+                exported = sum(r["otlp_bytes"] for r in runs[mode])
+                child = statistics.median(r["cpu_ms_per_execution"].get("span export process", 0.0)
+                                          for r in runs[mode])  # fmt: skip
+                rows.append(row("7 telemetry", f"{label} executions/s, {mode} on",
+                                round(ratio * off, 1), "exec/s", anchor="telemetry off",
+                                anchor_value=round(off, 1), ratio=ratio, target=target,
+                                passed=ratio >= 0.85 if target else None,
+                                note=f"OTLP/HTTP to a receiver process on loopback, "
+                                     f"{exported:,} bytes exported; median of {ROUNDS} rounds' "
+                                     f"ratios to their own off run (range {ratios[0]:.2f}-"
+                                     f"{ratios[-1]:.2f}); driver CPU per execution on/off "
+                                     f"{statistics.median(cpu_ratios):.2f}x; span export "
+                                     f"process {child:.2f} ms per execution"))  # fmt: skip
             writes = runs["off"][0]["writes_per_execution"]
             per_exec_ns = details["seam_off"]["publish_ns"] * writes
             exec_ns = 1e9 / max(off, 1e-9)

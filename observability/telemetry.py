@@ -449,7 +449,7 @@ class _TracedHandling(Handling):
         message = input.message
         if isinstance(message, InvokeChunk | EmitEvent):
             links = self._links if isinstance(message, InvokeChunk) else ()
-            return _Producer(self._tracing, self._parent, input, links)
+            return _Producer(self._tracing, self._parent, input, links, user_context=False)
         return contextlib.nullcontext(self._headers())
 
     def observe(self, name: str, attributes: dict[str, Any]) -> None:
@@ -492,7 +492,7 @@ class _TracedHandling(Handling):
         assert parent is not None
         cached = self._written
         if cached[0] is not parent:
-            cached = self._written = (parent, inject_parent(parent, {}))
+            cached = self._written = (parent, inject_parent(parent, {}, user_context=False))
         return dict(cached[1])
 
     def _trace_id(self) -> str:
@@ -516,9 +516,17 @@ class _Producer:
     """
 
     __slots__ = ("_attributes", "_name", "_parent", "_recorder", "_span", "_span_id", "_start",
-                 "_tracing")  # fmt: skip
+                 "_tracing", "_user_context")  # fmt: skip
 
-    def __init__(self, tracing: Tracing, parent: Parent, input: PublishInput, links: Any):
+    def __init__(
+        self,
+        tracing: Tracing,
+        parent: Parent,
+        input: PublishInput,
+        links: Any,
+        *,
+        user_context: bool = True,
+    ) -> None:
         message = input.message
         attributes: dict[str, Any] = {
             "messaging.system": "nats",
@@ -540,6 +548,7 @@ class _Producer:
             if message.step is not None:
                 attributes["triggerbus.step"] = message.step
         self._tracing = tracing
+        self._user_context = user_context
         self._recorder = tracing.record_sink(links)
         if self._recorder is None:
             self._span: RecordedSpan | None = tracing.start_span(
@@ -558,8 +567,8 @@ class _Producer:
         if self._span is not None:
             return inject_span(self._span, {})
         parent = self._parent
-        return inject_parent(Parent(parent.trace_id, self._span_id, parent.flags & _CHILD_FLAGS,
-                                    parent.state), {})  # fmt: skip
+        own = Parent(parent.trace_id, self._span_id, parent.flags & _CHILD_FLAGS, parent.state)
+        return inject_parent(own, {}, user_context=self._user_context)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         span = self._span

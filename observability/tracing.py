@@ -258,10 +258,15 @@ def inject(span_context: SpanContext | None, headers: dict[str, str]) -> dict[st
     return headers
 
 
-def inject_parent(parent: Parent, headers: dict[str, str]) -> dict[str, str]:
+def inject_parent(
+    parent: Parent, headers: dict[str, str], *, user_context: bool = True
+) -> dict[str, str]:
     """:func:`inject` for a :class:`Parent`: exactly what the W3C propagators write when
-    there is no baggage, without building a ``SpanContext``."""
-    if w3c_only() and not baggage.get_all():
+    there is no baggage, without building a ``SpanContext``.
+
+    ``user_context=False`` says the current context is an execution host's, which no user
+    code runs in and so holds no baggage: the check for it is skipped."""
+    if w3c_only() and (not user_context or not baggage.get_all()):
         headers[TRACEPARENT] = parent.traceparent()
         if parent.state:
             headers[TRACESTATE] = parent.state
