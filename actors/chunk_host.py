@@ -20,7 +20,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.hosted import HostedFlow
@@ -45,6 +44,7 @@ from triggerbus.contracts.messages import (
     reply_decoder,
 )
 from triggerbus.errors import ChunkFailedError, LifecycleError
+from triggerbus.observability.logging import bound_log_context
 from triggerbus.observability.telemetry import (
     Attempt,
     AttemptInput,
@@ -196,7 +196,7 @@ class ChunkHost(HostLifecycle):
             return
         if delivery.num_delivered > 1:
             self._redeliveries += 1
-        with bound_contextvars(
+        with bound_log_context(
             flow=self._flow.name,
             execution_id=invocation.execution_id,
             chunk=invocation.chunk,
@@ -351,21 +351,16 @@ async def _call(
     *,
     time_limit: float | None = None,
 ) -> _Returned | _Raised:
-    deadline = asyncio.timeout(time_limit)
+    deadline = asyncio.timeout(time_limit) if time_limit is not None else None
     try:
         try:
-            async with deadline:
-                if inspect.iscoroutinefunction(handler):
-                    value = await handler(data)
-                else:
-                    # A sync handler's thread cannot be stopped: on timeout the attempt fails
-                    # and the thread runs on to its end, its late effects ignored or applied
-                    # as the execution stands.
-                    value = await asyncio.to_thread(handler, data)
-                    if inspect.isawaitable(value):
-                        value = await value
+            if deadline is None:
+                value = await _run_handler(handler, data)
+            else:
+                async with deadline:
+                    value = await _run_handler(handler, data)
         except TimeoutError:
-            if not deadline.expired():
+            if deadline is None or not deadline.expired():
                 raise  # the handler's own TimeoutError, reported as it is
             return _Raised(
                 "TimeoutError",
@@ -384,6 +379,17 @@ async def _call(
     except Exception as exc:
         return _Raised(type(exc).__name__, str(exc), traceback.format_exc())
     return _Returned(value)
+
+
+async def _run_handler(handler: Callable[..., Any], data: TriggerFlowRuntimeData) -> Any:
+    if inspect.iscoroutinefunction(handler):
+        return await handler(data)
+    # A sync handler's thread cannot be stopped: on timeout the attempt fails and the thread
+    # runs on to its end, its late effects ignored or applied as the execution stands.
+    value = await asyncio.to_thread(handler, data)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
 
 
 def _outcome_message(

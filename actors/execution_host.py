@@ -19,7 +19,6 @@ from typing import Any
 
 import msgspec
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.execution import Transition, apply
@@ -50,6 +49,7 @@ from triggerbus.contracts.outbox import (
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import RevisionConflictError
+from triggerbus.observability.logging import bound_log_context
 from triggerbus.observability.telemetry import (
     Handling,
     MailboxInput,
@@ -231,7 +231,7 @@ class ExecutionHost(HostLifecycle):
                 delivery = lane.get_nowait()
                 self._in_flight += 1
                 try:
-                    with bound_contextvars(flow=self._flow.name, execution_id=execution_id):
+                    with bound_log_context(flow=self._flow.name, execution_id=execution_id):
                         await self._handle(execution_id, delivery)
                 except Exception:
                     # One message fails alone: it is handed back for a prompt retry. The cached
@@ -312,9 +312,9 @@ class ExecutionHost(HostLifecycle):
                 await delivery.ack()
                 return
             assert transition.snapshot is not None
-            transition = dataclasses.replace(
-                transition, snapshot=handling.transition(snapshot, transition.snapshot)
-            )
+            traced = handling.transition(snapshot, transition.snapshot)
+            if traced is not transition.snapshot:  # tracing recorded its context in it
+                transition = dataclasses.replace(transition, snapshot=traced)
             try:
                 stored = await self._store(execution_id, transition, revision)
             except RevisionConflictError:

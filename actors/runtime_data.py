@@ -187,9 +187,11 @@ class TriggerFlowRuntimeData:
     ) -> None:
         self._invocation = invocation
         self._port = port
-        self._state = copy.deepcopy(invocation.state)
+        # The invocation was decoded for this attempt alone: its state and flow data are
+        # this object's to change, without a copy.
+        self._state = invocation.state
         self._resources = dict(resources or {})
-        self._flow_data = copy.deepcopy(invocation.flow_data)
+        self._flow_data = invocation.flow_data
         self._sequence = 0
         self.is_resume = invocation.resume is not None
         self.resume = ResumeInfo(invocation.resume)

@@ -67,7 +67,9 @@ class Delivery:
 
     @property
     def num_delivered(self) -> int:
-        return self._msg.metadata.num_delivered
+        """From the ack subject's own token: nats-py's ``metadata`` builds a datetime and three
+        objects per message, and the hosts read only this, on every delivery."""
+        return _num_delivered(self._msg)
 
     @property
     def stream_sequence(self) -> int:
@@ -88,6 +90,21 @@ class Delivery:
     async def term(self) -> None:
         with translate_nats_errors(subject=self.subject):
             await self._msg.term()
+
+
+_ACK_V1_TOKENS = 9
+"""``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``;
+the later form adds the domain and account hash after ``ACK`` (and may end in a token)."""
+
+
+def _num_delivered(msg: Msg) -> int:
+    reply = msg.reply
+    tokens = reply.split(".") if reply else ()
+    if len(tokens) >= _ACK_V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
+        field = tokens[4] if len(tokens) == _ACK_V1_TOKENS else tokens[6]
+        if field.isdigit():
+            return int(field)
+    return msg.metadata.num_delivered  # nats-py's parse, and its error for a non-JetStream one
 
 
 class PullConsumer:

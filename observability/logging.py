@@ -13,9 +13,10 @@ attempts and execution lifecycle events become log lines.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TextIO
 
 import structlog
@@ -92,6 +93,28 @@ def add_trace_ids(
         event_dict.setdefault("trace_id", f"{parent.trace_id:032x}")
         event_dict.setdefault("span_id", f"{parent.span_id:016x}")
     return event_dict
+
+
+class bound_log_context:
+    """Bind ``fields`` to structlog's context-local context for a block, then restore them.
+
+    What ``structlog.contextvars.bound_contextvars`` does, by token: that one reads every
+    context variable of the current context to save the old values and runs as a generator;
+    this sets each field's variable and resets it to what it was, once per chunk attempt and
+    per mailbox message on the hosts' hot path.
+    """
+
+    __slots__ = ("_fields", "_tokens")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._tokens: Mapping[str, contextvars.Token[Any]] = {}
+
+    def __enter__(self) -> None:
+        self._tokens = structlog.contextvars.bind_contextvars(**self._fields)
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self._tokens)
 
 
 log = structlog.get_logger("triggerbus.events")
