@@ -141,6 +141,35 @@ def apply(
     return Transition(work.freeze(message.id), work.outbox)
 
 
+def fail_oversized(
+    index: GraphIndex,
+    snapshot: Snapshot | None,
+    message: MailboxMessage,
+    *,
+    now: float,
+    reason: str,
+) -> Transition:
+    """What to store instead when applying ``message`` made a snapshot the bus cannot carry.
+
+    No larger snapshot will ever fit, and retrying the message would fail the same way forever:
+    the execution fails and closes (``SnapshotTooLargeError``, ``reason`` as its message),
+    stored without what made it large (its state, nodes, queue, joins, answers and flow data),
+    so that its close reaches the caller and its waiters.
+    """
+    base = snapshot or new_snapshot(index, message.execution_id, now=now)
+    if base.lifecycle == "closed":
+        return Transition(None, [], rejected=reason)  # nothing left to fail: refuse the message
+    slim = msgspec.structs.replace(
+        base, state={}, nodes={}, queue=[], running=[], joins={}, answers={}, flow_data={},
+        outbox=StoredOutbox(), applied=base.applied[-ANSWERS_KEPT:],
+    )  # fmt: skip
+    work = _Work.begin(index, slim, now)
+    if not work.get("started_at"):
+        work.set(status="running", started_at=now)
+    _fail(work, ErrorInfo(error_type="SnapshotTooLargeError", message=reason))
+    return Transition(work.freeze(message.id), work.outbox)
+
+
 def _effects_pending(snapshot: Snapshot, outcome: ChunkCompleted | ChunkFailed) -> bool:
     """Whether the outcome's attempt sent effects the actor has not applied yet (a redelivered
     state write, say, coming back behind the outcome)."""

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 
 from triggerbus.actors._lifecycle import HostLifecycle
-from triggerbus.actors.execution import Transition, apply
+from triggerbus.actors.execution import Transition, apply, fail_oversized
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
@@ -48,7 +48,7 @@ from triggerbus.contracts.outbox import (
     SendReply,
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
-from triggerbus.errors import RevisionConflictError
+from triggerbus.errors import PayloadTooLargeError, RevisionConflictError
 from triggerbus.observability.logging import bound_log_context
 from triggerbus.observability.telemetry import (
     Handling,
@@ -316,7 +316,15 @@ class ExecutionHost(HostLifecycle):
             if traced is not transition.snapshot:  # tracing recorded its context in it
                 transition = dataclasses.replace(transition, snapshot=traced)
             try:
-                stored = await self._store(execution_id, transition, revision)
+                try:
+                    stored = await self._store(execution_id, transition, revision)
+                except PayloadTooLargeError as exc:
+                    transition = self._oversized(snapshot, message, handling, exc)
+                    if transition.rejected:
+                        await self._refuse(delivery, transition.rejected,
+                                           reply_to=getattr(message, "reply_to", None))  # fmt: skip
+                        return
+                    stored = await self._store(execution_id, transition, revision)
             except RevisionConflictError:
                 if not assume_new:  # a create that finds the execution is no conflict
                     self._conflicts += 1
@@ -332,6 +340,31 @@ class ExecutionHost(HostLifecycle):
         raise RevisionConflictError(
             f"gave up after {MAX_CAS_RETRIES} conflicting writes", key=execution_id
         )
+
+    def _oversized(
+        self,
+        snapshot: Snapshot | None,
+        message: MailboxMessage,
+        handling: Handling,
+        exc: PayloadTooLargeError,
+    ) -> Transition:
+        """The transition to store when ``message``'s made a snapshot too large for the bus:
+        retried, it would fail the same way forever, so the execution fails and closes."""
+        reason = (
+            f"applying {type(message).__name__} {message.id!r} made the execution's snapshot "
+            "larger than the NATS server accepts (its max_payload): the execution's state, or "
+            "its fan-out, outgrew what one message can carry"
+        )
+        log.error("execution_snapshot_too_large", message_id=message.id, error=str(exc),
+                  hint="keep large values out of execution state; check the flow for a "
+                  "chunk that triggers itself")  # fmt: skip
+        transition = fail_oversized(
+            self._flow.index, snapshot, message, now=self._clock(), reason=reason
+        )
+        if transition.snapshot is None:
+            return transition
+        traced = handling.transition(snapshot, transition.snapshot)
+        return dataclasses.replace(transition, snapshot=traced)
 
     async def _snapshot(self, execution_id: str) -> tuple[Snapshot, int] | None:
         cached = self._cache.get(execution_id)

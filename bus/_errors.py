@@ -16,7 +16,12 @@ import nats.errors
 import nats.js.errors
 import structlog
 
-from triggerbus.errors import BusError, BusUnavailableError, RevisionConflictError
+from triggerbus.errors import (
+    BusError,
+    BusUnavailableError,
+    PayloadTooLargeError,
+    RevisionConflictError,
+)
 
 log = structlog.get_logger()
 
@@ -150,6 +155,10 @@ def _translate(
             f"NATS is unavailable at {target}{where}: {exc}; check that the server is running "
             "and TRIGGERBUS_NATS_URL points at it",
             url=url or "",
+        )
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return PayloadTooLargeError(
+            f"message too large{where}: larger than the server's max_payload", subject=subject
         )
     if isinstance(exc, nats.errors.TimeoutError):
         return BusError(f"NATS did not answer in time{where}: {exc}", subject=subject)

@@ -6,6 +6,7 @@
     │   ├── BusUnavailableError     no server reachable at the configured URL
     │   ├── ServerTooOldError       the server lacks a feature we need (JetStream, version)
     │   ├── ProvisioningDriftError  an existing stream/consumer/bucket differs from ours
+    │   ├── PayloadTooLargeError    a message larger than the server's max_payload; never retried
     │   └── RevisionConflictError   a compare-and-set write lost the race; retry from the new state
     ├── ContractError               a wire message failed strict decoding
     │   └── UnsupportedVersionError a message from a newer writer than this reader
@@ -73,6 +74,12 @@ class RevisionConflictError(BusError):
     def __init__(self, message: str, *, key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class PayloadTooLargeError(BusError):
+    """A message is larger than the server accepts (its ``max_payload``, 1 MB by default).
+
+    Never retried: the same bytes can never fit."""
 
 
 class ContractError(TriggerbusError):
