@@ -128,12 +128,6 @@ def parent_of(carrier: Mapping[str, str]) -> Parent | None:
     return Parent.of(context) if context.is_valid else None
 
 
-def span_context_of(carrier: Mapping[str, str]) -> SpanContext | None:
-    """:func:`parent_of` as OpenTelemetry's ``SpanContext``."""
-    parent = parent_of(carrier)
-    return parent.span_context() if parent is not None else None
-
-
 # The W3C trace-context propagator's own rules (opentelemetry.trace.propagation.tracecontext).
 _TRACEPARENT_FORMAT = re.compile(
     r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
