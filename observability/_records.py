@@ -74,6 +74,27 @@ def to_record(span: RecordedSpan) -> SpanRecord:
     )
 
 
+def child_record(
+    name: str,
+    kind: int,
+    trace_id: int,
+    span_id: int,
+    trace_state: str,
+    parent_id: int,
+    parent_remote: bool,
+    attributes: dict[str, Any],
+    start_ns: int,
+    end_ns: int,
+) -> SpanRecord:
+    """The record of a span that ended as it began: no events, links or status, nothing
+    dropped (what a producer span is unless its publish fails)."""
+    return SpanRecord(
+        name, kind, trace_id.to_bytes(16, "big"), span_id.to_bytes(8, "big"), trace_state,
+        parent_id.to_bytes(8, "big"), parent_remote, attributes, 0, (), 0, (), 0, 0, None,
+        start_ns, end_ns,
+    )  # fmt: skip
+
+
 def _link_record(link: Link) -> LinkRecord:
     context = link.context
     attributes = link.attributes

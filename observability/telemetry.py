@@ -38,7 +38,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
 from triggerbus.observability import events
-from triggerbus.observability._records import SpanRecord
+from triggerbus.observability._records import child_record
 from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
@@ -576,12 +576,11 @@ class _Producer:
             parent = self._parent
             if exc is None:
                 if parent.flags & 1:
-                    self._recorder.append_record(SpanRecord(  # type: ignore[union-attr]
-                        self._name, SpanKind.PRODUCER.value, parent.trace_id.to_bytes(16, "big"),
-                        self._span_id.to_bytes(8, "big"), parent.state,
-                        parent.span_id.to_bytes(8, "big"), parent.remote, self._attributes, 0,
-                        (), 0, (), 0, 0, None, self._start, time.time_ns(),
-                    ))  # fmt: skip
+                    self._recorder.append_record(  # type: ignore[union-attr]
+                        child_record(self._name, SpanKind.PRODUCER.value, parent.trace_id,
+                                     self._span_id, parent.state, parent.span_id, parent.remote,
+                                     self._attributes, self._start, time.time_ns())
+                    )  # fmt: skip
                 return
             span = self._tracing.start_span(
                 self._name, parent=parent, kind=SpanKind.PRODUCER, attributes=self._attributes,
