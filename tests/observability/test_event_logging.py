@@ -52,3 +52,19 @@ def test_each_attempt_event_is_a_line_at_its_own_level(level: str, expected: lis
     assert [line["event"] for line in lines] == expected
     if "chunk_attempt_succeeded" in expected:
         assert lines[0]["duration_ms"] == 500.0
+
+
+def test_a_bound_log_context_binds_for_its_block_and_restores_what_was_there() -> None:
+    from structlog.contextvars import bind_contextvars, get_contextvars, unbind_contextvars
+
+    from triggerbus.observability.logging import bound_log_context
+
+    before = get_contextvars()
+    bind_contextvars(flow="outer")
+    try:
+        with bound_log_context(flow="inner", execution_id="e1"):
+            assert get_contextvars() == {**before, "flow": "inner", "execution_id": "e1"}
+        assert get_contextvars() == {**before, "flow": "outer"}
+    finally:
+        unbind_contextvars("flow")
+    assert get_contextvars() == {k: v for k, v in before.items() if k != "flow"}
