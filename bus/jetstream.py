@@ -93,17 +93,22 @@ class Delivery:
 
 
 _ACK_V1_TOKENS = 9
-"""``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``;
-the later form adds the domain and account hash after ``ACK`` (and may end in a token)."""
+"""``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``."""
+_ACK_V2_MIN_TOKENS = 11
+"""The later form adds the domain and account hash after ``ACK`` (and may end in a token)."""
 
 
 def _num_delivered(msg: Msg) -> int:
     reply = msg.reply
-    tokens = reply.split(".") if reply else ()
-    if len(tokens) >= _ACK_V1_TOKENS and tokens[0] == "$JS" and tokens[1] == "ACK":
-        field = tokens[4] if len(tokens) == _ACK_V1_TOKENS else tokens[6]
-        if field.isdigit():
-            return int(field)
+    tokens = reply.split(".") if reply else []
+    field = ""
+    if tokens[:2] == ["$JS", "ACK"]:
+        if len(tokens) == _ACK_V1_TOKENS:
+            field = tokens[4]
+        elif len(tokens) >= _ACK_V2_MIN_TOKENS:
+            field = tokens[6]
+    if field.isdigit():
+        return int(field)
     return msg.metadata.num_delivered  # nats-py's parse, and its error for a non-JetStream one
 
 

@@ -22,6 +22,10 @@ def test_the_attempt_is_the_one_nats_py_reads(reply: str) -> None:
     assert Delivery(msg).num_delivered == msg.metadata.num_delivered
 
 
-def test_a_message_that_is_not_from_jetstream_is_refused_as_nats_py_refuses_it() -> None:
+@pytest.mark.parametrize(
+    "reply",
+    ["_INBOX.abc", "$JS.ACK.a.b.c.4.5.6.7.8"],  # not an ack subject; one of neither form (10)
+)
+def test_what_nats_py_refuses_is_refused(reply: str) -> None:
     with pytest.raises(NatsError):
-        _ = Delivery(Msg(None, subject="x", reply="_INBOX.abc")).num_delivered  # type: ignore[arg-type]
+        _ = Delivery(Msg(None, subject="x", reply=reply)).num_delivered  # type: ignore[arg-type]
