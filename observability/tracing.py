@@ -113,7 +113,12 @@ class Parent(msgspec.Struct, frozen=True, gc=False):
         )
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags & 0xFF:02x}"
+        return format_traceparent(self.trace_id, self.span_id, self.flags)
+
+
+def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The W3C ``traceparent`` header (version 00), as every propagator writes it."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
 
 
 def parent_of(carrier: Mapping[str, str]) -> Parent | None:
@@ -207,7 +212,7 @@ def execution_trace(
         trace_id = _digest(f"trace:{execution_id}", 16)
         keep = sampled(trace_id) if sampled is not None else True
         flags = int(TraceFlags.SAMPLED) if keep else int(TraceFlags.DEFAULT)
-    stored = {TRACEPARENT: f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"}
+    stored = {TRACEPARENT: format_traceparent(trace_id, span_id, flags)}
     if caller is not None:
         stored[CALLER_SPAN] = f"{caller.span_id:016x}"
         if caller.state:
@@ -271,8 +276,7 @@ def inject_parent(
 def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
     """:func:`inject` for a span of ours, without building its ``SpanContext``."""
     if w3c_only() and not baggage.get_all():
-        flags = span.flags & 0xFF
-        headers[TRACEPARENT] = f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"
+        headers[TRACEPARENT] = format_traceparent(span.trace_id, span.span_id, span.flags)
         if span.trace_state:
             headers[TRACESTATE] = span.trace_state
         return headers
