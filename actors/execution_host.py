@@ -311,10 +311,7 @@ class ExecutionHost(HostLifecycle):
                         await self._reply(command.reply_to, command.message)
                 await delivery.ack()
                 return
-            assert transition.snapshot is not None
-            traced = handling.transition(snapshot, transition.snapshot)
-            if traced is not transition.snapshot:  # tracing recorded its context in it
-                transition = dataclasses.replace(transition, snapshot=traced)
+            transition = _traced(handling, snapshot, transition)
             try:
                 try:
                     stored = await self._store(execution_id, transition, revision)
@@ -361,10 +358,7 @@ class ExecutionHost(HostLifecycle):
         transition = fail_oversized(
             self._flow.index, snapshot, message, now=self._clock(), reason=reason
         )
-        if transition.snapshot is None:
-            return transition
-        traced = handling.transition(snapshot, transition.snapshot)
-        return dataclasses.replace(transition, snapshot=traced)
+        return transition if transition.rejected else _traced(handling, snapshot, transition)
 
     async def _snapshot(self, execution_id: str) -> tuple[Snapshot, int] | None:
         cached = self._cache.get(execution_id)
@@ -574,6 +568,15 @@ class ExecutionHost(HostLifecycle):
             f"this host {self._flow.fingerprint}",
             reply_to=getattr(message, "reply_to", None),
         )
+
+
+def _traced(handling: Handling, before: Snapshot | None, transition: Transition) -> Transition:
+    """``transition`` with the snapshot tracing stores (its trace context recorded in it)."""
+    assert transition.snapshot is not None
+    traced = handling.transition(before, transition.snapshot)
+    if traced is transition.snapshot:  # untraced, or nothing to record
+        return transition
+    return dataclasses.replace(transition, snapshot=traced)
 
 
 async def _hand_back(delivery: Delivery, ack_wait: float) -> None:
