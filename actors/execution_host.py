@@ -10,7 +10,6 @@ stored outbox it cannot vouch for.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -576,7 +575,7 @@ def _traced(handling: Handling, before: Snapshot | None, transition: Transition)
     traced = handling.transition(before, transition.snapshot)
     if traced is transition.snapshot:  # untraced, or nothing to record
         return transition
-    return dataclasses.replace(transition, snapshot=traced)
+    return transition.with_snapshot(traced)
 
 
 async def _hand_back(delivery: Delivery, ack_wait: float) -> None:

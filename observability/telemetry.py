@@ -436,7 +436,7 @@ class _TracedHandling(Handling):
                     record_arrival(stored, key, parent)
             for key in before_joins:
                 if key not in after.joins:
-                    self._links.extend(join_links(stored, key))
+                    self._links.extend(join_links(stored, key, own or parent))
                     stored.pop(JOIN_PREFIX + key, None)
         if stored is not after.trace and stored != after.trace:
             after = msgspec.structs.replace(after, trace=stored)

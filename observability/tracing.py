@@ -137,6 +137,7 @@ def parent_of(carrier: Mapping[str, str]) -> Parent | None:
 _TRACEPARENT_FORMAT = re.compile(
     r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
 )
+_COMMON_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACEPARENT_MAX = 512
 _TRACESTATE_MAX = 512
 _W3C_FIELDS = frozenset({TRACEPARENT, TRACESTATE, "baggage"})
@@ -158,17 +159,10 @@ _TRACE_FLAGS = [TraceFlags(value) for value in range(256)]
 
 
 def _parse_traceparent(header: str, state: str | None) -> Parent | None:
-    if (
-        len(header) == 55
-        and header[:3] == "00-"
-        and header[35] == "-"
-        and header[52] == "-"
-        and not header[3:35].strip(_HEX_DIGITS)
-        and not header[36:52].strip(_HEX_DIGITS)
-        and not header[53:].strip(_HEX_DIGITS)
-    ):
-        # The form every W3C tracer writes (version 00, lowercase hex): sliced, not matched.
-        trace_hex, span_hex, flags = header[3:35], header[36:52], header[53:]
+    common = _COMMON_TRACEPARENT.fullmatch(header)
+    if common is not None:
+        # The form every W3C tracer writes (version 00, lowercase hex, nothing around it).
+        trace_hex, span_hex, flags = common.groups()
     else:
         if len(header) > _TRACEPARENT_MAX:
             return None
@@ -283,22 +277,42 @@ def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
     return inject(span.get_span_context(), headers)
 
 
-def join_links(stored: Mapping[str, str], key: str) -> list[Link]:
-    """Links to every recorded arrival of the join ``key``."""
+def join_links(stored: Mapping[str, str], key: str, own: Parent) -> list[Link]:
+    """Links to every recorded arrival of the join ``key``; arrivals are spans of the
+    execution's trace (``own``), kept as span ids (a whole ``traceparent``, as snapshots
+    written before 0.1 kept them, is read too)."""
     links = []
+    flags = _TRACE_FLAGS[own.flags & 0xFF]
+    state = TraceState.from_header([own.state]) if own.state else None
     for value in stored.get(JOIN_PREFIX + key, "").split(","):
-        parent = parent_of({TRACEPARENT: value}) if value else None
-        if parent is not None:
-            links.append(Link(parent.span_context(), {"triggerbus.link": "join_arrival"}))
+        if len(value) == 16 and not value.strip(_HEX_DIGITS) and int(value, 16):
+            context = SpanContext(own.trace_id, int(value, 16), True, flags, state)
+        else:
+            parent = parent_of({TRACEPARENT: value}) if value else None
+            if parent is None:
+                continue
+            context = parent.span_context()
+        links.append(Link(context, _JOIN_ARRIVAL))
     return links
 
 
+_JOIN_ARRIVAL = {"triggerbus.link": "join_arrival"}
+
+
 def record_arrival(stored: dict[str, str], key: str, parent: Parent) -> None:
-    """Remember ``parent`` as one more arrival at the join ``key``."""
-    previous = stored.get(JOIN_PREFIX + key, "")
-    arrivals = [a for a in previous.split(",") if a][-(MAX_JOIN_LINKS - 1) :]
-    arrivals.append(parent.traceparent())
-    stored[JOIN_PREFIX + key] = ",".join(arrivals)
+    """Remember ``parent`` (a span of the execution's trace) as one more arrival at the join
+    ``key``: its span id appended, the oldest dropped past ``MAX_JOIN_LINKS``."""
+    field = JOIN_PREFIX + key
+    previous = stored.get(field, "")
+    span_id = f"{parent.span_id:016x}"
+    if not previous:
+        stored[field] = span_id
+    elif previous.count(",") < MAX_JOIN_LINKS - 1:
+        stored[field] = f"{previous},{span_id}"
+    else:
+        kept = previous.split(",")[-(MAX_JOIN_LINKS - 1) :]
+        kept.append(span_id)
+        stored[field] = ",".join(kept)
 
 
 def ns(seconds: float) -> int:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triggerbus import TriggerFlow
-from triggerbus.actors.execution import AUTO_CLOSE_TIMER, Transition, apply
+from triggerbus.actors.execution import AUTO_CLOSE_TIMER, Transition, apply, new_snapshot
 from triggerbus.actors.graph_index import GraphIndex
 from triggerbus.contracts.messages import (
     ChunkCompleted,
@@ -38,6 +38,7 @@ from triggerbus.contracts.outbox import (
     AppendStream,
     Invoke,
     NotifyClosed,
+    Observe,
     OutboxCommand,
     ScheduleTimer,
     SendReply,
@@ -1994,3 +1995,18 @@ class TestDuplicateAnswers:
         assert again.duplicate
         assert invokes(again) == []
         assert driver.replies("second") == [Reply(ok=True, value=EXECUTION)]
+
+
+def test_with_snapshot_keeps_every_other_field_of_the_transition() -> None:
+    """The execution host swaps in the traced snapshot with ``with_snapshot``: a field added
+    to ``Transition`` and not carried over would be lost on every traced message."""
+    import dataclasses
+
+    first = new_snapshot(GraphIndex.build(chain_flow().graph()), "e1", now=0.0)
+    second = msgspec.structs.replace(first, status="waiting")
+    values = {"snapshot": first, "outbox": [Observe(name="x", attributes={})],
+              "duplicate": True, "rejected": "why", "deferred": True}  # fmt: skip
+    assert set(values) == {field.name for field in dataclasses.fields(Transition)}
+    transition = Transition(**values)
+    assert transition.with_snapshot(second) == dataclasses.replace(transition, snapshot=second)
+

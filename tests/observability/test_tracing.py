@@ -360,6 +360,23 @@ class TestTraceparentParsing:
 
 
 class TestJoinLinks:
+    def test_arrivals_are_kept_as_span_ids_and_linked_in_the_executions_trace(self) -> None:
+        own = tracing.Parent(int(CALLER_TRACE, 16), 0x1, 1, "vendor=x1")
+        stored: dict[str, str] = {}
+        for span_id in range(1, tracing.MAX_JOIN_LINKS + 3):
+            tracing.record_arrival(stored, "k", tracing.Parent(own.trace_id, span_id, 1, ""))
+        assert stored["join:k"].split(",")[0] == f"{3:016x}"  # the oldest two dropped
+        # A snapshot written before arrivals were span ids holds whole traceparents.
+        stored["join:k"] += f",00-{CALLER_TRACE}-{CALLER_SPAN}-01,not-a-span"
+        links = tracing.join_links(stored, "k", own)
+        assert len(links) == tracing.MAX_JOIN_LINKS + 1
+        assert [link.context.span_id for link in links[:2]] == [3, 4]
+        assert links[-1].context.span_id == int(CALLER_SPAN, 16)
+        assert {link.context.trace_id for link in links} == {own.trace_id}
+        assert links[0].context.trace_state.to_header() == "vendor=x1"
+        assert links[0].context.trace_flags.sampled and links[0].context.is_remote
+        assert dict(links[0].attributes) == {"triggerbus.link": "join_arrival"}
+
     async def test_when_and_for_each_joins_link_every_arrival(self, receiver: OtlpReceiver) -> None:
         """A ``when`` in and mode and a ``for_each`` end fan in: the invocation they release
         links the arrivals that came before the last one (which is its parent)."""
