@@ -279,8 +279,8 @@ def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
 
 def join_links(stored: Mapping[str, str], key: str, own: Parent) -> list[Link]:
     """Links to every recorded arrival of the join ``key``; arrivals are spans of the
-    execution's trace (``own``), kept as span ids (a whole ``traceparent``, as snapshots
-    written before 0.1 kept them, is read too)."""
+    execution's trace (``own``), kept as span ids (whole ``traceparent``s, which snapshots
+    written by earlier versions hold, are read too)."""
     links = []
     flags = _TRACE_FLAGS[own.flags & 0xFF]
     state = TraceState.from_header([own.state]) if own.state else None

@@ -7,6 +7,7 @@ commands; ``run()`` plays the chunk actors by answering each invocation with a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -2000,8 +2001,6 @@ class TestDuplicateAnswers:
 def test_with_snapshot_keeps_every_other_field_of_the_transition() -> None:
     """The execution host swaps in the traced snapshot with ``with_snapshot``: a field added
     to ``Transition`` and not carried over would be lost on every traced message."""
-    import dataclasses
-
     first = new_snapshot(GraphIndex.build(chain_flow().graph()), "e1", now=0.0)
     second = msgspec.structs.replace(first, status="waiting")
     values = {"snapshot": first, "outbox": [Observe(name="x", attributes={})],
@@ -2009,4 +2008,3 @@ def test_with_snapshot_keeps_every_other_field_of_the_transition() -> None:
     assert set(values) == {field.name for field in dataclasses.fields(Transition)}
     transition = Transition(**values)
     assert transition.with_snapshot(second) == dataclasses.replace(transition, snapshot=second)
-
