@@ -553,12 +553,15 @@ class TestErrors:
         error, so the run fails even when the emitter catches (difference)."""
         flow = TriggerFlow(name="t09c")
         caught: list = []
+        emitter_done = asyncio.Event()
 
         async def emitter(data):
             try:
                 await data.async_emit("E", 1)
             except ChunkFailedError as error:
                 caught.append((error.chunk, error.error_type, error.error_message))
+            finally:
+                emitter_done.set()
             return "emitter-ok"
 
         def bad(data):
@@ -569,6 +572,9 @@ class TestErrors:
         with pytest.raises(ChunkFailedError, match="handler failed"):
             async with asyncio.timeout(BOUND):
                 await flow.async_start()
+        # The emitter hears of the failure on its own path: the run may close first.
+        async with asyncio.timeout(BOUND):
+            await emitter_done.wait()
         assert caught == [("bad", "RuntimeError", "handler failed")]
 
     async def test_skip_exceptions_returns_the_state_without_raising(self, runtime) -> None:
