@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from bench import flows
 from bench._common import (
@@ -210,11 +211,10 @@ async def serial_publish(url: str, prefix: str, count: int) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def responder(url: str, prefix: str) -> AsyncIterator[Callable[[], Awaitable[float]]]:
-    """A responder in another process; yields a function timing one request/reply to it."""
-    subject = f"{prefix}.rr"
+async def helper_process(module: str, *args: str) -> AsyncIterator[None]:
+    """``python -m module args`` from the repository, once it prints ``ready``; stopped after."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.responder", url, subject, cwd=str(REPO),
+        sys.executable, "-m", module, *args, cwd=str(REPO),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
     try:
@@ -222,7 +222,24 @@ async def responder(url: str, prefix: str) -> AsyncIterator[Callable[[], Awaitab
         async with asyncio.timeout(30):
             line = await process.stdout.readline()
         if line.strip() != b"ready":
-            raise RuntimeError(f"responder did not start: {line!r}")
+            raise RuntimeError(f"{module} did not start: {line!r}")
+        yield
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await process.wait()
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def responder(url: str, prefix: str) -> AsyncIterator[Callable[[], Awaitable[float]]]:
+    """A responder in another process; yields a function timing one request/reply to it."""
+    subject = f"{prefix}.rr"
+    async with helper_process("bench.responder", url, subject):
         nc = await nats.connect(url, name="bench-requester")
         payload = b"x" * 128
 
@@ -237,15 +254,83 @@ async def responder(url: str, prefix: str) -> AsyncIterator[Callable[[], Awaitab
             yield round_trip
         finally:
             await nc.drain()
+
+
+BARE_COMPLETION = b"c" * 290
+"""About the size of a timed_chain chunk's completion."""
+
+
+async def bare_step(url: str, prefix: str, executions: int,
+                    round_trip: Callable[[], Awaitable[float]]) -> dict[str, Any]:
+    """The floor of a step: its three bus operations by nats-py alone, between two processes.
+
+    This process plays the worker (it receives an invocation by standing pull, publishes a
+    completion into the mailbox stream and, once stored, acks the invocation);
+    ``bench.bare_host`` plays the execution host (it receives the completion, writes a snapshot
+    by compare-and-set, publishes the next invocation, acks). A step is one invocation's
+    arrival to the next one's, as a triggerbus step is one chunk's start to the next one's;
+    executions of three invocations are timed one at a time with request/replies between them,
+    as ``timed_latency`` does, so both see the same idle gaps.
+    """
+    nc = await nats.connect(url, name="bench-bare-worker")
+    js = nc.jetstream()
+    file_stream = {"storage": StorageType.FILE, "duplicate_window": 120.0}
+    streams = {
+        f"{prefix}_bare_mail": StreamConfig(subjects=[f"{prefix}.bare.mail"],
+                                            retention=RetentionPolicy.WORK_QUEUE, **file_stream),
+        f"{prefix}_bare_run": StreamConfig(subjects=[f"{prefix}.bare.run"],
+                                           retention=RetentionPolicy.WORK_QUEUE, **file_stream),
+        f"{prefix}_bare_kv": StreamConfig(subjects=[f"{prefix}.bare.kv.>"],
+                                          max_msgs_per_subject=1, **file_stream),
+    }
+    for name, config in streams.items():
+        await js.add_stream(config, name=name)
+    for stream, durable in ((f"{prefix}_bare_mail", "host"), (f"{prefix}_bare_run", "worker")):
+        await js.add_consumer(stream, ConsumerConfig(durable_name=durable,
+                                                     ack_policy=AckPolicy.EXPLICIT))
+    arrivals: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
+
+    async def arrived(msg: Msg) -> None:
+        arrivals.put_nowait((time.perf_counter(), msg))
+
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox, cb=arrived)
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{prefix}_bare_run.worker",
+                     json.dumps({"batch": 1_000_000, "expires": 600 * 10**9}).encode(),
+                     reply=inbox)
+    completions = 0
+
+    async def complete() -> None:
+        nonlocal completions
+        completions += 1
+        await js.publish(f"{prefix}.bare.mail", BARE_COMPLETION,
+                         headers={"Nats-Msg-Id": f"done:{completions}"})
+
+    steps: list[float] = []
+    round_trips: list[float] = []
+    try:
+        async with helper_process("bench.bare_host", url, prefix):
+            for index in range(10 + executions):
+                stamps: list[float] = []
+                async with asyncio.timeout(30):
+                    await complete()  # the start: the host answers with the first invocation
+                    for position in range(3):
+                        at, msg = await arrivals.get()
+                        stamps.append(at)
+                        if position < 2:
+                            await complete()
+                        await msg.ack()
+                if index < 10:
+                    continue  # warm-up, as one_at_a_time's
+                steps.extend((stamps[1] - stamps[0], stamps[2] - stamps[1]))
+                await round_trip()  # wakes the responder, idle meanwhile
+                round_trips.extend([await round_trip(), await round_trip()])
     finally:
-        if process.returncode is None:
-            process.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
-                    await process.wait()
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        for name in streams:
+            with contextlib.suppress(Exception):
+                await js.delete_stream(name)
+        await nc.drain()
+    return {"step": percentiles(steps), "round_trip": percentiles(round_trips)}
 
 
 async def request_reply(url: str, prefix: str, count: int) -> dict[str, Any]:
@@ -409,6 +494,12 @@ def bench_hop(ctx: Context) -> dict:
     rtt = details["request_reply"]["p50_ms"]
     rtt99 = details["request_reply"]["p99_ms"]
 
+    async def measure_bare(prefix: str = ctx.prefix()) -> dict:
+        async with responder(ctx.url, prefix) as round_trip:
+            return await bare_step(ctx.url, prefix, s.hop, round_trip)
+
+    details["bare_step"] = bare = asyncio.run(measure_bare())
+
     for placement, remote in (("worker", True), ("in_process", False)):
         for name, flow in (("chain", flows.timed_chain), ("single", flows.single)):
             prefix = configure_for(ctx, worker_chunks=remote)
@@ -427,7 +518,13 @@ def bench_hop(ctx: Context) -> dict:
 
             details[f"{name}_{placement}"] = in_loop(run)
     rows = [row("1 hop", "nats request/reply p50 / p99 (2 processes)", rtt, "ms",
-                note=f"p99 {rtt99} ms")]
+                note=f"p99 {rtt99} ms"),
+            row("1 hop", "bare step: a step's three bus operations by nats-py alone, 2 processes",
+                bare["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
+                anchor_value=bare["round_trip"]["p50_ms"],
+                note=f"p50 of {bare['step']['n']} steps, p99 {bare['step']['p99_ms']} ms; "
+                     "completion stored and delivered, snapshot compare-and-set, invocation "
+                     "stored and delivered; the floor under CAS-then-publish")]  # fmt: skip
     for placement, label in (("worker", "chunks in a worker process"),
                              ("in_process", "all in one process")):
         chain = details[f"chain_{placement}"]
@@ -446,6 +543,9 @@ def bench_hop(ctx: Context) -> dict:
                              f"{step['p50_ms'] / rtt:.2f}x the req/reply run before all",
                         target="<= 3x" if target else None,
                         passed=(step["p50_ms"] <= 3 * near) if target else None))  # fmt: skip
+        rows.append(row("1 hop", f"per step against the bare step: what triggerbus adds ({label})",
+                        step["p50_ms"], "ms", anchor="bare step p50",
+                        anchor_value=bare["step"]["p50_ms"]))
         rows.append(row("1 hop", f"start: the call to the first chunk ({label})",
                         chain["start"]["p50_ms"], "ms", anchor="req/reply p50",
                         anchor_value=rtt))

@@ -1,0 +1,61 @@
+"""The bare step anchor's other process: an execution host reduced to its three bus operations.
+
+``python -m bench.bare_host URL PREFIX``; prints ``ready`` once its standing pull is asked for,
+exits on SIGTERM or when its stdin closes. For each message delivered from the mailbox stream it
+does what a triggerbus execution host does on the bus for one step, with nothing else: a
+compare-and-set write to a KV-like stream, then a publish of the next invocation into the run
+stream (awaiting both acks), then the delivery's ack. The driver (``bare_step`` in
+bench/benchmarks.py) plays the worker and creates the streams and consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+
+import nats
+
+SNAPSHOT = b"s" * 2_600
+"""About the size of a timed_chain snapshot mid-execution (2.0-3.2 KB)."""
+INVOCATION = b"i" * 500
+"""About the size of a timed_chain invocation."""
+PULL_BATCH = 1_000_000
+PULL_EXPIRES_NS = 600 * 10**9
+
+
+async def main(url: str, prefix: str) -> None:
+    nc = await nats.connect(url, name="bench-bare-host")
+    js = nc.jetstream()
+    revision = 0
+    handled = 0
+
+    async def step(msg) -> None:
+        nonlocal revision, handled
+        handled += 1
+        ack = await js.publish(f"{prefix}.bare.kv.execution", SNAPSHOT,
+                               headers={"Nats-Expected-Last-Subject-Sequence": str(revision)})
+        revision = ack.seq
+        await js.publish(f"{prefix}.bare.run", INVOCATION,
+                         headers={"Nats-Msg-Id": f"run:{handled}"})
+        await msg.ack()
+
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox, cb=step)
+    request = {"batch": PULL_BATCH, "expires": PULL_EXPIRES_NS}
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{prefix}_bare_mail.host",
+                     json.dumps(request).encode(), reply=inbox)
+    await nc.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await stop.wait()
+    await nc.drain()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
