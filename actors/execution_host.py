@@ -10,6 +10,7 @@ stored outbox it cannot vouch for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import structlog
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.execution import Transition, apply, fail_oversized
 from triggerbus.actors.hosted import HostedFlow
-from triggerbus.bus.jetstream import Bus, Delivery, PullConsumer
+from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.pull import Permits
 from triggerbus.bus.subjects import EXECUTION_ID, MAILBOX_DLQ
@@ -427,32 +428,31 @@ class ExecutionHost(HostLifecycle):
         """Publish a stored transition's messages; ``revision`` is the stored snapshot's."""
         subjects = self._bus.subjects
         flow = self._flow.name
-        stored: list[Any] = []
+        sends: list[tuple[str, Any]] = []
+        observed: list[Observe] = []
         after: list[OutboxCommand] = []
         for command in commands:
             match command:
                 case ScheduleTimer():
-                    stored.append(self._set_timer(handling, execution_id, command))
+                    sends.append(self._timer(execution_id, command))
                 case Invoke(chunk_token=token, message=invoke):
-                    stored.append(self._publish(handling, subjects.run(flow, token), invoke))
+                    sends.append((subjects.run(flow, token), invoke))
                 case AppendStream(message=item, flow=stream_flow):
                     # A sub-flow's items go to its parent's stream (``stream_flow`` is set).
-                    target = subjects.stream(stream_flow or flow, item.execution_id)
-                    stored.append(self._publish(handling, target, item))
+                    sends.append((subjects.stream(stream_flow or flow, item.execution_id), item))
                 case SendMailbox(flow=other_flow, message=message):
-                    target = subjects.mailbox(other_flow, message.execution_id)
-                    stored.append(self._publish(handling, target, message))
-                case Observe(name=name, attributes=attributes):
-                    # The transition is stored: observe it before what it sends can be
-                    # handled (an invoked chunk may start before its invocation's ack is in).
+                    sends.append((subjects.mailbox(other_flow, message.execution_id), message))
+                case Observe():
                     if not replay:
-                        self._observe(execution_id, name, attributes, handling)
+                        observed.append(command)
                 case _:
                     after.append(command)
-        if len(stored) == 1:
-            await stored[0]  # the usual case: no task for it, so no loop turn before it is sent
-        elif stored:
-            await asyncio.gather(*stored)
+        # The transition is stored: observe it before what it sends can be handled (an
+        # invoked chunk may start before its invocation's ack is in).
+        for command in observed:
+            self._observe(execution_id, command.name, command.attributes, handling)
+        if sends:
+            await self._send(handling, sends)
         for command in after:
             match command:
                 case SendReply(reply_to=reply_to, message=reply):
@@ -463,9 +463,22 @@ class ExecutionHost(HostLifecycle):
                     with handling.publish(PublishInput(flow, subject, closed)) as headers:
                         await self._bus.publish_core(subject, encode(closed), headers=headers)
 
-    async def _publish(self, handling: Handling, subject: str, message: Any) -> None:
-        with handling.publish(PublishInput(self._flow.name, subject, message)) as headers:
-            await self._bus.publish(subject, encode(message), msg_id=message.id, headers=headers)
+    async def _send(self, handling: Handling, sends: list[tuple[str, Any]]) -> None:
+        """Publish ``sends`` (subject, message) without waiting between them; return when
+        every one is stored. A fan-out's invocations go out in one burst, with no task each."""
+        with contextlib.ExitStack() as spans:
+            pending: list[PipelinedPublish] = []
+            for subject, message in sends:
+                headers = spans.enter_context(
+                    handling.publish(PublishInput(self._flow.name, subject, message))
+                )
+                pending.append(
+                    await self._bus.publish_pipelined(
+                        subject, encode(message), msg_id=message.id, headers=headers
+                    )
+                )
+            for publish in pending:
+                await publish.settled()
 
     async def _reply(self, reply_to: str, reply: Reply, handling: Handling | None = None) -> None:
         if handling is None:
@@ -483,11 +496,10 @@ class ExecutionHost(HostLifecycle):
 
     # --- timers --------------------------------------------------------------------------------
 
-    async def _set_timer(
-        self, handling: Handling, execution_id: str, command: ScheduleTimer
-    ) -> None:
-        """Store the timer in JetStream, not in memory: any host fires it when it is due, so
-        it outlives the process that set it (and a restart of the server)."""
+    def _timer(self, execution_id: str, command: ScheduleTimer) -> tuple[str, TimerFired]:
+        """The timer's message and subject. It is stored in JetStream, not kept in memory:
+        any host fires it when it is due, so it outlives the process that set it (and a
+        restart of the server)."""
         fired = TimerFired(
             id=f"{execution_id}:timer:{command.timer}:{command.generation}",
             execution_id=execution_id,
@@ -495,8 +507,7 @@ class ExecutionHost(HostLifecycle):
             generation=command.generation,
             due_at=command.due_at or self._clock() + command.delay,
         )
-        subject = self._bus.subjects.timer(self._flow.name, execution_id)
-        await self._publish(handling, subject, fired)
+        return self._bus.subjects.timer(self._flow.name, execution_id), fired
 
     async def _run_timers(self, consumer: PullConsumer) -> None:
         """Move each timer into its execution's mailbox when it is due; one that is not yet
