@@ -120,6 +120,16 @@ async def test_runtime_stream_holds_only_product_items_while_event_center_saw_ev
         events.EventEmitted,
     } <= set(kinds)
     assert {e.chunk for e in mine if isinstance(e, events.ChunkSucceeded)} == {"produce", "listen"}
+    # In one process, each invocation is observed before its attempt starts.
+    position = {
+        (type(e), e.step): index
+        for index, e in enumerate(mine)
+        if isinstance(e, events.ChunkInvoked | events.ChunkStarted)
+    }
+    started = [step for kind, step in position if kind is events.ChunkStarted]
+    assert started
+    for step in started:
+        assert position[events.ChunkInvoked, step] < position[events.ChunkStarted, step]
     closed = mine[-1]
     assert isinstance(closed, events.ExecutionClosed) and closed.status == "completed"
     trace_ids = {e.trace_id for e in mine}
