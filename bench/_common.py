@@ -37,6 +37,18 @@ def percentiles(samples: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+async def ready_until_stopped() -> None:
+    """For a helper process of the anchors: print ``ready``, then return on SIGTERM or when
+    stdin closes (``helper_process`` in bench/benchmarks.py waits for the line)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await stop.wait()
+
+
 def configure_runtime(
     url: str,
     prefix: str,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 
 import nats
+
+from bench._common import ready_until_stopped
 
 SNAPSHOT = b"s" * 2_600
 """About the size of a timed_chain snapshot mid-execution (2.0-3.2 KB)."""
@@ -47,13 +48,7 @@ async def main(url: str, prefix: str) -> None:
     await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{prefix}_bare_mail.host",
                      json.dumps(request).encode(), reply=inbox)
     await nc.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    await stop.wait()
+    await ready_until_stopped()
     await nc.drain()
 
 

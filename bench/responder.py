@@ -7,10 +7,11 @@ SIGTERM or when its stdin closes.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 
 import nats
+
+from bench._common import ready_until_stopped
 
 
 async def main(url: str, subject: str) -> None:
@@ -21,13 +22,7 @@ async def main(url: str, subject: str) -> None:
 
     await nc.subscribe(subject, cb=answer)
     await nc.flush()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.read(1) else None)
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
-    await stop.wait()
+    await ready_until_stopped()
     await nc.drain()
 
 
