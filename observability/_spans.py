@@ -333,6 +333,10 @@ class SpanRecorder:
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1
+            if self.dropped == 1:  # once: a full queue under load would log per span
+                log.warning("spans_dropped_queue_full", max_queue=self._max_queue,
+                            hint="export cannot keep up; raise OTEL_BSP_MAX_QUEUE_SIZE or "
+                            "check the collector; the total is logged at shutdown")  # fmt: skip
             return
         queue.append(record)
         if len(queue) >= self._max_batch and not self._wake.is_set():
@@ -360,6 +364,8 @@ class SpanRecorder:
         self._export_queued()
         self._closed = True
         atexit.unregister(self.shutdown)
+        if self.dropped:
+            log.warning("spans_dropped_total", dropped=self.dropped)
         if self._process is not None:
             self._process.close(timeout=30)
             self._process = None

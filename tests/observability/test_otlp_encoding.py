@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import structlog.testing
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -286,8 +287,15 @@ class TestRecordedSpans:
         recorder = SpanRecorder([], resource=RESOURCE, scope=SCOPE, max_queue=2, max_batch=10,
                                 delay=3600)  # fmt: skip
         try:
-            for span_id in (1, 2, 3):
-                _span(recorder, "s", span_id=span_id).end()  # type: ignore[arg-type]
-            assert recorder.dropped == 1
+            with structlog.testing.capture_logs() as logs:
+                for span_id in (1, 2, 3, 4):
+                    _span(recorder, "s", span_id=span_id).end()  # type: ignore[arg-type]
+                recorder.shutdown()
+            assert recorder.dropped == 2
+            # Said once when it starts, and the total at shutdown: never silently.
+            assert [(e["event"], e.get("dropped")) for e in logs] == [
+                ("spans_dropped_queue_full", None),
+                ("spans_dropped_total", 2),
+            ]
         finally:
             recorder.shutdown()
