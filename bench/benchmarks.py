@@ -25,7 +25,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from bench import flows
+from bench import bare_host, flows
 from bench._common import (
     REPO,
     configure_runtime,
@@ -296,7 +296,8 @@ async def bare_step(url: str, prefix: str, executions: int,
     inbox = nc.new_inbox()
     await nc.subscribe(inbox, cb=arrived)
     await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{prefix}_bare_run.worker",
-                     json.dumps({"batch": 1_000_000, "expires": 600 * 10**9}).encode(),
+                     json.dumps({"batch": bare_host.PULL_BATCH,
+                                 "expires": bare_host.PULL_EXPIRES_NS}).encode(),
                      reply=inbox)
     completions = 0
 
