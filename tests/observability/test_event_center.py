@@ -85,8 +85,34 @@ async def _stream_messages(nats_url: str, subject: str) -> list[Any]:
         await nc.close()
 
 
+@pytest.fixture
+async def timeline(
+    observed: tuple[list[events.Event], OtlpReceiver], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[list[Any]]:
+    """Event Center events, and ``("published", msg_id)`` for each invocation the execution
+    host publishes, in the order they happen on this loop. The publishes still go to NATS."""
+    entries: list[Any] = []
+    unsubscribe = events.subscribe(entries.append)
+    bus = (await get_runtime()).bus
+    real = bus.publish_pipelined
+
+    async def recorded(subject: str, payload: bytes, *, msg_id: str, **options: Any) -> Any:
+        if ".run." in subject:
+            entries.append(("published", msg_id))
+        return await real(subject, payload, msg_id=msg_id, **options)
+
+    monkeypatch.setattr(bus, "publish_pipelined", recorded)
+    try:
+        yield entries
+    finally:
+        unsubscribe()
+
+
 async def test_runtime_stream_holds_only_product_items_while_event_center_saw_every_event(
-    observed: tuple[list[events.Event], OtlpReceiver], nats_url: str, prefix: str
+    observed: tuple[list[events.Event], OtlpReceiver],
+    timeline: list[Any],
+    nats_url: str,
+    prefix: str,
 ) -> None:
     seen, receiver = observed
     flow = _flow("observed_ok")
@@ -120,16 +146,21 @@ async def test_runtime_stream_holds_only_product_items_while_event_center_saw_ev
         events.EventEmitted,
     } <= set(kinds)
     assert {e.chunk for e in mine if isinstance(e, events.ChunkSucceeded)} == {"produce", "listen"}
-    # In one process, each invocation is observed before its attempt starts.
-    position = {
-        (type(e), e.step): index
-        for index, e in enumerate(mine)
-        if isinstance(e, events.ChunkInvoked | events.ChunkStarted)
+    # Each invocation is observed before it is published (so before any worker can start
+    # it): the Event Center's ChunkInvoked precedes the bus publish of that invocation.
+    invoked = {
+        e.step: index
+        for index, e in enumerate(timeline)
+        if isinstance(e, events.ChunkInvoked) and e.execution_id == execution.execution_id
     }
-    started = [step for kind, step in position if kind is events.ChunkStarted]
-    assert started
-    for step in started:
-        assert position[events.ChunkInvoked, step] < position[events.ChunkStarted, step]
+    published = {
+        int(entry[1].split(":")[1]): index
+        for index, entry in enumerate(timeline)
+        if isinstance(entry, tuple) and entry[1].startswith(f"{execution.execution_id}:")
+    }
+    assert len(invoked) == 2 and invoked.keys() <= published.keys()
+    for step, index in invoked.items():
+        assert index < published[step], f"step {step}'s invocation was published unobserved"
     closed = mine[-1]
     assert isinstance(closed, events.ExecutionClosed) and closed.status == "completed"
     trace_ids = {e.trace_id for e in mine}
