@@ -12,14 +12,18 @@ commands and come back as ``ChunkCompleted``/``ChunkFailed``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 import msgspec
 
 from triggerbus.actors.graph_index import GraphIndex
-from triggerbus.actors.state_paths import apply_state_op, close_snapshot, has_path
+from triggerbus.actors.state_paths import (
+    apply_state_op,
+    close_snapshot,
+    copy_value,
+    has_path,
+)
 from triggerbus.contracts.graph import START_EVENT, Operator, Signal
 from triggerbus.contracts.messages import (
     ChunkCompleted,
@@ -247,6 +251,7 @@ class _Work:
     now: float
     nodes: dict[int, Node]
     state: dict[str, Any]
+    """Read it here; change it through :meth:`writable_state`."""
     joins: dict[str, Any]
     running: list[int]
     queue: list[QueuedInvocation]
@@ -257,6 +262,8 @@ class _Work:
     stale_timer: bool = False
     resume: ResumeContext | None = None
     """Set while a resume's continuation runs: chunks dispatched meanwhile see it."""
+    state_shared: bool = True
+    """Whether ``state`` is also the snapshot's, or an invocation's: copied before a change."""
 
     @classmethod
     def begin(cls, index: GraphIndex, snapshot: Snapshot, now: float) -> _Work:
@@ -265,8 +272,8 @@ class _Work:
             base=snapshot,
             now=now,
             nodes=dict(snapshot.nodes),
-            state=copy.deepcopy(snapshot.state),
-            joins=copy.deepcopy(snapshot.joins),
+            state=snapshot.state,
+            joins=copy_value(snapshot.joins),
             running=list(snapshot.running),
             queue=list(snapshot.queue),
             interrupts=dict(snapshot.interrupts),
@@ -274,6 +281,22 @@ class _Work:
 
     def get(self, name: str) -> Any:
         return self.changes.get(name, getattr(self.base, name))
+
+    def writable_state(self) -> dict[str, Any]:
+        """The state, to change in place.
+
+        Copy on write: most steps change no state, and copying all of it into every
+        transition and every invocation made a step's cost grow with the state's size.
+        """
+        if self.state_shared:
+            self.state = copy_value(self.state)
+            self.state_shared = False
+        return self.state
+
+    def shared_state(self) -> dict[str, Any]:
+        """The state as it is now, for a message to carry (a later change copies it first)."""
+        self.state_shared = True
+        return self.state
 
     def set(self, **changes: Any) -> None:
         self.changes.update(changes)
@@ -358,7 +381,7 @@ def _on_start(work: _Work, message: StartExecution) -> None:
         flow_data_revision=message.flow_data_revision,
     )
     for key, value in message.state.items():
-        apply_state_op(work.state, "set", key, copy.deepcopy(value))
+        apply_state_op(work.writable_state(), "set", key, copy_value(value))
     work.observe("execution_started", flow=work.base.flow)
     _emit(
         work,
@@ -455,7 +478,7 @@ def _on_state_written(work: _Work, message: StateWritten) -> None:
         return
     # Deleting a key that is not there changes nothing, and TriggerFlow fires no listener.
     changed = message.op != "delete" or has_path(work.state, message.key)
-    new_value = apply_state_op(work.state, message.op, message.key, message.value)
+    new_value = apply_state_op(work.writable_state(), message.op, message.key, message.value)
     work.observe("state_written", key=message.key, op=message.op)
     if not message.emit or not changed or not work.active:
         work.reply(message.reply_to, Reply(ok=True, value=[]))
@@ -694,7 +717,7 @@ def _dispatch(work: _Work, queued: QueuedInvocation) -> None:
         trigger_event=queued.trigger_event,
         trigger_type=queued.trigger_type,
         layers=queued.layers,
-        state=copy.deepcopy(work.state),
+        state=work.shared_state(),
         resources=work.get("resources"),
         sent_at=work.now,
         stream_to=work.get("parent"),
@@ -1046,14 +1069,14 @@ def _read(path: str, sources: dict[str, Any]) -> Any:
     current = sources.get(scope)
     for segment in rest.split(".") if rest else []:
         current = current.get(segment) if isinstance(current, dict) else None
-    return copy.deepcopy(current)
+    return copy_value(current)
 
 
 def _bind(binding: Any, sources: dict[str, Any], base: Any) -> Any:
     """A ``value``/``input`` binding: one source path, or ``{target path: source path}``."""
     if isinstance(binding, str):
         return _read(binding, sources)
-    result: dict[str, Any] = copy.deepcopy(base) if isinstance(base, dict) else {}
+    result: dict[str, Any] = copy_value(base) if isinstance(base, dict) else {}
     for target, source in binding.items():
         apply_state_op(result, "set", target, _read(source, sources))
     return result
@@ -1086,7 +1109,7 @@ def _write_back(
                     found = False
                     break
             if found:
-                return copy.deepcopy(current)
+                return copy_value(current)
         return None
 
     value = parent_value
@@ -1094,11 +1117,11 @@ def _write_back(
     if isinstance(binding, str):
         value = result_source(binding)
     elif isinstance(binding, dict):
-        value = copy.deepcopy(parent_value) if isinstance(parent_value, dict) else {}
+        value = copy_value(parent_value) if isinstance(parent_value, dict) else {}
         for target, source in binding.items():
             apply_state_op(value, "set", target, result_source(source))
     for target, source in (write_back.get("runtime_data") or {}).items():
-        apply_state_op(work.state, "set", target, result_source(source))
+        apply_state_op(work.writable_state(), "set", target, result_source(source))
     return value
 
 

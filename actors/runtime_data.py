@@ -15,7 +15,7 @@ from collections.abc import KeysView, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from triggerbus.actors.state_paths import apply_state_op, get_path
+from triggerbus.actors.state_paths import apply_state_op, copy_value, get_path
 from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import (
     EmitEvent,
@@ -106,7 +106,7 @@ class StateView:
         return isinstance(key, str) and self._data.get_state(key, _MISSING) is not _MISSING
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data._state)
+        return copy_value(self._data._state)
 
 
 class FlowStateView:
@@ -282,9 +282,9 @@ class TriggerFlowRuntimeData:
 
     def get_state(self, key: str | None = None, default: Any = None) -> Any:
         if key is None:
-            return copy.deepcopy(self._state)
+            return copy_value(self._state)
         value = get_path(self._state, key, _MISSING)
-        return default if value is _MISSING else copy.deepcopy(value)
+        return default if value is _MISSING else copy_value(value)
 
     def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         self._write("set", key, value, emit=emit, wait=False)
@@ -337,7 +337,7 @@ class TriggerFlowRuntimeData:
         if key is None:
             return copy.deepcopy(self._flow_data)
         value = get_path(self._flow_data, key, _MISSING)
-        return default if value is _MISSING else copy.deepcopy(value)
+        return default if value is _MISSING else copy_value(value)
 
     def set_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
         self._change_flow_data("set", key, value, emit=emit, wait=False)

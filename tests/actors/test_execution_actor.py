@@ -1235,6 +1235,26 @@ class TestProperties:
 
     @property_settings
     @given(script=actions, timeout=timeouts, cap=caps)
+    def test_apply_changes_neither_its_input_nor_what_it_sent_before(
+        self, script: list[Action], timeout: float | None, cap: int | None
+    ) -> None:
+        """Snapshots and the messages of earlier outboxes stay as they were written, however
+        later transitions change the state (they share it until one does)."""
+        written: list[tuple[Transition, bytes]] = []
+        snapshot: Snapshot | None = None
+        for n, action in enumerate(script):
+            message = next_message(snapshot, action, n) if snapshot else StartExecution(
+                id=f"{EXECUTION}:start", execution_id=EXECUTION, state={"k": {"n": [n]}},
+                auto_close_timeout=timeout, concurrency=cap,
+            )  # fmt: skip
+            transition = apply(RICH_INDEX, snapshot, message, now=float(n))
+            written.append((transition, wire((transition.snapshot, transition.outbox))))
+            snapshot = transition.snapshot or snapshot
+        for transition, then in written:
+            assert wire((transition.snapshot, transition.outbox)) == then
+
+    @property_settings
+    @given(script=actions, timeout=timeouts, cap=caps)
     def test_replay_from_scratch_is_deterministic(
         self, script: list[Action], timeout: float | None, cap: int | None
     ) -> None:

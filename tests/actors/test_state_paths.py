@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from triggerbus.actors.state_paths import (
     FINAL_RESULT_KEY,
     apply_state_op,
     close_snapshot,
+    copy_value,
     get_path,
     has_path,
 )
@@ -95,3 +101,50 @@ class TestCloseSnapshot:
             has_result=True,
         )
         assert close_snapshot(snapshot) == {FINAL_RESULT_KEY: "from-end"}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _containers(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+@dataclass
+class _Point:
+    x: int
+
+
+class TestCopyValue:
+    @given(_JSON)
+    def test_wire_data_is_copied_whole(self, value: Any) -> None:
+        """Equal, with every dict and list new: what deepcopy gave for wire data."""
+        copied = copy_value(value)
+        assert copied == value
+        assert msgspec.json.encode(copied) == msgspec.json.encode(value)
+        originals = {id(c) for c in _containers(value)}
+        assert not originals & {id(c) for c in _containers(copied)}
+
+    def test_changing_the_copy_leaves_the_original(self) -> None:
+        state = {"user": {"tags": ["a"]}, "n": 1}
+        copied = copy_value(state)
+        copied["user"]["tags"].append("b")
+        copied["user"]["name"] = "ann"
+        assert state == {"user": {"tags": ["a"]}, "n": 1}
+
+    def test_other_values_go_to_deepcopy_and_keep_their_types(self) -> None:
+        point = _Point(1)
+        ordered = OrderedDict(a=[1])
+        inner = [2]
+        copied = copy_value({"p": point, "t": (1, inner), "o": ordered})
+        assert copied["p"] == point and copied["p"] is not point
+        assert copied["t"] == (1, [2]) and copied["t"][1] is not inner
+        assert type(copied["o"]) is OrderedDict and copied["o"]["a"] is not ordered["a"]
