@@ -848,6 +848,12 @@ def bench_telemetry(ctx: Context) -> dict:
     return run(ctx)
 
 
+def bench_state(ctx: Context) -> dict:
+    from bench.state_cost import bench_state_cost  # it imports this module
+
+    return bench_state_cost(ctx)
+
+
 BENCHMARKS: dict[str, Callable[[Context], dict]] = {
     "hop": bench_hop,
     "throughput": bench_throughput,
@@ -856,6 +862,7 @@ BENCHMARKS: dict[str, Callable[[Context], dict]] = {
     "scaling": bench_scaling,
     "telemetry": bench_telemetry,
     "waiting": bench_waiting,
+    "state": bench_state,
 }
 
 

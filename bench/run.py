@@ -32,7 +32,7 @@ from triggerbus.bus.embedded import EmbeddedServer  # noqa: E402
 
 AGENTLY_VENV = REPO / "bench" / ".venv-agently"
 AGENTLY_REQUIREMENT = "agently==4.1.3.9"  # 4.1.4.10 breaks sync state.set in async chunks
-ORDER = ["hop", "throughput", "fanout", "stream", "scaling", "waiting", "telemetry"]
+ORDER = ["hop", "throughput", "fanout", "stream", "scaling", "waiting", "telemetry", "state"]
 NOT_AVAILABLE: list[tuple[str, str]] = []
 CHILD_TIMEOUT = {"quick": 300.0, "full": 900.0}
 
