@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench import flows
@@ -34,6 +35,9 @@ from triggerbus.observability.telemetry import (
 SEAM_CALLS = 200_000
 ROUNDS = 5
 """Rounds of off / tracing / tracing + metrics runs, each of half the benchmark's count."""
+WORKER_ROUNDS = 3
+"""Rounds of off / tracing runs with the chunks in a worker process (benchmarks 2 and 3's
+second placement; both processes traced, each with its own export process)."""
 
 
 class _Sink:
@@ -89,7 +93,10 @@ def _seam_cost_ns() -> dict[str, float]:
 
 
 def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], Any],
-                environ: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+                environ: dict[str, str], *, worker_chunks: bool = False,
+                ) -> dict[str, Any]:  # fmt: skip
+    """One throughput run with telemetry configured by ``environ``, in this process and (with
+    ``worker_chunks``) in the worker process that hosts the chunks."""
     telemetry = configure_telemetry(environ)
     if telemetry.tracing is not None:
         # The export process starts with the telemetry and spends its first second importing
@@ -102,15 +109,63 @@ def _throughput(ctx: Context, flow: Any, count: int, expected: Callable[[int], A
         return {"span export process": pid} if pid is not None else {}
 
     try:
-        prefix = configure_for(ctx, worker_chunks=False)
-        return throughput_run(ctx, prefix, flow, count, expected, worker_chunks=False,
-                              other_pids=span_export_process)
+        with _worker_environ(environ):
+            prefix = configure_for(ctx, worker_chunks=worker_chunks)
+            return throughput_run(ctx, prefix, flow, count, expected,
+                                  worker_chunks=worker_chunks,
+                                  other_pids=span_export_process)  # fmt: skip
     finally:
         shutdown_telemetry()
 
 
-def _mean(runs: list[dict[str, Any]], key: str) -> float:
-    return sum(r[key] for r in runs) / len(runs)
+@contextlib.contextmanager
+def _worker_environ(environ: dict[str, str]) -> Iterator[None]:
+    """``environ``'s ``OTEL_*`` settings, and no others, for the worker processes started
+    meanwhile (they inherit this process's environment)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    for key in saved:
+        del os.environ[key]
+    os.environ.update(environ)
+    try:
+        yield
+    finally:
+        for key in environ:
+            os.environ.pop(key, None)
+        os.environ.update(saved)
+
+
+def _ratio_rows(label: str, placement: str, runs: dict[str, list[dict[str, Any]]],
+                modes: tuple[tuple[str, bool], ...]) -> list[dict[str, Any]]:  # fmt: skip
+    """A row per traced mode: the median of its rounds' throughput ratios to their off run
+    (the issue's target where ``modes`` says so)."""
+    rows = []
+    off = statistics.median(r["executions_per_s"] for r in runs["off"])
+    for mode, is_target in modes:
+        pairs = list(zip(runs[mode], runs["off"], strict=True))
+        ratios = sorted(on["executions_per_s"] / base["executions_per_s"] for on, base in pairs)
+        cpu_ratios = sorted(on["cpu_ms_per_execution"]["driver"]
+                            / base["cpu_ms_per_execution"]["driver"] for on, base in pairs)
+        worker_cpu = [on["cpu_ms_per_execution"]["worker0"]
+                      / base["cpu_ms_per_execution"]["worker0"]
+                      for on, base in pairs if "worker0" in base["cpu_ms_per_execution"]]
+        ratio = statistics.median(ratios)
+        exported = sum(r["otlp_bytes"] for r in runs[mode])
+        child = statistics.median(r["cpu_ms_per_execution"].get("span export process", 0.0)
+                                  for r in runs[mode])
+        worker_note = (f"; worker CPU per execution on/off {statistics.median(worker_cpu):.2f}x"
+                       if worker_cpu else "")
+        rows.append(row("7 telemetry", f"{label} executions/s{placement}, {mode} on",
+                        round(ratio * off, 1), "exec/s", anchor="telemetry off",
+                        anchor_value=round(off, 1), ratio=ratio,
+                        target=">= 0.85x" if is_target else None,
+                        passed=ratio >= 0.85 if is_target else None,
+                        note=f"OTLP/HTTP to a receiver process on loopback, "
+                             f"{exported:,} bytes exported; median of {len(ratios)} rounds' "
+                             f"ratios to their own off run (range {ratios[0]:.2f}-"
+                             f"{ratios[-1]:.2f}); driver CPU per execution on/off "
+                             f"{statistics.median(cpu_ratios):.2f}x{worker_note}; the driver's "
+                             f"span export process {child:.2f} ms per execution"))
+    return rows  # fmt: skip
 
 
 def bench_telemetry(ctx: Context) -> dict:
@@ -143,27 +198,18 @@ def bench_telemetry(ctx: Context) -> dict:
                     result["otlp_bytes"] = receiver.bytes_received - bytes_before
                     runs[mode].append(result)
             details[label] = runs
+            rows += _ratio_rows(label, "", runs, (("tracing", True), ("tracing + metrics", False)))
+            remote: dict[str, list[dict[str, Any]]] = {"off": [], "tracing": []}
+            for round_ in range(WORKER_ROUNDS):
+                for mode in ("off", "tracing") if round_ % 2 == 0 else ("tracing", "off"):
+                    bytes_before = receiver.bytes_received
+                    result = _throughput(ctx, flow, max(count // 2, 50), expected,
+                                         environs[mode], worker_chunks=True)  # fmt: skip
+                    result["otlp_bytes"] = receiver.bytes_received - bytes_before
+                    remote[mode].append(result)
+            details[f"{label} (driver + 1 worker)"] = remote
+            rows += _ratio_rows(label, " (driver + 1 worker)", remote, (("tracing", True),))
             off = statistics.median(r["executions_per_s"] for r in runs["off"])
-            for mode, target in (("tracing", ">= 0.85x"), ("tracing + metrics", None)):
-                ratios = sorted(on["executions_per_s"] / base["executions_per_s"]
-                                for on, base in zip(runs[mode], runs["off"], strict=True))
-                cpu_ratios = sorted(on["cpu_ms_per_execution"]["driver"]
-                                    / base["cpu_ms_per_execution"]["driver"]
-                                    for on, base in zip(runs[mode], runs["off"], strict=True))
-                ratio = statistics.median(ratios)
-                exported = sum(r["otlp_bytes"] for r in runs[mode])
-                child = statistics.median(r["cpu_ms_per_execution"].get("span export process", 0.0)
-                                          for r in runs[mode])  # fmt: skip
-                rows.append(row("7 telemetry", f"{label} executions/s, {mode} on",
-                                round(ratio * off, 1), "exec/s", anchor="telemetry off",
-                                anchor_value=round(off, 1), ratio=ratio, target=target,
-                                passed=ratio >= 0.85 if target else None,
-                                note=f"OTLP/HTTP to a receiver process on loopback, "
-                                     f"{exported:,} bytes exported; median of {ROUNDS} rounds' "
-                                     f"ratios to their own off run (range {ratios[0]:.2f}-"
-                                     f"{ratios[-1]:.2f}); driver CPU per execution on/off "
-                                     f"{statistics.median(cpu_ratios):.2f}x; span export "
-                                     f"process {child:.2f} ms per execution"))  # fmt: skip
             writes = runs["off"][0]["writes_per_execution"]
             per_exec_ns = details["seam_off"]["publish_ns"] * writes
             exec_ns = 1e9 / max(off, 1e-9)
