@@ -232,10 +232,7 @@ class ChunkHost(HostLifecycle):
             port = _Port(self._bus, self._replies, self._flow.name, observed)
             if invocation.stream_to is not None:  # a sub-flow's chunk: items go to the parent
                 port.stream_target = invocation.stream_to.stream_target()
-            resources = {
-                **invocation.resources,
-                **self._flow.local_resources(invocation.execution_id),
-            }
+            resources = self._flow.resources_for(invocation.execution_id, invocation.resources)
             data = TriggerFlowRuntimeData(invocation, port, resources=resources)
             handler = self._flow.handlers[invocation.chunk]
             async with _heartbeat(delivery, self._policy.ack_wait):

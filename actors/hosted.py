@@ -20,16 +20,24 @@ class HostedFlow:
 
     ``local_resources`` returns the runtime resources the creating process registered for an
     execution (database clients and the like); remote processes see only the serialisable ones
-    that rode in the start message.
+    that rode in the start message. ``flow_resources`` is this process's flow-level ones
+    (``flow.set_runtime_resource``), live: every execution's chunks hosted here see them,
+    under the execution's own; they never travel.
     """
 
     graph: FlowGraph
     handlers: Mapping[str, Callable[..., Any]]
     local_resources: Callable[[str], Mapping[str, Any]] = _no_resources
+    flow_resources: Mapping[str, Any] = field(default_factory=dict)
     index: GraphIndex = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", GraphIndex.build(self.graph))
+
+    def resources_for(self, execution_id: str, sent: Mapping[str, Any]) -> dict[str, Any]:
+        """What a chunk of ``execution_id`` sees: this process's flow-level resources, under
+        those ``sent`` in the start message, under the live ones registered here for it."""
+        return {**self.flow_resources, **sent, **self.local_resources(execution_id)}
 
     @property
     def name(self) -> str:

@@ -164,7 +164,8 @@ class LocalRuntime:
         async with lock:
             if graph.flow in self._flows:
                 return self._flows[graph.flow]
-            hosted = HostedFlow(graph, flow.handlers(), local_resources=local_resources)
+            hosted = HostedFlow(graph, flow.handlers(), local_resources=local_resources,
+                                flow_resources=flow.runtime_resources)  # fmt: skip
             await self._start_hosts(hosted)
             self._flows[graph.flow] = hosted
         # The sub-flows it starts run as executions of their own flows, hosted alongside.

@@ -217,7 +217,8 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         for each in load_flow(target).hosted_flows():
             flows.setdefault(each.name, each)
     chunks: list[str] | None = [] if args.no_chunks else args.chunks
-    hosted, *more = [HostedFlow(f.graph(), f.handlers()) for f in flows.values()]
+    hosted, *more = [HostedFlow(f.graph(), f.handlers(), flow_resources=f.runtime_resources)
+                     for f in flows.values()]  # fmt: skip
     subjects = Subjects(settings.prefix)
     bus = await Bus.open(
         ConnectOptions.from_settings(settings, settings.nats_url),

@@ -200,7 +200,9 @@ class Execution:
         return self._auto_close_timeout
 
     def get_runtime_resources(self) -> dict[str, Any]:
-        return dict(self._resources)
+        """This execution's resources over the flow's in this process (those stay here: each
+        process's chunks see their own process's flow-level resources)."""
+        return {**self._flow.runtime_resources, **self._resources}
 
     # --- start ----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from triggerbus._naming import token
@@ -452,6 +453,7 @@ class TriggerFlow:
         self._edges: list[Edge] = []
         self._graph: FlowGraph | None = None
         self._start = TriggerFlowProcess(self, Signal(type="event", name=START_EVENT))
+        self._runtime_resources: dict[str, Any] = {}
 
     # --- definition ------------------------------------------------------------------------
 
@@ -780,6 +782,42 @@ class TriggerFlow:
         await change_flow_data(runtime.bus, self.name, op, key, value, emit=emit)  # type: ignore[arg-type]
 
     # --- running -----------------------------------------------------------------------------
+
+    # --- runtime resources of this process -----------------------------------------------------
+
+    @property
+    def runtime_resources(self) -> Mapping[str, Any]:
+        """This process's flow-level resources (read-only view; the methods below change it)."""
+        return MappingProxyType(self._runtime_resources)
+
+    def set_runtime_resource(self, key: str, value: Any) -> TriggerFlow:
+        """A resource every execution's chunks see, under the execution's own of that name.
+
+        Flow-level resources belong to the process that sets them and never travel: chunks
+        hosted here see them (live), whichever process started the execution. Set them in
+        the flow's module so that every worker process has its own; pass
+        ``runtime_resources=`` to an execution for values that must travel with it.
+        """
+        self._runtime_resources[str(key)] = value
+        return self
+
+    def get_runtime_resource(self, key: str, default: Any = None) -> Any:
+        return self._runtime_resources.get(str(key), default)
+
+    def del_runtime_resource(self, key: str) -> TriggerFlow:
+        self._runtime_resources.pop(str(key), None)
+        return self
+
+    def update_runtime_resources(
+        self, mapping: Mapping[str, Any] | None = None, **resources: Any
+    ) -> TriggerFlow:
+        for key, value in {**(mapping or {}), **resources}.items():
+            self.set_runtime_resource(key, value)
+        return self
+
+    def clear_runtime_resources(self) -> TriggerFlow:
+        self._runtime_resources.clear()
+        return self
 
     def create_execution(
         self,

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from triggerbus import TriggerFlow
+from triggerbus import ChunkFailedError, TriggerFlow
 
 BOUND = 20.0
 """Upper bound for every await in these tests; a healthy run takes a fraction of a second."""
@@ -581,3 +581,20 @@ class TestResources:
         flow = TriggerFlow(name="t08_flow_start")
         flow.to(lambda d: d.require_resource("db")).end()
         assert await run(flow, runtime_resources={"db": "<DB>"}) == {"$final_result": "<DB>"}
+
+    async def test_flow_level_resources_sit_under_the_executions_own(self, runtime) -> None:
+        """Agently's flow-level resource methods: they chain, a chunk sees the live object,
+        an execution's resource of the same name wins, and clearing empties them."""
+        flow = TriggerFlow(name="t08_flow_level")
+        db = _Database()
+        flow.to(lambda d: [d.require_resource("db") is db, d.get_resource("mode")]).end()
+        assert flow.set_runtime_resource("db", db).update_runtime_resources(mode="flow") is flow
+        assert flow.get_runtime_resource("db") is db
+        assert await run(flow, runtime_resources={"mode": "execution"}) == {
+            "$final_result": [True, "execution"]
+        }
+        assert await run(flow) == {"$final_result": [True, "flow"]}
+        assert flow.clear_runtime_resources() is flow
+        assert dict(flow.runtime_resources) == {}
+        with pytest.raises(ChunkFailedError, match="'db'"):
+            await run(flow)

@@ -2,6 +2,7 @@
 ordering, the execution concurrency cap, errors, lifecycle, auto-close and stream timeouts."""
 
 import asyncio
+import os
 
 from triggerbus import TriggerFlow
 
@@ -171,4 +172,24 @@ async def tick(data):
 
 ticker.to(tick).end()
 
-FLOWS = ["nowait", "depth", "capped", "nested_emit", "failing", "skipping", "life", "ticker"]
+# --- flow-level runtime resources --------------------------------------
+
+resourced = TriggerFlow(name="lang_flow_resources")
+# Module level: every process that imports this module sets its own.
+resourced.set_runtime_resource("host_pid", os.getpid()).update_runtime_resources(
+    {"shared": "flow"}, doomed="flow"
+)
+resourced.del_runtime_resource("doomed")
+
+
+@resourced.chunk("read_resources")
+async def read_resources(data):
+    return {key: data.get_resource(key) for key in ("host_pid", "shared", "doomed", "starter")}
+
+
+resourced.to(read_resources).end()
+
+FLOWS = [
+    "nowait", "depth", "capped", "nested_emit", "failing", "skipping", "life", "ticker",
+    "resourced",
+]  # fmt: skip

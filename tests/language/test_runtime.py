@@ -4,6 +4,7 @@ stream timeouts, each run with chunks in this process and in a worker process.""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -212,3 +213,35 @@ class TestStreamTimeout:
             assert await collect_stream(sparse, [4.0, 2], idle=1.0) == [0]
             assert await sparse.async_start() == {"$final_result": 2}
         await succeeded_in_worker(hosting, "tick")
+
+
+class TestFlowResources:
+    async def test_each_process_gives_its_chunks_its_own_flow_resources(
+        self, hosting: Hosting
+    ) -> None:
+        """Flow-level resources (``flow.set_runtime_resource`` and friends) reach the chunks
+        of every execution hosted in the process that set them, under the execution's own;
+        they do not travel to other processes, the execution's serialisable ones do."""
+        flows.resourced.set_runtime_resource("starter", "set by the starting process")
+        try:
+            execution = flows.resourced.create_execution(
+                runtime_resources={"shared": "execution"}, auto_close_timeout=0.0
+            )
+            assert execution.get_runtime_resources() == {
+                "host_pid": os.getpid(),
+                "shared": "execution",
+                "starter": "set by the starting process",
+            }
+            async with asyncio.timeout(20):
+                result = await execution.async_start(None)
+        finally:
+            flows.resourced.del_runtime_resource("starter")
+        in_process = hosting.worker is None
+        assert result["$final_result"] == {
+            "host_pid": os.getpid() if in_process else hosting.worker.pid,
+            "shared": "execution",
+            "doomed": None,
+            "starter": "set by the starting process" if in_process else None,
+        }
+        await succeeded_in_worker(hosting, "read_resources")
+        assert flows.resourced.get_runtime_resource("starter", "gone") == "gone"
