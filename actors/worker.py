@@ -7,6 +7,7 @@ to the same durable consumer, so JetStream spreads invocations across them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -135,6 +136,8 @@ class Worker:
                     executions=self._execution_host is not None,
                     pid=os.getpid(),
                     event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+                    gc_thresholds=list(gc.get_threshold()),
+                    gc_frozen=gc.get_freeze_count(),
                 )
                 await self._stop.wait()
                 log.info("worker_draining", grace_seconds=self._grace)

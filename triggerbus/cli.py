@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 import structlog
 
+from triggerbus._gc import WORKER_GC, tune_worker_gc
 from triggerbus._loop import loop_factory
 from triggerbus.actors.hosted import HostedFlow
 from triggerbus.actors.worker import Worker, install_signal_handlers, kill_after
@@ -104,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
     worker.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    worker.add_argument(
+        "--gc",
+        choices=WORKER_GC,
+        default=None,
+        help="the garbage collector: tuned (raised thresholds, start-up objects frozen; "
+        "the default) or python (the interpreter's own settings); "
+        "overrides TRIGGERBUS_WORKER_GC",
+    )
     worker.add_argument(
         "--shutdown-grace",
         type=float,
@@ -242,6 +251,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             more_flows=more,
         )
         install_signal_handlers(worker)
+        tune_worker_gc(args.gc or settings.worker_gc)
         await worker.run()
     finally:
         await bus.close()

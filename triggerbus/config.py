@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from triggerbus._gc import WORKER_GC
 from triggerbus._loop import EVENT_LOOPS
 from triggerbus.errors import ConfigurationError
 
@@ -45,6 +46,9 @@ class Settings:
             with it, so all must agree (a difference is reported as drift).
         event_loop: ``auto`` (uvloop when installed), ``asyncio`` or ``uvloop``: the loop of
             ``triggerbus worker`` and of the sync API's background thread.
+        worker_gc: ``tuned`` (raised collector thresholds, start-up objects frozen) or
+            ``python`` (the interpreter's defaults): the garbage collector of
+            ``triggerbus worker``; an application's own process is never changed.
     """
 
     nats_url: str | None = None
@@ -69,6 +73,7 @@ class Settings:
     fault_kill_after_stores: int | None = None
     replicas: int = 1
     event_loop: str = "auto"
+    worker_gc: str = "tuned"
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.match(self.prefix):
@@ -88,6 +93,11 @@ class Settings:
             raise ConfigurationError(
                 f"TRIGGERBUS_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, "
                 f"not {self.event_loop!r}"
+            )
+        if self.worker_gc not in WORKER_GC:
+            raise ConfigurationError(
+                f"TRIGGERBUS_WORKER_GC must be one of {', '.join(WORKER_GC)}, "
+                f"not {self.worker_gc!r}"
             )
 
     @property
@@ -131,6 +141,7 @@ class Settings:
             ),
             replicas=_positive_int(get("REPLICAS"), "REPLICAS", 1),
             event_loop=(get("EVENT_LOOP") or "auto").lower(),
+            worker_gc=(get("WORKER_GC") or "tuned").lower(),
         )
 
 

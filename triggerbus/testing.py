@@ -232,6 +232,7 @@ class WorkerProcess:
         no_executions: bool = False,
         no_chunks: bool = False,
         concurrency: int | None = None,
+        gc: str | None = None,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
@@ -245,6 +246,8 @@ class WorkerProcess:
             self._argv.append("--no-chunks")
         if concurrency is not None:
             self._argv += ["--concurrency", str(concurrency)]
+        if gc is not None:
+            self._argv += ["--gc", gc]
         self._env = {
             **os.environ,
             "TRIGGERBUS_NATS_URL": nats_url,

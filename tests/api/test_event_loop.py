@@ -4,10 +4,12 @@ extra, part of ``dev``), and on asyncio's loop when ``TRIGGERBUS_EVENT_LOOP=asyn
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
 from tests._helpers import ROOT, child_env
+from triggerbus._gc import TUNED_THRESHOLDS
 from triggerbus._loop import loop_factory
 from triggerbus.config import Settings
 from triggerbus.errors import ConfigurationError
@@ -38,3 +40,34 @@ async def test_the_worker_says_which_loop_it_runs_on(
         ready = await worker.start()
         await worker.terminate()
     assert ready["event_loop"] == expected
+
+
+def test_worker_gc_choices_and_a_clear_error_for_anything_else() -> None:
+    assert Settings.from_env({}).worker_gc == "tuned"
+    assert Settings.from_env({"TRIGGERBUS_WORKER_GC": "Python"}).worker_gc == "python"
+    with pytest.raises(ConfigurationError, match="TRIGGERBUS_WORKER_GC must be one of"):
+        Settings.from_env({"TRIGGERBUS_WORKER_GC": "off"})
+
+
+@pytest.mark.parametrize(
+    ("choice", "flag", "tuned"),
+    [("", None, True), ("python", None, False), ("python", "tuned", True)],
+)
+async def test_the_worker_tunes_its_garbage_collector_unless_told_not_to(
+    nats_url: str, prefix: str, choice: str, flag: str | None, tuned: bool
+) -> None:
+    """``triggerbus worker`` owns its process: raised collector thresholds and the start-up
+    objects frozen out of every collection, unless ``TRIGGERBUS_WORKER_GC=python``."""
+    env = {**child_env(), "TRIGGERBUS_WORKER_GC": choice}
+    worker = WorkerProcess(
+        "tests.flows.slow:flow", nats_url=nats_url, prefix=prefix, gc=flag, cwd=str(ROOT), env=env
+    )
+    async with asyncio.timeout(30):
+        ready = await worker.start()
+        await worker.terminate()
+    defaults = list(gc.get_threshold())  # this test process's: Python's own
+    if tuned:
+        assert ready["gc_thresholds"] == list(TUNED_THRESHOLDS) != defaults
+        assert ready["gc_frozen"] > 1000
+    else:
+        assert (ready["gc_thresholds"], ready["gc_frozen"]) == (defaults, 0)
