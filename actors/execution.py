@@ -242,6 +242,19 @@ def _ask_again(
 # --- the working copy ------------------------------------------------------------------------
 
 
+
+def _copy_containers(value: Any, depth: int) -> Any:
+    """``value`` with its dicts and lists copied ``depth`` levels down; deeper ones shared."""
+    if depth <= 0:
+        return value
+    if value.__class__ is dict:
+        return {k: _copy_containers(v, depth - 1) for k, v in value.items()}
+    if value.__class__ is list:
+        return [_copy_containers(v, depth - 1) for v in value]
+    return value
+
+
+
 @dataclass
 class _Work:
     """A mutable copy of the snapshot for the length of one transition."""
@@ -264,6 +277,8 @@ class _Work:
     """Set while a resume's continuation runs: chunks dispatched meanwhile see it."""
     state_shared: bool = True
     """Whether ``state`` is also the snapshot's, or an invocation's: copied before a change."""
+    owned_joins: set[str] = field(default_factory=set)
+    """Joins already copied in this transition (the others are still the snapshot's)."""
 
     @classmethod
     def begin(cls, index: GraphIndex, snapshot: Snapshot, now: float) -> _Work:
@@ -273,7 +288,7 @@ class _Work:
             now=now,
             nodes=dict(snapshot.nodes),
             state=snapshot.state,
-            joins=copy_value(snapshot.joins),
+            joins=dict(snapshot.joins),
             running=list(snapshot.running),
             queue=list(snapshot.queue),
             interrupts=dict(snapshot.interrupts),
@@ -292,6 +307,21 @@ class _Work:
             self.state = copy_value(self.state)
             self.state_shared = False
         return self.state
+
+    def writable_join(self, key: str, depth: int = 2) -> dict[str, Any] | None:
+        """The join ``key``'s bookkeeping, to change in place; None when it has none.
+
+        Copy on write: a fan-in's join holds every result that has arrived, so copying all
+        joins into every transition made each arrival cost as much as all before it. The
+        containers are copied on a join's first change, ``depth`` levels down (the join and
+        its fields; a ``when`` join one more, the values of each trigger type); the results
+        in them are shared, since nothing changes a result in place.
+        """
+        join = self.joins.get(key)
+        if join is not None and key not in self.owned_joins:
+            join = self.joins[key] = _copy_containers(join, depth)
+            self.owned_joins.add(key)
+        return join
 
     def shared_state(self) -> dict[str, Any]:
         """The state as it is now, for a message to carry (a later change copies it first)."""
@@ -790,7 +820,7 @@ def _run_batch_collect(
         _finish(work, node)
         return
     key = f"{operator.id}|{'.'.join(layers) or '__root__'}"
-    join = work.joins.get(key) or {
+    join = work.writable_join(key) or {
         "results": {name: None for name in operator.options["keys"]},
         "done": [],
     }
@@ -830,7 +860,7 @@ def _run_when_gate(
         _emit(work, emit, payload, layers=layers, parent=node.id)
         return
     key = f"{operator.id}|{'.'.join(layers) or '__root__'}"
-    join = work.joins.get(key) or {"values": {}, "filled": []}
+    join = work.writable_join(key, depth=3) or {"values": {}, "filled": []}
     join["values"].setdefault(signal.type, {})[signal.name] = value
     marker = f"{signal.type}\x1f{signal.name}"
     if marker not in join["filled"]:
@@ -892,7 +922,7 @@ def _run_for_each_collect(
 ) -> None:
     """Keep an item's result; when every item of the run has one, continue with the list."""
     node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
-    join = work.joins.get(_scope(operator.id, layers[:-1])) if len(layers) >= 2 else None
+    join = work.writable_join(_scope(operator.id, layers[:-1])) if len(layers) >= 2 else None
     index = int(layers[-1]) if join is not None and layers[-1].isdigit() else -1
     if join is None or not 0 <= index < len(join["results"]):
         _finish(work, node)  # not an item of a live run (a repeated arrival after the end)
@@ -974,7 +1004,7 @@ def _run_match_collect(
         return
     result = str(operator.options["result"])
     key = _scope(operator.id, layers[:-1])
-    join = work.joins.get(key) if operator.options.get("mode") == "hit_all" else None
+    join = work.writable_join(key) if operator.options.get("mode") == "hit_all" else None
     if join is not None and layers[-1].isdigit() and int(layers[-1]) < len(join["results"]):
         join["results"][int(layers[-1])] = value
         join["filled"][int(layers[-1])] = True
@@ -994,7 +1024,7 @@ def _run_collect_branch(
     options = operator.options
     node = work.new_node(kind="operator", parent=parent, slot=slot, operator=operator.id)
     key = _scope(f"collect:{options['collection']}", layers)
-    join = work.joins.get(key) or {"values": {}}
+    join = work.writable_join(key) or {"values": {}}
     join["values"][str(options["branch"])] = value
     work.joins[key] = join
     branches = [str(b) for b in options["branches"]]

@@ -2028,3 +2028,66 @@ def test_with_snapshot_keeps_every_other_field_of_the_transition() -> None:
     assert set(values) == {field.name for field in dataclasses.fields(Transition)}
     transition = Transition(**values)
     assert transition.with_snapshot(second) == dataclasses.replace(transition, snapshot=second)
+
+
+# --- copy on write: what a transition shares with the snapshots before it ---------------------
+
+
+class _RecordingDriver(Driver):
+    """Keeps each transition's snapshot and outbox as the wire saw them when it was made."""
+
+    def __init__(self, flow: TriggerFlow) -> None:
+        super().__init__(flow)
+        self.written: list[tuple[Transition, bytes]] = []
+
+    def send(self, message: MailboxMessage) -> Transition:
+        transition = super().send(message)
+        self.written.append((transition, wire((transition.snapshot, transition.outbox))))
+        return transition
+
+
+def _nested_result(invocation: InvokeChunk) -> Any:
+    return {"step": invocation.step, "seen": [invocation.value], "inner": {"n": invocation.step}}
+
+
+def _join_flows() -> list[tuple[TriggerFlow, Any]]:
+    batch = batch_flow(["x", "y", "z", "w"])
+    each = TriggerFlow(name="cow_each")
+    each.for_each().batch(("x", noop), ("y", noop)).end_for_each().end()
+    hits = TriggerFlow(name="cow_hits")
+    hits.match(mode="hit_all").case(gt1).to(("a", noop)).case(gt0).to(("b", noop)).case(3).to(
+        ("c", noop)
+    ).end_match().end()
+    collected = TriggerFlow(name="cow_collect")
+    collected.to(("a", noop)).collect("g", "ba")
+    collected.to(("b", noop)).collect("g", "bb").to(("after", noop)).end()
+    return [(batch, None), (each, [1, 2, 3]), (hits, 3), (collected, None)]
+
+
+class TestCopyOnWrite:
+    @pytest.mark.parametrize("newest_first", [True, False])
+    def test_joins_change_no_earlier_snapshot_or_outbox(self, newest_first: bool) -> None:
+        """A join's results are shared between snapshots, its containers copied on change:
+        every snapshot and outbox stays as it was made, in every kind of join."""
+        for flow, value in _join_flows():
+            driver = _RecordingDriver(flow)
+            driver.start(value)
+            answer = judged(flow, _nested_result)
+            for _ in range(100):
+                if not driver.outstanding:
+                    break
+                step = max(driver.outstanding) if newest_first else min(driver.outstanding)
+                driver.complete(step, answer(driver.outstanding[step]))
+            assert not driver.outstanding, flow.name
+            for transition, then in driver.written:
+                assert wire((transition.snapshot, transition.outbox)) == then, flow.name
+
+    def test_when_joins_change_no_earlier_snapshot(self) -> None:
+        driver = _RecordingDriver(when_flow("and"))
+        driver.start(None, auto_close=False)
+        driver.emit("A", {"a": [1]})
+        driver.emit("A", {"a": [2]})
+        driver.emit("B", {"b": {"c": 3}})
+        assert driver.outstanding
+        for transition, then in driver.written:
+            assert wire((transition.snapshot, transition.outbox)) == then
