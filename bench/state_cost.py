@@ -1,4 +1,4 @@
-"""Benchmark 8: what an execution's state size costs the actor per step.
+"""Benchmark 8: what an execution's state, and a fan-in's results, cost the actor per step.
 
 The pure ``apply`` of one step of ``bench_timed_chain`` (a chunk's completion: the next chunk
 invoked), timed in a loop for executions whose state is empty, 0.6 KB, 3 KB and 13 KB of
@@ -6,6 +6,9 @@ JSON. The anchor is what the execution host must do with that state on every ste
 the actor does: encode the snapshot it stores (msgspec JSON). A step whose cost grew with the
 state (copying it into the transition and into each invocation, as rounds one to nine did)
 shows as a ratio that grows with the size. Information: the issue sets no target here.
+
+The same for a fan-in: the last of ``bench_fanout``'s ten branches completing, with the other
+nine results (each ``RESULT_KEYS`` records of the kind above) already held in the batch's join.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from triggerbus.contracts.snapshot import Snapshot
 
 KEYS = (0, 10, 50, 200)
 """Entries of the state; each is a small record of a name, two tags, a score and a flag."""
+RESULT_KEYS = (0, 10, 50)
+"""Entries of each branch's result in the fan-in measurement."""
 CALLS = 2_000
 REPEATS = 5
 
@@ -75,6 +80,39 @@ def measure() -> list[dict[str, Any]]:
     return results
 
 
+def _last_arrival(index: GraphIndex, keys: int) -> tuple[Snapshot, ChunkCompleted]:
+    """A fan-out whose join holds nine results, and the tenth branch's completion."""
+    snapshot, completed = _mid_step(index, {})
+    step = apply(index, snapshot, completed, now=2.0)  # prepare done: the ten branches invoked
+    assert step.snapshot is not None
+    snapshot = step.snapshot
+    branches = [c.message for c in step.outbox if isinstance(c, Invoke)]
+    for n, invocation in enumerate(branches):
+        done = ChunkCompleted(id=f"e:{invocation.step}:done", execution_id="e",
+                              step=invocation.step, result=_state(keys), sent_at=1.0)  # fmt: skip
+        if n == len(branches) - 1:
+            return snapshot, done
+        arrived = apply(index, snapshot, done, now=3.0 + n)
+        assert arrived.snapshot is not None
+        snapshot = arrived.snapshot
+    raise AssertionError("the fan-out invoked no branch")
+
+
+def measure_fan_in() -> list[dict[str, Any]]:
+    index = GraphIndex.build(flows.fanout.graph())
+    results = []
+    for keys in RESULT_KEYS:
+        snapshot, completed = _last_arrival(index, keys)
+        step = apply(index, snapshot, completed, now=20.0)
+        assert step.snapshot is not None
+        results.append({
+            "join_bytes": len(msgspec.json.encode(snapshot.joins)),
+            "apply_us": _best_us(lambda s=snapshot, m=completed: apply(index, s, m, now=20.0)),
+            "encode_us": _best_us(lambda s=snapshot: encode(s)),
+        })  # fmt: skip
+    return results
+
+
 def bench_state_cost(ctx: Any) -> dict:
     from bench.benchmarks import row  # bench.benchmarks imports this module
 
@@ -92,4 +130,12 @@ def bench_state_cost(ctx: Any) -> dict:
                     round(largest, 2), "x",
                     note="information, not an issue target: ~1x when a step's actor cost "
                          "does not grow with the state"))  # fmt: skip
-    return {"rows": rows, "details": {"sizes": results}}
+    fan_in = measure_fan_in()
+    rows += [
+        row("8 state", f"apply of a fan-in's last arrival, join holding {r['join_bytes']:,} "
+            "bytes", round(r["apply_us"], 1), "us", anchor="encoding the snapshot to store",
+            anchor_value=round(r["encode_us"], 1),
+            note=f"{r['apply_us'] / fan_in[0]['apply_us']:.2f}x with empty results")
+        for r in fan_in
+    ]  # fmt: skip
+    return {"rows": rows, "details": {"sizes": results, "fan_in": fan_in}}
