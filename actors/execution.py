@@ -242,7 +242,6 @@ def _ask_again(
 # --- the working copy ------------------------------------------------------------------------
 
 
-
 def _copy_containers(value: Any, depth: int) -> Any:
     """``value`` with its dicts and lists copied ``depth`` levels down; deeper ones shared."""
     if depth <= 0:
@@ -252,7 +251,6 @@ def _copy_containers(value: Any, depth: int) -> Any:
     if value.__class__ is list:
         return [_copy_containers(v, depth - 1) for v in value]
     return value
-
 
 
 @dataclass

@@ -143,7 +143,7 @@ class FlowStateView:
     async_del = async_delete
 
     def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self._data._flow_data)
+        return copy_value(self._data._flow_data)
 
 
 class TriggerFlowPauseSignal(dict[str, Any]):
@@ -335,7 +335,7 @@ class TriggerFlowRuntimeData:
     def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
         """The flow data as of this chunk's dispatch, plus this chunk's own changes."""
         if key is None:
-            return copy.deepcopy(self._flow_data)
+            return copy_value(self._flow_data)
         value = get_path(self._flow_data, key, _MISSING)
         return default if value is _MISSING else copy_value(value)
 
