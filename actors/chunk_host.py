@@ -22,7 +22,7 @@ import msgspec
 import structlog
 
 from triggerbus.actors._lifecycle import HostLifecycle
-from triggerbus.actors.hosted import HostedFlow
+from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
 from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
@@ -56,8 +56,6 @@ from triggerbus.observability.telemetry import (
 
 log = structlog.get_logger()
 
-FINGERPRINT_MISMATCH_REDELIVERIES = 20
-"""How often a mismatched process hands an invocation back before dead-lettering it."""
 PAUSE_ANSWER_WAIT = 10.0
 """Seconds a pausing chunk waits for the actor's answer before sending the pause again."""
 CRASH_REDELIVERIES = 5
@@ -284,8 +282,8 @@ class ChunkHost(HostLifecycle):
             hint="this process defines the flow differently from the process that started the "
             "execution; deploy the same flow module everywhere",
         )
-        if delivery.num_delivered < FINGERPRINT_MISMATCH_REDELIVERIES:
-            await delivery.nak(delay=0.2)
+        if delivery.num_delivered < MISMATCH_REDELIVERIES:
+            await delivery.nak(delay=mismatch_delay(delivery.num_delivered))
             return
         await self._dead_letter(delivery, chunk, "fingerprint mismatch", invocation)
         failed = ChunkFailed(

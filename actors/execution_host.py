@@ -22,7 +22,7 @@ import structlog
 
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.execution import Transition, apply, fail_oversized
-from triggerbus.actors.hosted import HostedFlow
+from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.pull import Permits
@@ -64,7 +64,6 @@ MAX_CAS_RETRIES = 16
 OVERTAKE_RETRY_DELAY = 0.2
 """Seconds a chunk outcome waits before it is offered again when older messages of its
 execution are still in the mailbox."""
-MISMATCH_REDELIVERIES = 20
 TIMER_BATCH = 64
 TIMER_RESOLUTION = 0.005
 """Seconds early a timer may fire rather than be handed back once more."""
@@ -570,7 +569,7 @@ class ExecutionHost(HostLifecycle):
             "same flow module everywhere",
         )
         if delivery.num_delivered < MISMATCH_REDELIVERIES:
-            await delivery.nak(delay=0.2)
+            await delivery.nak(delay=mismatch_delay(delivery.num_delivered))
             return
         await self._refuse(
             delivery,

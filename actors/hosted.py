@@ -9,6 +9,17 @@ from typing import Any
 from triggerbus.actors.graph_index import GraphIndex
 from triggerbus.contracts.graph import FlowGraph
 
+MISMATCH_REDELIVERIES = 20
+"""How often a process whose flow definition differs hands a message back before
+dead-lettering it."""
+
+
+def mismatch_delay(delivered: int) -> float:
+    """Seconds before a message this process refused (a different flow definition) comes back:
+    0.2 s, doubling to 5 s, so the 20 hand-backs wait about 75 s for a matching process (a
+    rolling deploy's new workers, say) before the message is dead-lettered."""
+    return min(0.2 * 2 ** max(0, delivered - 1), 5.0)
+
 
 def _no_resources(execution_id: str) -> Mapping[str, Any]:
     return {}

@@ -11,7 +11,7 @@ from triggerbus import TriggerFlow
 from triggerbus._runtime import close_runtime, configure
 from triggerbus.actors.chunk_host import ChunkHost
 from triggerbus.actors.execution_host import ExecutionHost
-from triggerbus.actors.hosted import HostedFlow
+from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.bus.connection import ConnectOptions
 from triggerbus.bus.jetstream import Bus
 from triggerbus.bus.replies import ReplyRouter
@@ -96,3 +96,13 @@ async def test_chunk_host_runs_at_most_its_concurrency(nats_url: str, prefix: st
     assert [s["$final_result"] for s in snapshots] == list(range(8))
     assert peak == 2
     assert completed == 8
+
+
+def test_a_mismatched_process_hands_work_back_patiently() -> None:
+    """A message refused for a different flow definition comes back soon at first, then less
+    often, for over a minute in all before it is dead-lettered: long enough for a rolling
+    deploy's matching workers to start."""
+    delays = [mismatch_delay(n) for n in range(1, MISMATCH_REDELIVERIES)]
+    assert delays[0] == 0.2 and max(delays) == 5.0
+    assert delays == sorted(delays)
+    assert 60 < sum(delays) < 90
