@@ -35,7 +35,7 @@ from triggerbus.observability.telemetry import (
 SEAM_CALLS = 200_000
 ROUNDS = 5
 """Rounds of off / tracing / tracing + metrics runs, each of half the benchmark's count."""
-WORKER_ROUNDS = 3
+WORKER_ROUNDS = 5
 """Rounds of off / tracing runs with the chunks in a worker process (benchmarks 2 and 3's
 second placement; both processes traced, each with its own export process)."""
 
