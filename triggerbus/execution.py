@@ -12,7 +12,7 @@ import hashlib
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -203,6 +203,42 @@ class Execution:
         """This execution's resources over the flow's in this process (those stay here: each
         process's chunks see their own process's flow-level resources)."""
         return {**self._flow.runtime_resources, **self._resources}
+
+    def get_runtime_resource(self, key: str, default: Any = None) -> Any:
+        return self.get_runtime_resources().get(str(key), default)
+
+    def require_runtime_resource(self, key: str) -> Any:
+        resources = self.get_runtime_resources()
+        if str(key) not in resources:
+            raise KeyError(
+                f"execution {self.id} has no runtime resource {str(key)!r}; available "
+                f"resources: {sorted(resources)}"
+            )
+        return resources[str(key)]
+
+    def set_runtime_resource(self, key: str, value: Any) -> Execution:
+        """Give this execution's chunks a resource. Set before the start, a serialisable one
+        also rides in the start message to chunks in other processes; set after it, it
+        reaches only the chunks hosted in this process."""
+        self._resources[str(key)] = value
+        if self._started:
+            register_resources(self.id, self._resources)
+        return self
+
+    def del_runtime_resource(self, key: str) -> Execution:
+        self._resources.pop(str(key), None)
+        return self
+
+    def update_runtime_resources(
+        self, mapping: Mapping[str, Any] | None = None, **resources: Any
+    ) -> Execution:
+        for key, value in {**(mapping or {}), **resources}.items():
+            self.set_runtime_resource(key, value)
+        return self
+
+    def clear_runtime_resources(self) -> Execution:
+        self._resources.clear()
+        return self
 
     # --- start ----------------------------------------------------------------------------------
 

@@ -598,3 +598,45 @@ class TestResources:
         assert dict(flow.runtime_resources) == {}
         with pytest.raises(ChunkFailedError, match="'db'"):
             await run(flow)
+
+    async def test_execution_level_resource_methods_as_agently_has_them(self, runtime) -> None:
+        """``execution.set/get/require/del/update/clear_runtime_resource[s]``: they chain, read
+        through to the flow's resources, and a resource set after the start still reaches the
+        chunks hosted in this process."""
+        flow = TriggerFlow(name="t08_execution_methods")
+        flow.set_runtime_resource("mode", "flow")
+        seen: list = []
+        db = _Database()
+
+        async def first(data):
+            seen.append(("first", data.get_resource("db") is db, data.get_resource("mode"),
+                         data.get_resource("gone")))  # fmt: skip
+
+        async def later(data):
+            seen.append(("later", data.get_resource("late")))
+
+        flow.to(first)
+        flow.when("Later").to(later)
+        execution = flow.create_execution(auto_close=False)
+        assert execution.set_runtime_resource("db", db).update_runtime_resources(
+            {"gone": 1}, mode="execution"
+        ) is execution
+        assert execution.del_runtime_resource("gone") is execution
+        assert execution.get_runtime_resource("gone", "DEF") == "DEF"
+        assert execution.require_runtime_resource("db") is db
+        with pytest.raises(KeyError, match=r"'nope'.*'db', 'mode'"):
+            execution.require_runtime_resource("nope")
+        bare = flow.create_execution(auto_close=False)  # no resource of its own at the start
+        async with asyncio.timeout(BOUND):
+            await execution.async_start()
+            await execution.async_close()
+            await bare.async_start()
+            bare.set_runtime_resource("late", "after the start")
+            await bare.async_emit("Later")
+            await bare.async_close()
+        assert seen == [
+            ("first", True, "execution", None),
+            ("first", False, "flow", None),
+            ("later", "after the start"),
+        ]
+        assert execution.clear_runtime_resources().get_runtime_resources() == {"mode": "flow"}
