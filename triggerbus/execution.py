@@ -25,7 +25,7 @@ from triggerbus._runtime import (
     register_resources,
 )
 from triggerbus._sync import iterate_sync, run_sync
-from triggerbus.actors.state_paths import close_snapshot
+from triggerbus.actors.state_paths import close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
 from triggerbus.contracts.codec import NotSerializable, decode, encode
 from triggerbus.contracts.messages import (
@@ -39,6 +39,7 @@ from triggerbus.contracts.messages import (
     StartExecution,
     StateWritten,
     StreamEnded,
+    StreamItem,
     closed_decoder,
     reply_decoder,
     stream_decoder,
@@ -412,6 +413,9 @@ class Execution:
         )
         await self._publish(runtime, message)
 
+    def emit_nowait(self, event: str, value: Any = None) -> None:
+        run_sync(self.async_emit_nowait(event, value))
+
     async def async_set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         await self._state("set", key, value, emit=emit)
 
@@ -423,6 +427,61 @@ class Execution:
 
     def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         run_sync(self.async_set_state(key, value, emit=emit))
+
+    def append_state(self, key: str, value: Any, *, emit: bool = True) -> None:
+        run_sync(self.async_append_state(key, value, emit=emit))
+
+    def del_state(self, key: str, *, emit: bool = True) -> None:
+        run_sync(self.async_del_state(key, emit=emit))
+
+    async def async_get_state(self, key: str | None = None, default: Any = None) -> Any:
+        """The execution's state as last stored (``$final_result`` included once set), or
+        one dotted key of it."""
+        state: dict[str, Any] = {}
+        if self._close_snapshot is not None:
+            state = self._close_snapshot
+        else:
+            stored = await self._load(await self._runtime())
+            if stored is not None:  # nothing stored yet: nothing written, nothing started
+                self._refresh(stored)
+                state = close_snapshot(stored[0])
+        if key is None:
+            return dict(state)
+        return get_path(state, key, default)
+
+    def get_state(self, key: str | None = None, default: Any = None) -> Any:
+        return run_sync(self.async_get_state(key, default))
+
+    # Agently's deprecated names for the state.
+    async def async_set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        _deprecated("set_runtime_data", "set_state")
+        await self.async_set_state(key, value, emit=emit)
+
+    async def async_append_runtime_data(
+        self, key: str, value: Any, *, emit: bool = True
+    ) -> None:
+        _deprecated("append_runtime_data", "append_state")
+        await self.async_append_state(key, value, emit=emit)
+
+    async def async_del_runtime_data(self, key: str, *, emit: bool = True) -> None:
+        _deprecated("del_runtime_data", "del_state")
+        await self.async_del_state(key, emit=emit)
+
+    def get_runtime_data(self, key: str | None = None, default: Any = None) -> Any:
+        _deprecated("get_runtime_data", "get_state")
+        return self.get_state(key, default)
+
+    def set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        _deprecated("set_runtime_data", "set_state")
+        run_sync(self.async_set_state(key, value, emit=emit))
+
+    def append_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        _deprecated("append_runtime_data", "append_state")
+        run_sync(self.async_append_state(key, value, emit=emit))
+
+    def del_runtime_data(self, key: str, *, emit: bool = True) -> None:
+        _deprecated("del_runtime_data", "del_state")
+        run_sync(self.async_del_state(key, emit=emit))
 
     async def _state(self, op: str, key: str, value: Any, *, emit: bool) -> None:
         runtime = await self._runtime()
@@ -463,6 +522,69 @@ class Execution:
 
     async def async_del_flow_data(self, key: str, *, emit: bool = True) -> None:
         await self._flow.async_del_flow_data(key, emit=emit)
+
+    def get_flow_data(self, key: str | None = None, default: Any = None) -> Any:
+        return run_sync(self.async_get_flow_data(key, default))
+
+    def set_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        run_sync(self.async_set_flow_data(key, value, emit=emit))
+
+    def append_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
+        run_sync(self.async_append_flow_data(key, value, emit=emit))
+
+    def del_flow_data(self, key: str, *, emit: bool = True) -> None:
+        run_sync(self.async_del_flow_data(key, emit=emit))
+
+    # --- the runtime stream, from outside ---------------------------------------------------------
+
+    async def async_put_into_stream(self, item: Any) -> None:
+        """Put ``item`` into this execution's runtime stream, as a chunk's
+        ``data.async_put_into_stream`` does (readers see it in the order it was stored)."""
+        if self._close_snapshot is not None:
+            log.warning("stream_item_ignored", reason="execution closed", execution_id=self.id)
+            return
+        await self._put_stream(
+            StreamItem(id=f"{self.id}:stream:{uuid.uuid4().hex}", execution_id=self.id,
+                       value=item)
+        )  # fmt: skip
+
+    def put_into_stream(self, item: Any) -> None:
+        run_sync(self.async_put_into_stream(item))
+
+    async def async_stop_stream(self) -> None:
+        """End the runtime stream: readers stop after the items before it."""
+        await self._put_stream(StreamEnded(id=f"{self.id}:stream:end", execution_id=self.id))
+
+    def stop_stream(self) -> None:
+        run_sync(self.async_stop_stream())
+
+    async def _put_stream(self, message: StreamItem | StreamEnded) -> None:
+        runtime = await self._runtime()
+        subject = runtime.subjects.stream(self.flow_name, self.id)
+        await runtime.bus.publish(subject, encode(message), msg_id=message.id)
+
+    # --- the result (Agently's compatibility API) -----------------------------------------------
+
+    async def async_get_result(self, *, timeout: float | None = None) -> Any:
+        """Wait for the close (at most ``timeout`` seconds), then return ``$final_result``, or
+        the close snapshot when the flow set none. Agently keeps this for compatibility and
+        recommends ``close()`` and the state APIs; so do we."""
+        if self._close_snapshot is None:
+            runtime = await self._runtime()
+            closed_sub = await runtime.bus.subscribe(
+                runtime.subjects.closed(self.flow_name, self.id)
+            )
+            try:
+                async with asyncio.timeout(timeout):
+                    closed = await self._wait_closed(runtime, closed_sub)
+            finally:
+                await closed_sub.close()
+            self._on_closed(closed)
+        snapshot = dict(self._close_snapshot or {})
+        return snapshot.get("$final_result", snapshot)
+
+    def get_result(self, *, timeout: float | None = None) -> Any:
+        return run_sync(self.async_get_result(timeout=timeout))
 
     # --- seal -----------------------------------------------------------------------------------
 
@@ -978,3 +1100,11 @@ def _serialisable(resources: dict[str, Any]) -> dict[str, Any]:
             continue
         travelling[key] = value
     return travelling
+
+
+def _deprecated(name: str, instead: str) -> None:
+    warnings.warn(
+        f"execution.{name}() is Agently's deprecated name; use execution.{instead}()",
+        DeprecationWarning,
+        stacklevel=3,
+    )

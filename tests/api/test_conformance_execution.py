@@ -692,3 +692,54 @@ class TestSyncTwins:
             "MyErr",
             "sync kaboom",
         )
+
+    def test_the_other_execution_methods_agently_has(self, sync_runtime) -> None:
+        """State reads and writes, emit_nowait, flow data, the stream and the result, from
+        the handle, in their sync forms (each wraps its ``async_`` twin)."""
+        flow = TriggerFlow(name="t06c_more")
+
+        async def begin(data):
+            await data.async_put_into_stream("from a chunk")
+            return "begun"
+
+        async def on_ping(data):
+            data.state.set(f"pinged.{data.value}", True)
+
+        flow.to(begin).end()
+        flow.when("Ping").to(on_ping)
+        execution = flow.create_execution(auto_close=False)
+        assert execution.get_state() == {} and execution.get_state("a", "DEF") == "DEF"
+        execution.set_state("a", {"b": 1})
+        execution.append_state("xs", 1)
+        execution.append_state("xs", 2)
+        execution.del_state("xs")
+        execution.append_state("xs", 3)
+        assert execution.start() is execution
+        assert execution.get_state("a.b") == 1 and execution.get_state("xs") == [3]
+        execution.put_into_stream("from outside")
+        execution.emit_nowait("Ping", 1)
+        execution.set_flow_data("fd", 1)
+        assert execution.get_flow_data("fd") == 1
+        execution.del_flow_data("fd")
+        assert execution.get_flow_data("fd", "gone") == "gone"
+        with pytest.raises(TimeoutError):
+            execution.get_result(timeout=0.2)  # running: no result until it closes
+        closed = execution.close()  # in-flight work (Ping's chunk) finishes first
+        assert closed["pinged"] == {"1": True} and closed["$final_result"] == "begun"
+        assert execution.get_result() == "begun"
+        with pytest.warns(DeprecationWarning, match="get_state"):
+            assert execution.get_runtime_data("a") == {"b": 1}
+        assert list(execution.get_runtime_stream(timeout=5)) == ["from a chunk", "from outside"]
+
+    def test_stop_stream_from_the_handle_ends_the_readers(self, sync_runtime) -> None:
+        flow = TriggerFlow(name="t06c_stop")
+        flow.to(lambda data: None)  # no end(): the result is the close snapshot
+        execution = flow.create_execution(auto_close=False)
+        execution.start()
+        execution.put_into_stream("only")
+        execution.stop_stream()
+        assert list(execution.get_runtime_stream(timeout=5)) == ["only"]
+        assert execution.get_status() == "running"
+        execution.set_state("k", 1)
+        execution.close()
+        assert execution.get_result() == {"k": 1}
