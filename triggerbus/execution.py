@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from triggerbus._deprecation import warn_renamed
 from triggerbus._runtime import (
     LocalRuntime,
     forget_resources,
@@ -454,33 +455,33 @@ class Execution:
 
     # Agently's deprecated names for the state.
     async def async_set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        _deprecated("set_runtime_data", "set_state")
+        warn_renamed("execution", "async_set_runtime_data", "async_set_state")
         await self.async_set_state(key, value, emit=emit)
 
     async def async_append_runtime_data(
         self, key: str, value: Any, *, emit: bool = True
     ) -> None:
-        _deprecated("append_runtime_data", "append_state")
+        warn_renamed("execution", "async_append_runtime_data", "async_append_state")
         await self.async_append_state(key, value, emit=emit)
 
     async def async_del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        _deprecated("del_runtime_data", "del_state")
+        warn_renamed("execution", "async_del_runtime_data", "async_del_state")
         await self.async_del_state(key, emit=emit)
 
     def get_runtime_data(self, key: str | None = None, default: Any = None) -> Any:
-        _deprecated("get_runtime_data", "get_state")
+        warn_renamed("execution", "get_runtime_data", "get_state")
         return self.get_state(key, default)
 
     def set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        _deprecated("set_runtime_data", "set_state")
+        warn_renamed("execution", "set_runtime_data", "set_state")
         run_sync(self.async_set_state(key, value, emit=emit))
 
     def append_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        _deprecated("append_runtime_data", "append_state")
+        warn_renamed("execution", "append_runtime_data", "append_state")
         run_sync(self.async_append_state(key, value, emit=emit))
 
     def del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        _deprecated("del_runtime_data", "del_state")
+        warn_renamed("execution", "del_runtime_data", "del_state")
         run_sync(self.async_del_state(key, emit=emit))
 
     async def _state(self, op: str, key: str, value: Any, *, emit: bool) -> None:
@@ -1100,11 +1101,3 @@ def _serialisable(resources: dict[str, Any]) -> dict[str, Any]:
             continue
         travelling[key] = value
     return travelling
-
-
-def _deprecated(name: str, instead: str) -> None:
-    warnings.warn(
-        f"execution.{name}() is Agently's deprecated name; use execution.{instead}()",
-        DeprecationWarning,
-        stacklevel=3,
-    )

@@ -640,3 +640,19 @@ class TestResources:
             ("later", "after the start"),
         ]
         assert execution.clear_runtime_resources().get_runtime_resources() == {"mode": "flow"}
+
+
+async def test_agentlys_deprecated_runtime_data_names_still_work_and_say_so(runtime) -> None:
+    """``data.set_runtime_data`` and friends are Agently's old names for the state."""
+    flow = TriggerFlow(name="t_runtime_data_names")
+
+    async def old_names(data):
+        with pytest.warns(DeprecationWarning, match="use data.async_set_state"):
+            await data.async_set_runtime_data("k", 1)
+        with pytest.warns(DeprecationWarning, match="use data.async_append_state"):
+            await data.async_append_runtime_data("xs", 2)
+        with pytest.warns(DeprecationWarning, match="use data.get_state"):
+            return data.get_runtime_data("k")
+
+    flow.to(old_names).end()
+    assert await run(flow) == {"k": 1, "xs": [2], "$final_result": 1}
