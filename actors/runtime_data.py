@@ -15,7 +15,7 @@ from collections.abc import KeysView, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from triggerbus._deprecation import warn_renamed
+from triggerbus._deprecation import Renamed
 from triggerbus.actors.state_paths import apply_state_op, copy_value, get_path
 from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import (
@@ -306,35 +306,13 @@ class TriggerFlowRuntimeData:
         await self._write("delete", key, None, emit=emit, wait=True)
 
     # Agently's deprecated names for the state.
-    def get_runtime_data(self, key: str | None = None, default: Any = None) -> Any:
-        warn_renamed("data", "get_runtime_data", "get_state")
-        return self.get_state(key, default)
-
-    def set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("data", "set_runtime_data", "set_state")
-        self.set_state(key, value, emit=emit)
-
-    def append_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("data", "append_runtime_data", "append_state")
-        self.append_state(key, value, emit=emit)
-
-    def del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        warn_renamed("data", "del_runtime_data", "del_state")
-        self.del_state(key, emit=emit)
-
-    async def async_set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("data", "async_set_runtime_data", "async_set_state")
-        await self.async_set_state(key, value, emit=emit)
-
-    async def async_append_runtime_data(
-        self, key: str, value: Any, *, emit: bool = True
-    ) -> None:
-        warn_renamed("data", "async_append_runtime_data", "async_append_state")
-        await self.async_append_state(key, value, emit=emit)
-
-    async def async_del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        warn_renamed("data", "async_del_runtime_data", "async_del_state")
-        await self.async_del_state(key, emit=emit)
+    get_runtime_data = Renamed("data", "get_state")
+    set_runtime_data = Renamed("data", "set_state")
+    append_runtime_data = Renamed("data", "append_state")
+    del_runtime_data = Renamed("data", "del_state")
+    async_set_runtime_data = Renamed("data", "async_set_state")
+    async_append_runtime_data = Renamed("data", "async_append_state")
+    async_del_runtime_data = Renamed("data", "async_del_state")
 
     def _write(self, op: str, key: str, value: Any, *, emit: bool, wait: bool) -> Any:
         apply_state_op(self._state, op, key, copy.deepcopy(value))

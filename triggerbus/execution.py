@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from triggerbus._deprecation import warn_renamed
+from triggerbus._deprecation import Renamed
 from triggerbus._runtime import (
     LocalRuntime,
     forget_resources,
@@ -454,35 +454,13 @@ class Execution:
         return run_sync(self.async_get_state(key, default))
 
     # Agently's deprecated names for the state.
-    async def async_set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("execution", "async_set_runtime_data", "async_set_state")
-        await self.async_set_state(key, value, emit=emit)
-
-    async def async_append_runtime_data(
-        self, key: str, value: Any, *, emit: bool = True
-    ) -> None:
-        warn_renamed("execution", "async_append_runtime_data", "async_append_state")
-        await self.async_append_state(key, value, emit=emit)
-
-    async def async_del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        warn_renamed("execution", "async_del_runtime_data", "async_del_state")
-        await self.async_del_state(key, emit=emit)
-
-    def get_runtime_data(self, key: str | None = None, default: Any = None) -> Any:
-        warn_renamed("execution", "get_runtime_data", "get_state")
-        return self.get_state(key, default)
-
-    def set_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("execution", "set_runtime_data", "set_state")
-        run_sync(self.async_set_state(key, value, emit=emit))
-
-    def append_runtime_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        warn_renamed("execution", "append_runtime_data", "append_state")
-        run_sync(self.async_append_state(key, value, emit=emit))
-
-    def del_runtime_data(self, key: str, *, emit: bool = True) -> None:
-        warn_renamed("execution", "del_runtime_data", "del_state")
-        run_sync(self.async_del_state(key, emit=emit))
+    async_set_runtime_data = Renamed("execution", "async_set_state")
+    async_append_runtime_data = Renamed("execution", "async_append_state")
+    async_del_runtime_data = Renamed("execution", "async_del_state")
+    get_runtime_data = Renamed("execution", "get_state")
+    set_runtime_data = Renamed("execution", "set_state")
+    append_runtime_data = Renamed("execution", "append_state")
+    del_runtime_data = Renamed("execution", "del_state")
 
     async def _state(self, op: str, key: str, value: Any, *, emit: bool) -> None:
         runtime = await self._runtime()
