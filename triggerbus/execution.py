@@ -538,9 +538,16 @@ class Execution:
         run_sync(self.async_stop_stream())
 
     async def _put_stream(self, message: StreamItem | StreamEnded) -> None:
+        try:
+            payload = encode(message)
+        except NotSerializable as exc:
+            raise ValueNotSerializableError(
+                f"a stream item of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
+                type_name=exc.type_name,
+            ) from exc
         runtime = await self._runtime()
         subject = runtime.subjects.stream(self.flow_name, self.id)
-        await runtime.bus.publish(subject, encode(message), msg_id=message.id)
+        await runtime.bus.publish(subject, payload, msg_id=message.id)
 
     # --- the result (Agently's compatibility API) -----------------------------------------------
 

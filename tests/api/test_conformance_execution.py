@@ -737,6 +737,8 @@ class TestSyncTwins:
         execution = flow.create_execution(auto_close=False)
         execution.start()
         execution.put_into_stream("only")
+        with pytest.raises(ValueNotSerializableError, match="stream item"):
+            execution.put_into_stream(object())
         execution.stop_stream()
         assert list(execution.get_runtime_stream(timeout=5)) == ["only"]
         assert execution.get_status() == "running"
