@@ -8,6 +8,7 @@ reply subjects, the runtime stream and the close notification.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 import uuid
@@ -276,10 +277,8 @@ class Execution:
             if timeout is not None:
                 self._auto_close_timeout = timeout
         runtime = await self._runtime()
-        closed_subject = runtime.subjects.closed(self.flow_name, self.id)
-        closed_sub = await runtime.bus.subscribe(closed_subject)
-        listening_before_start = self._start_request is None
-        try:
+        async with self._closed_notices(runtime) as closed_sub:
+            listening_before_start = self._start_request is None
             reply = await self._ensure_started(runtime)
             if not reply.ok:
                 self._raise(reply.error)
@@ -290,8 +289,6 @@ class Execution:
                 return None
             missed_possible = not (listening_before_start and self._start_answered)
             closed = await self._wait_closed(runtime, closed_sub, look_first=missed_possible)
-        finally:
-            await closed_sub.close()
         return self._on_closed(closed)
 
     def start(self, initial_value: Any = None, **options: Any) -> Any:
@@ -311,6 +308,15 @@ class Execution:
             request.add_done_callback(_retrieve)
             self._start_request = request
         return await asyncio.shield(self._start_request)
+
+    @contextlib.asynccontextmanager
+    async def _closed_notices(self, runtime: LocalRuntime) -> AsyncIterator[Any]:
+        """A subscription to this execution's close notification, closed on the way out."""
+        closed_sub = await runtime.bus.subscribe(runtime.subjects.closed(self.flow_name, self.id))
+        try:
+            yield closed_sub
+        finally:
+            await closed_sub.close()
 
     async def _wait_closed(
         self, runtime: LocalRuntime, closed_sub: Any, *, look_first: bool = True
@@ -557,14 +563,8 @@ class Execution:
         recommends ``close()`` and the state APIs; so do we."""
         if self._close_snapshot is None:
             runtime = await self._runtime()
-            closed_sub = await runtime.bus.subscribe(
-                runtime.subjects.closed(self.flow_name, self.id)
-            )
-            try:
-                async with asyncio.timeout(timeout):
-                    closed = await self._wait_closed(runtime, closed_sub)
-            finally:
-                await closed_sub.close()
+            async with self._closed_notices(runtime) as closed_sub, asyncio.timeout(timeout):
+                closed = await self._wait_closed(runtime, closed_sub)
             self._on_closed(closed)
         snapshot = dict(self._close_snapshot or {})
         return snapshot.get("$final_result", snapshot)
