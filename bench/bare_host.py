@@ -1,11 +1,15 @@
 """The bare step anchor's other process: an execution host reduced to its three bus operations.
 
-``python -m bench.bare_host URL PREFIX``; prints ``ready`` once its standing pull is asked for,
-exits on SIGTERM or when its stdin closes. For each message delivered from the mailbox stream it
-does what a triggerbus execution host does on the bus for one step, with nothing else: a
+``python -m bench.bare_host URL PREFIX [atomic]``; prints ``ready`` once its standing pull is
+asked for, exits on SIGTERM or when its stdin closes. For each message delivered from the mailbox
+stream it does what a triggerbus execution host does on the bus for one step, with nothing else: a
 compare-and-set write to a KV-like stream, then a publish of the next invocation into the run
 stream (awaiting both acks), then the delivery's ack. The driver (``bare_step`` in
 bench/benchmarks.py) plays the worker and creates the streams and consumers.
+
+``atomic``: the compare-and-set and the invocation go out as one atomic batch (ADR-50,
+nats-server 2.12+) into one stream that holds both: the only way NATS offers to make a step two
+durable operations instead of three, measured to show what that would be worth.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ PULL_BATCH = 1_000_000
 PULL_EXPIRES_NS = 600 * 10**9
 
 
-async def main(url: str, prefix: str) -> None:
+async def main(url: str, prefix: str, mode: str = "three") -> None:
     nc = await nats.connect(url, name="bench-bare-host")
     js = nc.jetstream()
     revision = 0
@@ -42,8 +46,26 @@ async def main(url: str, prefix: str) -> None:
                          headers={"Nats-Msg-Id": f"run:{handled}"})
         await msg.ack()
 
+    async def atomic_step(msg) -> None:
+        nonlocal revision, handled
+        handled += 1
+        batch = f"step-{handled}"
+        # The batch's first message needs no reply: only the commit is acknowledged.
+        await nc.publish(f"{prefix}.bare.ex.kv.execution", SNAPSHOT,
+                         headers={"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "1",
+                                  "Nats-Expected-Last-Subject-Sequence": str(revision)})
+        reply = await nc.request(f"{prefix}.bare.ex.run", INVOCATION, timeout=5,
+                                 headers={"Nats-Batch-Id": batch, "Nats-Batch-Sequence": "2",
+                                          "Nats-Batch-Commit": "1",
+                                          "Nats-Msg-Id": f"run:{handled}"})
+        ack = json.loads(reply.data)
+        if "error" in ack:
+            raise RuntimeError(f"atomic batch refused: {ack['error']}")
+        revision = ack["seq"] - 1  # the snapshot is the batch's first message
+        await msg.ack()
+
     inbox = nc.new_inbox()
-    await nc.subscribe(inbox, cb=step)
+    await nc.subscribe(inbox, cb=atomic_step if mode == "atomic" else step)
     request = {"batch": PULL_BATCH, "expires": PULL_EXPIRES_NS}
     await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{prefix}_bare_mail.host",
                      json.dumps(request).encode(), reply=inbox)
@@ -53,4 +75,4 @@ async def main(url: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:4]))

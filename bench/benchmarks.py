@@ -261,7 +261,8 @@ BARE_COMPLETION = b"c" * 290
 
 
 async def bare_step(url: str, prefix: str, executions: int,
-                    round_trip: Callable[[], Awaitable[float]]) -> dict[str, Any]:
+                    round_trip: Callable[[], Awaitable[float]], *,
+                    atomic: bool = False) -> dict[str, Any]:
     """The floor of a step: its three bus operations by nats-py alone, between two processes.
 
     This process plays the worker (it receives an invocation by standing pull, publishes a
@@ -271,6 +272,9 @@ async def bare_step(url: str, prefix: str, executions: int,
     arrival to the next one's, as a triggerbus step is one chunk's start to the next one's;
     executions of three invocations are timed one at a time with request/replies between them,
     as ``timed_latency`` does, so both see the same idle gaps.
+
+    ``atomic``: the host writes the snapshot and the invocation as one atomic batch into one
+    stream holding both (``bench.bare_host``'s ``atomic`` mode): a step of two durable operations.
     """
     nc = await nats.connect(url, name="bench-bare-worker")
     js = nc.jetstream()
@@ -283,11 +287,21 @@ async def bare_step(url: str, prefix: str, executions: int,
         f"{prefix}_bare_kv": StreamConfig(subjects=[f"{prefix}.bare.kv.>"],
                                           max_msgs_per_subject=1, **file_stream),
     }
+    run = f"{prefix}.bare.run"
+    if atomic:
+        del streams[f"{prefix}_bare_run"], streams[f"{prefix}_bare_kv"]
+        run = f"{prefix}.bare.ex.run"
+        streams[f"{prefix}_bare_run"] = StreamConfig(
+            subjects=[f"{prefix}.bare.ex.>"], allow_atomic=True,
+            retention=RetentionPolicy.WORK_QUEUE, **file_stream,
+        )
     for name, config in streams.items():
         await js.add_stream(config, name=name)
     for stream, durable in ((f"{prefix}_bare_mail", "host"), (f"{prefix}_bare_run", "worker")):
         await js.add_consumer(stream, ConsumerConfig(durable_name=durable,
-                                                     ack_policy=AckPolicy.EXPLICIT))
+                                                     ack_policy=AckPolicy.EXPLICIT,
+                                                     filter_subject=run if durable == "worker"
+                                                     else None))  # fmt: skip
     arrivals: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
 
     async def arrived(msg: Msg) -> None:
@@ -310,7 +324,8 @@ async def bare_step(url: str, prefix: str, executions: int,
     steps: list[float] = []
     round_trips: list[float] = []
     try:
-        async with helper_process("bench.bare_host", url, prefix):
+        async with helper_process("bench.bare_host", url, prefix,
+                                  "atomic" if atomic else "three"):
             for index in range(10 + executions):
                 stamps: list[float] = []
                 async with asyncio.timeout(30):
@@ -495,11 +510,12 @@ def bench_hop(ctx: Context) -> dict:
     rtt = details["request_reply"]["p50_ms"]
     rtt99 = details["request_reply"]["p99_ms"]
 
-    async def measure_bare(prefix: str = ctx.prefix()) -> dict:
+    async def measure_bare(prefix: str, *, atomic: bool = False) -> dict:
         async with responder(ctx.url, prefix) as round_trip:
-            return await bare_step(ctx.url, prefix, s.hop, round_trip)
+            return await bare_step(ctx.url, prefix, s.hop, round_trip, atomic=atomic)
 
-    details["bare_step"] = bare = asyncio.run(measure_bare())
+    details["bare_step"] = bare = asyncio.run(measure_bare(ctx.prefix()))
+    details["bare_step_atomic"] = atomic = asyncio.run(measure_bare(ctx.prefix(), atomic=True))
 
     for placement, remote in (("worker", True), ("in_process", False)):
         for name, flow in (("chain", flows.timed_chain), ("single", flows.single)):
@@ -525,7 +541,13 @@ def bench_hop(ctx: Context) -> dict:
                 anchor_value=bare["round_trip"]["p50_ms"],
                 note=f"p50 of {bare['step']['n']} steps, p99 {bare['step']['p99_ms']} ms; "
                      "completion stored and delivered, snapshot compare-and-set, invocation "
-                     "stored and delivered; the floor under CAS-then-publish")]  # fmt: skip
+                     "stored and delivered; the floor under CAS-then-publish"),
+            row("1 hop", "bare step of two bus operations: compare-and-set and invocation as "
+                "one atomic batch into one stream (nats-server 2.12+), information",
+                atomic["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
+                anchor_value=atomic["round_trip"]["p50_ms"],
+                note=f"p50 of {atomic['step']['n']} steps, p99 {atomic['step']['p99_ms']} ms; "
+                     "what dropping a durable operation from a step would give")]  # fmt: skip
     for placement, label in (("worker", "chunks in a worker process"),
                              ("in_process", "all in one process")):
         chain = details[f"chain_{placement}"]
