@@ -289,6 +289,8 @@ async def bare_step(url: str, prefix: str, executions: int,
     }
     run = f"{prefix}.bare.run"
     if atomic:
+        # A batch goes into one stream: it holds the snapshots and the invocations (the worker's
+        # consumer filters the latter), under the run stream's name the worker pulls from.
         del streams[f"{prefix}_bare_run"], streams[f"{prefix}_bare_kv"]
         run = f"{prefix}.bare.ex.run"
         streams[f"{prefix}_bare_run"] = StreamConfig(
