@@ -354,24 +354,26 @@ class Handling:
 
     def observe(self, name: str, attributes: dict[str, Any]) -> None:
         snapshot = self._snapshot
+        trace_id, span_id = self._hex()
         event = events.from_actor(
             name,
             attributes,
             flow=self._input.flow,
             execution_id=self._input.execution_id,
             at=time.time(),
-            trace_id=self._trace_id(),
-            span_id=self._span_id(),
+            trace_id=trace_id,
+            span_id=span_id,
             started_at=snapshot.started_at if snapshot is not None else 0.0,
         )
         if event is not None:
             self._telemetry.center.publish(event)
 
-    def _trace_id(self) -> str:
-        return ""
+    def _hex(self) -> tuple[str, str]:
+        """The trace and span ids events carry, as hex (empty when not traced)."""
+        return _NO_IDS
 
-    def _span_id(self) -> str:
-        return ""
+
+_NO_IDS = ("", "")
 
 
 class _UntracedHandling(Handling):
@@ -386,7 +388,7 @@ class _TracedHandling(Handling):
         self._parent: Parent | None = self._message
         self._links: list[Link] = []
         self._token: contextvars.Token[Parent | None] | None = None
-        self._ids: tuple[Parent | None, str, str] = (None, "", "")
+        self._ids: tuple[Parent | None, tuple[str, str]] = (None, _NO_IDS)
         self._written: tuple[Parent | None, dict[str, str]] = (None, {})
 
     def __enter__(self) -> Handling:
@@ -429,14 +431,19 @@ class _TracedHandling(Handling):
         self._parent = parent
         before_joins = before.joins if before is not None else {}
         if parent is not None and (before_joins or after.joins):
-            if stored is after.trace:
-                stored = dict(stored)
+            # The trace fields are copied only when an arrival changes them, and a join left
+            # as it was is the same object (joins are copied on write), so no comparing it.
             for key, value in after.joins.items():
-                if before_joins.get(key) != value:
+                previous = before_joins.get(key)
+                if previous is not value and previous != value:
+                    if stored is after.trace:
+                        stored = dict(stored)
                     record_arrival(stored, key, parent)
             for key in before_joins:
                 if key not in after.joins:
                     self._links.extend(join_links(stored, key, own or parent))
+                    if stored is after.trace:
+                        stored = dict(stored)
                     stored.pop(JOIN_PREFIX + key, None)
         if stored is not after.trace and stored != after.trace:
             after = msgspec.structs.replace(after, trace=stored)
@@ -473,17 +480,18 @@ class _TracedHandling(Handling):
             error=f"{error.error_type}: {error.message}" if error is not None else None,
         )
 
-    def _hex_ids(self) -> tuple[Parent | None, str, str]:
+    def _hex(self) -> tuple[str, str]:
         """The parent's ids as hex, formatted once per parent (every event carries them)."""
-        ids = self._ids
-        if ids[0] is not self._parent:
+        cached = self._ids
+        if cached[0] is not self._parent:
             parent = self._parent
-            ids = self._ids = (
-                (parent, f"{parent.trace_id:032x}", f"{parent.span_id:016x}")
+            hex_ids = (
+                (f"{parent.trace_id:032x}", f"{parent.span_id:016x}")
                 if parent is not None
-                else (None, "", "")
+                else _NO_IDS
             )
-        return ids
+            cached = self._ids = (parent, hex_ids)
+        return cached[1]
 
     def _headers(self) -> dict[str, str]:
         """Headers naming the parent, for a message that gets no span of its own (written
@@ -495,11 +503,6 @@ class _TracedHandling(Handling):
             cached = self._written = (parent, inject_parent(parent, {}, user_context=False))
         return dict(cached[1])
 
-    def _trace_id(self) -> str:
-        return self._hex_ids()[1]
-
-    def _span_id(self) -> str:
-        return self._hex_ids()[2]
 
 
 # --- publishing ---------------------------------------------------------------------------------
