@@ -326,6 +326,10 @@ class Attempt:
 # --- mailbox messages --------------------------------------------------------------------------
 
 
+_NO_IDS = ("", "")
+"""The trace and span ids of an event nobody traced."""
+
+
 class Handling:
     """One mailbox message on an execution host (base: tracing off)."""
 
@@ -371,9 +375,6 @@ class Handling:
     def _hex(self) -> tuple[str, str]:
         """The trace and span ids events carry, as hex (empty when not traced)."""
         return _NO_IDS
-
-
-_NO_IDS = ("", "")
 
 
 class _UntracedHandling(Handling):
@@ -502,7 +503,6 @@ class _TracedHandling(Handling):
         if cached[0] is not parent:
             cached = self._written = (parent, inject_parent(parent, {}, user_context=False))
         return dict(cached[1])
-
 
 
 # --- publishing ---------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def w3c_only() -> bool:
     if _w3c_checked[0] is not textmap:
         fields = set(textmap.fields)
         _w3c_checked[:] = [textmap, TRACEPARENT in fields and fields <= _W3C_FIELDS]
-    return _w3c_checked[1]  # type: ignore[no-any-return]
+    return bool(_w3c_checked[1])
 
 
 _HEX_DIGITS = "0123456789abcdef"
