@@ -197,10 +197,15 @@ async def test_execution_across_three_processes_is_one_trace_with_links_and_atte
     assert {s.parent_span_id for s in attempts} == {invoke_merge.span_id}
     assert len({s.span_id for s in attempts}) == len(attempts)
 
-    # The execution span covers everything it caused, though it was exported last.
+    # The execution span covers everything it caused, though it was exported last. An attempt
+    # redelivered while merge blocked the worker may start after the execution closed (its
+    # outcome is a duplicate): what such a late attempt did is not the execution's own work.
     caused = [s for s in spans if s.name not in ("checkout", "execution traced_flow")]
     assert execution.start_ns <= min(s.start_ns for s in caused)
-    assert execution.end_ns >= max(by_id[i.parent_span_id].start_ns for i in caused)
+    late = {s.span_id for s in caused if s.attributes.get("triggerbus.attempt", 1) > 1}
+    assert execution.end_ns >= max(
+        by_id[i.parent_span_id].start_ns for i in caused if i.parent_span_id not in late
+    )
 
     # A log line leads to its trace.
     succeeded = [r for r in worker.records if r.get("event") == "chunk_attempt_succeeded"]
