@@ -101,7 +101,8 @@ class _OpcodeCounter:
     def per_execution(self, executions: int) -> dict[str, list[float]]:
         result: dict[str, list[float]] = {}
         for code, count in self.opcodes.items():
-            name = re.sub(r".*/(site-packages|python3\.\d+|main)/", "", code.co_filename)
+            name = code.co_filename.removeprefix(f"{REPO}/")
+            name = re.sub(r".*/(site-packages|python3\.\d+)/", "", name)
             key = f"{name}:{code.co_firstlineno}:{code.co_name}"
             totals = result.setdefault(key, [0.0, 0.0])
             totals[0] += count / executions
