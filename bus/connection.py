@@ -20,6 +20,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
+from triggerbus.bus.client import BusClient
 from triggerbus.errors import (
     BusError,
     BusUnavailableError,
@@ -145,7 +146,7 @@ async def connect(options: ConnectOptions) -> Client:
         ConfigurationError: The TLS files cannot be loaded.
     """
     url = options.display_url
-    nc = Client()
+    nc = BusClient()
     callbacks = _Callbacks(nc, url)
     usable = False
     try:
