@@ -141,17 +141,23 @@ _COMMON_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 _TRACEPARENT_MAX = 512
 _TRACESTATE_MAX = 512
 _W3C_FIELDS = frozenset({TRACEPARENT, TRACESTATE, "baggage"})
-_w3c_checked: list[Any] = [None, False]
+_w3c_textmap: list[Any] = [None]
+"""The global propagator last found to be W3C only (asked about at every traced message)."""
 
 
 def w3c_only() -> bool:
     """Whether the configured propagators are the W3C ones (the default: trace context and
     baggage), so that headers can be read and written without going through them."""
     textmap = propagate.get_global_textmap()
-    if _w3c_checked[0] is not textmap:
-        fields = set(textmap.fields)
-        _w3c_checked[:] = [textmap, TRACEPARENT in fields and fields <= _W3C_FIELDS]
-    return bool(_w3c_checked[1])
+    return textmap is _w3c_textmap[0] or _is_w3c(textmap)
+
+
+def _is_w3c(textmap: Any) -> bool:
+    fields = set(textmap.fields)
+    if TRACEPARENT in fields and fields <= _W3C_FIELDS:
+        _w3c_textmap[0] = textmap
+        return True
+    return False
 
 
 _HEX_DIGITS = "0123456789abcdef"
@@ -217,14 +223,19 @@ def execution_trace(
 def execution_context(stored: Mapping[str, str]) -> Parent | None:
     """The execution span, from the snapshot's trace fields.
 
+    Those are triggerbus's own record, always in the W3C form (:func:`execution_trace` writes
+    them), not a carrier: they are read as such whatever propagators the process configured.
     Read at every transition of the execution, from the same string: parsed once (a bounded
     cache; a ``Parent`` is not tracked by the garbage collector)."""
     header = stored.get(TRACEPARENT)
-    if not header or TRACESTATE in stored or not w3c_only():
-        return parent_of(stored)
+    if not header:
+        return None
+    state = stored.get(TRACESTATE)
+    if state:
+        return _parse_traceparent(header, state)
     parent = _EXECUTION_SPANS.get(header)
     if parent is None:
-        parent = parent_of(stored)
+        parent = _parse_traceparent(header, None)
         if parent is not None:
             if len(_EXECUTION_SPANS) >= _EXECUTION_SPANS_MAX:
                 _EXECUTION_SPANS.clear()
@@ -288,7 +299,7 @@ def join_links(stored: Mapping[str, str], key: str, own: Parent) -> list[Link]:
         if len(value) == 16 and not value.strip(_HEX_DIGITS) and int(value, 16):
             context = SpanContext(own.trace_id, int(value, 16), True, flags, state)
         else:
-            parent = parent_of({TRACEPARENT: value}) if value else None
+            parent = _parse_traceparent(value, None) if value else None
             if parent is None:
                 continue
             context = parent.span_context()

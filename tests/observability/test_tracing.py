@@ -306,6 +306,36 @@ class TestTraceparentParsing:
     def test_what_the_w3c_propagator_refuses_is_refused(self, header: str) -> None:
         assert tracing.parent_of({"traceparent": header}) is None
 
+    def test_the_snapshots_trace_fields_are_read_whatever_the_propagators(self) -> None:
+        """They are triggerbus's own record in the W3C form, not a carrier: a process whose
+        propagators do not read ``traceparent`` still finds the execution span in them."""
+        from opentelemetry import propagate
+        from opentelemetry.propagators.textmap import DefaultGetter, TextMapPropagator
+
+        class Other(TextMapPropagator):
+            def extract(self, carrier, context=None, getter=DefaultGetter()):  # noqa: B008
+                return context
+
+            def inject(self, carrier, context=None, setter=None) -> None:
+                return None
+
+            @property
+            def fields(self) -> set[str]:
+                return {"x-other-trace"}
+
+        stored = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01",
+                  "tracestate": "vendor=x1"}  # fmt: skip
+        before = propagate.get_global_textmap()
+        propagate.set_global_textmap(Other())
+        try:
+            assert tracing.parent_of(stored) is None  # a carrier goes through the propagators
+            for fields in (stored, {"traceparent": stored["traceparent"]}):
+                own = tracing.execution_context(fields)
+                assert own is not None and own.span_id == int(CALLER_SPAN, 16)
+                assert own.state == fields.get("tracestate", "")
+        finally:
+            propagate.set_global_textmap(before)
+
     def test_a_later_version_keeps_its_known_fields(self) -> None:
         parent = tracing.parent_of({"traceparent": f"01-{CALLER_TRACE}-{CALLER_SPAN}-01-more"})
         assert parent is not None and parent.span_id == int(CALLER_SPAN, 16)
