@@ -179,6 +179,8 @@ def main() -> int:
                         help="count Python opcodes per function instead (no valgrind)")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "instructions.json"))
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the callgrind files here, for callgrind_annotate")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -191,6 +193,9 @@ def main() -> int:
     from triggerbus.bus.embedded import EmbeddedServer
 
     with EmbeddedServer() as server, _Sink() as sink, tempfile.TemporaryDirectory() as scratch:
+        if args.keep:
+            scratch = args.keep
+            Path(scratch).mkdir(parents=True, exist_ok=True)
         if args.opcodes:
             report = count_opcodes(args.flow, args.counts[1], server.url, sink.endpoint,
                                    Path(scratch), args.top)  # fmt: skip
