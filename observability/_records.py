@@ -53,7 +53,7 @@ class SpanRecord(msgspec.Struct, array_like=True, gc=False):
 def to_record(span: RecordedSpan) -> SpanRecord:
     return SpanRecord(
         span.name,
-        span.kind.value,
+        span.kind._value_,  # the member's value without the enum's descriptor
         span.trace_id.to_bytes(16, "big"),
         span.span_id.to_bytes(8, "big"),
         span.trace_state,
@@ -85,13 +85,15 @@ def child_record(
     attributes: dict[str, Any],
     start_ns: int,
     end_ns: int,
+    links: tuple[LinkRecord, ...] = (),
+    dropped_links: int = 0,
 ) -> SpanRecord:
-    """The record of a span that ended as it began: no events, links or status, nothing
-    dropped (what a producer span is unless its publish fails)."""
+    """The record of a span that ended as it began: no events or status, nothing dropped
+    but links past the limit (what a producer span is unless its publish fails)."""
     return SpanRecord(
         name, kind, trace_id.to_bytes(16, "big"), span_id.to_bytes(8, "big"), trace_state,
-        parent_id.to_bytes(8, "big"), parent_remote, attributes, 0, (), 0, (), 0, 0, None,
-        start_ns, end_ns,
+        parent_id.to_bytes(8, "big"), parent_remote, attributes, 0, (), 0, links,
+        dropped_links, 0, None, start_ns, end_ns,
     )  # fmt: skip
 
 

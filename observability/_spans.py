@@ -266,6 +266,8 @@ class SpanRecorder:
         """``environ`` (the ``OTEL_*`` settings the exporters were built from), when given and
         every exporter is OTLP/HTTP, moves the export to a child process (``_span_export``)."""
         self.limits = SpanLimits()
+        self.max_links = self.limits.max_links
+        """Links a span keeps (``OTEL_SPAN_LINK_COUNT_LIMIT``), read once."""
         self.resource = resource
         self.scope = scope
         self.dropped = 0

@@ -25,20 +25,19 @@ import importlib.metadata
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 import structlog
 from opentelemetry import trace
 from opentelemetry.context import attach, detach
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
 from triggerbus.observability import events
-from triggerbus.observability._records import child_record
+from triggerbus.observability._records import LinkRecord, child_record
 from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
@@ -52,9 +51,13 @@ from triggerbus.observability.tracing import (
     inject_parent,
     inject_span,
     join_links,
+    link_record,
+    otel_links,
     parent_of,
     random_span_id,
     record_arrival,
+    span_hex,
+    trace_hex,
     tracing_from_env,
 )
 
@@ -66,10 +69,11 @@ _NO_HEADERS: Headers = contextlib.nullcontext(None)
 
 
 # --- inputs: one struct per intercepted call, so fields can be added without breaking anyone ----
+# (msgspec structs, not frozen dataclasses: built for every publish and message, and a frozen
+# dataclass's ``__init__`` sets each field through ``object.__setattr__``, ~5x the cost.)
 
 
-@dataclass(frozen=True, slots=True)
-class PublishInput:
+class PublishInput(msgspec.Struct, frozen=True):
     """A message about to be published. ``message`` is the contract struct (never recorded)."""
 
     flow: str
@@ -77,8 +81,7 @@ class PublishInput:
     message: Any
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptInput:
+class AttemptInput(msgspec.Struct, frozen=True):
     """One delivery of a chunk invocation to this replica."""
 
     flow: str
@@ -90,8 +93,7 @@ class AttemptInput:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
-class MailboxInput:
+class MailboxInput(msgspec.Struct, frozen=True):
     """One mailbox message taken by an execution host (``message`` is decoded)."""
 
     flow: str
@@ -100,8 +102,7 @@ class MailboxInput:
     message: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterInput:
+class DeadLetterInput(msgspec.Struct, frozen=True):
     flow: str
     chunk: str
     reason: str
@@ -308,7 +309,7 @@ class Attempt:
         trace_id, span_id = self._ids
         if self._span is not None and not trace_id:
             span = self._span
-            trace_id, span_id = self._ids = f"{span.trace_id:032x}", f"{span.span_id:016x}"
+            trace_id, span_id = self._ids = trace_hex(span.trace_id), span_hex(span.span_id)
         self._telemetry.center.publish(
             kind(
                 flow=input.flow,
@@ -387,7 +388,7 @@ class _TracedHandling(Handling):
         self._tracing = tracing
         self._message = parent_of(input.headers)  # parsed once per message
         self._parent: Parent | None = self._message
-        self._links: list[Link] = []
+        self._links: list[LinkRecord] = []
         self._token: contextvars.Token[Parent | None] | None = None
         self._ids: tuple[Parent | None, tuple[str, str]] = (None, _NO_IDS)
         self._written: tuple[Parent | None, dict[str, str]] = (None, {})
@@ -428,7 +429,7 @@ class _TracedHandling(Handling):
         else:
             parent = own
             if message is not None and message.trace_id != own.trace_id:
-                self._links.append(Link(message.span_context(), {"triggerbus.link": "origin"}))
+                self._links.append(link_record(message, _ORIGIN))
         self._parent = parent
         before_joins = before.joins if before is not None else {}
         if parent is not None and (before_joins or after.joins):
@@ -487,7 +488,7 @@ class _TracedHandling(Handling):
         if cached[0] is not self._parent:
             parent = self._parent
             hex_ids = (
-                (f"{parent.trace_id:032x}", f"{parent.span_id:016x}")
+                (trace_hex(parent.trace_id), span_hex(parent.span_id))
                 if parent is not None
                 else _NO_IDS
             )
@@ -518,15 +519,15 @@ class _Producer:
     to record the exception as any span does).
     """
 
-    __slots__ = ("_attributes", "_name", "_parent", "_recorder", "_span", "_span_id", "_start",
-                 "_tracing", "_user_context")  # fmt: skip
+    __slots__ = ("_attributes", "_links", "_name", "_parent", "_recorder", "_span", "_span_id",
+                 "_start", "_tracing", "_user_context")  # fmt: skip
 
     def __init__(
         self,
         tracing: Tracing,
         parent: Parent,
         input: PublishInput,
-        links: Any,
+        links: Sequence[LinkRecord],
         *,
         user_context: bool = True,
     ) -> None:
@@ -552,15 +553,17 @@ class _Producer:
                 attributes["triggerbus.step"] = message.step
         self._tracing = tracing
         self._user_context = user_context
-        self._recorder = tracing.record_sink(links)
+        self._recorder = tracing.record_sink()
         if self._recorder is None:
             self._span: RecordedSpan | None = tracing.start_span(
-                name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
-            )
+                name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes,
+                links=otel_links(links, parent),
+            )  # fmt: skip
             return
         self._span = None
         self._name = name
         self._attributes = attributes
+        self._links = links
         # The span's own context: what start_span gives a child that follows its parent.
         self._parent = parent
         self._span_id = random_span_id()
@@ -579,28 +582,45 @@ class _Producer:
             parent = self._parent
             if exc is None:
                 if parent.flags & 1:
-                    self._recorder.append_record(  # type: ignore[union-attr]
-                        child_record(self._name, SpanKind.PRODUCER.value, parent.trace_id,
-                                     self._span_id, parent.state, parent.span_id, parent.remote,
-                                     self._attributes, self._start, time.time_ns())
-                    )  # fmt: skip
+                    self._record(parent)
                 return
             span = self._tracing.start_span(
                 self._name, parent=parent, kind=SpanKind.PRODUCER, attributes=self._attributes,
-                start_ns=self._start, ids=(parent.trace_id, self._span_id),
-                sampled=bool(parent.flags & 1),
+                links=otel_links(self._links, parent), start_ns=self._start,
+                ids=(parent.trace_id, self._span_id), sampled=bool(parent.flags & 1),
             )  # fmt: skip
         if exc is not None:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
 
+    def _record(self, parent: Parent) -> None:
+        recorder = self._recorder
+        assert recorder is not None
+        links: tuple[LinkRecord, ...] = ()
+        dropped = 0
+        if self._links:
+            links = tuple(self._links)
+            if len(links) > recorder.max_links:  # the SDK's BoundedList keeps the newest
+                dropped = len(links) - recorder.max_links
+                links = links[dropped:]
+        recorder.append_record(
+            child_record(self._name, _PRODUCER, parent.trace_id, self._span_id, parent.state,
+                         parent.span_id, parent.remote, self._attributes, self._start,
+                         time.time_ns(), links, dropped)
+        )  # fmt: skip
 
+
+_PRODUCER = SpanKind.PRODUCER.value
+_ORIGIN = {"triggerbus.link": "origin"}
+"""The link from an invocation to a message of another trace that caused it."""
 _CHILD_FLAGS = 0x03
 """The trace flags a child keeps from its parent: sampled, and the random-trace-id bit."""
 
 
-def _publish(tracing: Tracing, parent: Parent, input: PublishInput, links: Any) -> Headers:
+def _publish(
+    tracing: Tracing, parent: Parent, input: PublishInput, links: Sequence[LinkRecord]
+) -> Headers:
     if isinstance(input.message, InvokeChunk | EmitEvent):
         return _Producer(tracing, parent, input, links)
     return contextlib.nullcontext(inject_parent(parent, {}))

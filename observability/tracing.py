@@ -52,6 +52,7 @@ from opentelemetry.trace import (
 )
 
 from triggerbus.errors import ConfigurationError
+from triggerbus.observability._records import LinkRecord
 from triggerbus.observability._spans import RecordedSpan, SpanRecorder
 
 TRACEPARENT = "traceparent"
@@ -118,7 +119,23 @@ class Parent(msgspec.Struct, frozen=True, gc=False):
 
 def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     """The W3C ``traceparent`` header (version 00), as every propagator writes it."""
-    return f"00-{trace_id:032x}-{span_id:016x}-{flags & 0xFF:02x}"
+    # Bytes to hex, not format specs: a third of the cost, at every traced publish.
+    trace_part = trace_id.to_bytes(16, "big").hex()
+    span_part = span_id.to_bytes(8, "big").hex()
+    return f"00-{trace_part}-{span_part}{_FLAGS_HEX[flags & 0xFF]}"
+
+
+_FLAGS_HEX = [f"-{value:02x}" for value in range(256)]
+
+
+def trace_hex(trace_id: int) -> str:
+    """A trace id as 32 hex digits (``to_bytes().hex()``: half the cost of ``:032x``)."""
+    return trace_id.to_bytes(16, "big").hex()
+
+
+def span_hex(span_id: int) -> str:
+    """A span id as 16 hex digits."""
+    return span_id.to_bytes(8, "big").hex()
 
 
 def parent_of(carrier: Mapping[str, str]) -> Parent | None:
@@ -288,25 +305,43 @@ def inject_span(span: RecordedSpan, headers: dict[str, str]) -> dict[str, str]:
     return inject(span.get_span_context(), headers)
 
 
-def join_links(stored: Mapping[str, str], key: str, own: Parent) -> list[Link]:
-    """Links to every recorded arrival of the join ``key``; arrivals are spans of the
-    execution's trace (``own``), kept as span ids (whole ``traceparent``s, which snapshots
-    written by earlier versions hold, are read too)."""
+def join_links(stored: Mapping[str, str], key: str, own: Parent) -> list[LinkRecord]:
+    """Links to every recorded arrival of the join ``key``, as the records export reads;
+    arrivals are spans of the execution's trace (``own``), kept as span ids (whole
+    ``traceparent``s, which snapshots written by earlier versions hold, are read too)."""
     links = []
-    flags = _TRACE_FLAGS[own.flags & 0xFF]
-    state = TraceState.from_header([own.state]) if own.state else None
+    trace_id = own.trace_id.to_bytes(16, "big")
     for value in stored.get(JOIN_PREFIX + key, "").split(","):
-        if len(value) == 16 and not value.strip(_HEX_DIGITS) and int(value, 16):
-            context = SpanContext(own.trace_id, int(value, 16), True, flags, state)
-        else:
-            parent = _parse_traceparent(value, None) if value else None
-            if parent is None:
-                continue
-            context = parent.span_context()
-        links.append(Link(context, _JOIN_ARRIVAL))
+        if len(value) == 16 and not value.strip(_HEX_DIGITS) and value != _ZERO_SPAN:
+            links.append(LinkRecord(trace_id, bytes.fromhex(value), True, _JOIN_ARRIVAL, 0))
+            continue
+        parent = _parse_traceparent(value, None) if value else None
+        if parent is not None:
+            links.append(link_record(parent, _JOIN_ARRIVAL))
     return links
 
 
+def link_record(parent: Parent, attributes: dict[str, Any]) -> LinkRecord:
+    """A link to ``parent``; ``attributes`` is shared, never changed (records are only read)."""
+    return LinkRecord(parent.trace_id.to_bytes(16, "big"), parent.span_id.to_bytes(8, "big"),
+                      parent.remote, attributes, 0)  # fmt: skip
+
+
+def otel_links(records: Sequence[LinkRecord], own: Parent) -> list[Link]:
+    """OpenTelemetry's ``Link``s for link records, where a span object or a sampler needs
+    them; ``own`` (the linking span's parent) gives the trace flags and state."""
+    flags = _TRACE_FLAGS[own.flags & 0xFF]
+    state = TraceState.from_header([own.state]) if own.state else None
+    links = []
+    for record in records:
+        trace_id = int.from_bytes(record.trace_id, "big")
+        span_id = int.from_bytes(record.span_id, "big")
+        context = SpanContext(trace_id, span_id, record.remote, flags, state)
+        links.append(Link(context, dict(record.attributes)))
+    return links
+
+
+_ZERO_SPAN = "0" * 16
 _JOIN_ARRIVAL = {"triggerbus.link": "join_arrival"}
 
 
@@ -315,7 +350,7 @@ def record_arrival(stored: dict[str, str], key: str, parent: Parent) -> None:
     ``key``: its span id appended, the oldest dropped past ``MAX_JOIN_LINKS``."""
     field = JOIN_PREFIX + key
     previous = stored.get(field, "")
-    span_id = f"{parent.span_id:016x}"
+    span_id = span_hex(parent.span_id)
     if not previous:
         stored[field] = span_id
     elif previous.count(",") < MAX_JOIN_LINKS - 1:
@@ -347,11 +382,11 @@ class Tracing:
         self.sampler = sampler
         self._follow_parent = _follows_parent(sampler)
 
-    def record_sink(self, links: Sequence[Link]) -> SpanRecorder | None:
-        """The recorder, when a child span with no links can skip the span object: it takes
-        records and the sampler follows the parent (the default), so nothing reads the span
-        but the recorder."""
-        if links or not self._follow_parent or not self.recorder.takes_records:
+    def record_sink(self) -> SpanRecorder | None:
+        """The recorder, when a child span can skip the span object: it takes records and
+        the sampler follows the parent (the default; it reads neither links nor attributes),
+        so nothing reads the span but the recorder."""
+        if not self._follow_parent or not self.recorder.takes_records:
             return None
         return self.recorder
 

@@ -373,6 +373,46 @@ class TestTraceparentParsing:
         assert by_step[1].ok and by_step[1].events == []
         assert not by_step[2].ok and by_step[2].events == ["exception"]
 
+    async def test_an_invocation_a_join_releases_links_the_newest_arrivals(self) -> None:
+        """Past the link limit (128) the oldest arrivals are dropped, as the SDK's bounded
+        list drops them, whether the producer span is a record or, its publish failing, a
+        span object."""
+        from triggerbus.contracts.snapshot import Snapshot
+
+        arrivals = ",".join(f"{n:016x}" for n in range(1, 131))
+        own = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        before = Snapshot(flow="flow", execution_id="e1", fingerprint="f", status="running",
+                          joins={"k": {"n": 130}},
+                          trace={"traceparent": own, "join:k": arrivals})  # fmt: skip
+        after = Snapshot(flow="flow", execution_id="e1", fingerprint="f", status="running",
+                         trace=before.trace)  # fmt: skip
+        headers = {"traceparent": f"00-{CALLER_TRACE}-{130:016x}-01"}  # the last arrival
+        with OtlpReceiver() as receiver:
+            telemetry = configure_telemetry(
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+            )  # fmt: skip
+            try:
+                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
+                    stored = handling.transition(before, after)
+                    for step, fails in ((1, False), (2, True)):
+                        invoke = InvokeChunk(id=f"e1:{step}:0", flow="flow", execution_id="e1",
+                                             fingerprint="f", chunk="c", step=step)  # fmt: skip
+                        publish = handling.publish(PublishInput("flow", "tb.flow.run.c", invoke))
+                        with contextlib.suppress(ConnectionError), publish:
+                            if fails:
+                                raise ConnectionError("no route")
+                async with asyncio.timeout(10):
+                    spans = await receiver.wait_for(lambda spans: len(spans) >= 2)
+            finally:
+                shutdown_telemetry()
+        assert "join:k" not in stored.trace
+        assert len(spans) == 2
+        for span in spans:
+            assert [link[1] for link in span.links] == [f"{n:016x}" for n in range(3, 131)]
+            assert {link[0] for link in span.links} == {CALLER_TRACE}
+            assert span.links[0][2] == {"triggerbus.link": "join_arrival"}
+
     def test_log_lines_written_while_a_message_is_handled_name_its_trace(self) -> None:
         """The execution host's log lines carry the trace of the message it is handling."""
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
@@ -400,12 +440,18 @@ class TestJoinLinks:
         stored["join:k"] += f",00-{CALLER_TRACE}-{CALLER_SPAN}-01,not-a-span"
         links = tracing.join_links(stored, "k", own)
         assert len(links) == tracing.MAX_JOIN_LINKS + 1
-        assert [link.context.span_id for link in links[:2]] == [3, 4]
-        assert links[-1].context.span_id == int(CALLER_SPAN, 16)
-        assert {link.context.trace_id for link in links} == {own.trace_id}
-        assert links[0].context.trace_state.to_header() == "vendor=x1"
-        assert links[0].context.trace_flags.sampled and links[0].context.is_remote
-        assert dict(links[0].attributes) == {"triggerbus.link": "join_arrival"}
+        assert [link.span_id for link in links[:2]] == [(3).to_bytes(8, "big"),
+                                                        (4).to_bytes(8, "big")]  # fmt: skip
+        assert links[-1].span_id.hex() == CALLER_SPAN
+        assert {link.trace_id.hex() for link in links} == {CALLER_TRACE}
+        assert all(link.remote for link in links)
+        assert links[0].attributes == {"triggerbus.link": "join_arrival"}
+        # Where OpenTelemetry's own objects are needed (a span object, a sampler):
+        otel = tracing.otel_links(links, own)
+        assert [link.context.span_id for link in otel[:2]] == [3, 4]
+        assert otel[0].context.trace_state.to_header() == "vendor=x1"
+        assert otel[0].context.trace_flags.sampled and otel[0].context.is_remote
+        assert dict(otel[0].attributes) == {"triggerbus.link": "join_arrival"}
 
     async def test_when_and_for_each_joins_link_every_arrival(self, receiver: OtlpReceiver) -> None:
         """A ``when`` in and mode and a ``for_each`` end fan in: the invocation they release
