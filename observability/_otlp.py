@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from opentelemetry.trace import SpanKind
 
+from triggerbus.observability._records import SpanRecord, producer_span
+
 if TYPE_CHECKING:
-    from triggerbus.observability._records import LinkRecord, SpanRecord
+    from triggerbus.observability._records import LinkRecord, Record
 
 log = structlog.get_logger()
 
@@ -86,6 +88,10 @@ def _key_value(key: str, value: Any) -> bytes:
     return _field(b"\x0a", key.encode("utf-8")) + _field(b"\x12", _any_value(value))
 
 
+def _as_span(record: Record) -> SpanRecord:
+    return record if record.__class__ is SpanRecord else producer_span(record)  # type: ignore[arg-type]
+
+
 class SpanEncoder:
     """Encodes batches of :class:`SpanRecord` for one resource and instrumentation scope.
 
@@ -115,9 +121,9 @@ class SpanEncoder:
         self._scope = _field(b"\x0a", scope)  # ScopeSpans.scope
         self._scope_tail = _field(b"\x1a", scope_schema_url.encode()) if scope_schema_url else b""
 
-    def encode(self, spans: Iterable[SpanRecord]) -> bytes:
+    def encode(self, spans: Iterable[Record]) -> bytes:
         """One ``ExportTraceServiceRequest`` holding ``spans``."""
-        body = b"".join([_field(b"\x12", self.span(span)) for span in spans])
+        body = b"".join([_field(b"\x12", self.span(_as_span(span))) for span in spans])
         scope_spans = self._scope + body + self._scope_tail
         resource_spans = self._resource + _field(b"\x12", scope_spans) + self._resource_tail
         return _field(b"\x0a", resource_spans)

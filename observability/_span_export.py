@@ -31,11 +31,11 @@ from typing import Any, BinaryIO
 import msgspec
 import structlog
 
-from triggerbus.observability._records import SpanRecord
+from triggerbus.observability._records import Record
 
 log = structlog.get_logger()
 
-FORMAT = "triggerbus-spans/1"
+FORMAT = "triggerbus-spans/2"
 _LENGTH = struct.Struct(">I")
 
 
@@ -50,7 +50,7 @@ class Hello(msgspec.Struct, tag="hello"):
 
 
 class Batch(msgspec.Struct, tag="batch"):
-    spans: list[SpanRecord]
+    spans: list[Record]
 
 
 class Flush(msgspec.Struct, tag="flush"):
@@ -89,7 +89,7 @@ class ExportProcess:
     def pid(self) -> int:
         return self._process.pid
 
-    def export(self, records: list[SpanRecord]) -> None:
+    def export(self, records: list[Record]) -> None:
         """Hand ``records`` over; raises ``OSError`` when the child is gone."""
         self._send(Batch(records))
 

@@ -90,7 +90,7 @@ class RecordedSpan(trace.Span):
         self.dropped_attributes = 0
         self.links = links
         self.dropped_links = 0
-        if sink is not None and len(links) > sink.limits.max_links:
+        if links and sink is not None and len(links) > sink.limits.max_links:
             # The SDK's BoundedList keeps the newest.
             self.dropped_links = len(links) - sink.limits.max_links
             self.links = list(links)[self.dropped_links :]

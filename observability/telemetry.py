@@ -37,7 +37,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from triggerbus.contracts.messages import EmitEvent, InvokeChunk
 from triggerbus.contracts.snapshot import Snapshot
 from triggerbus.observability import events
-from triggerbus.observability._records import LinkRecord, child_record
+from triggerbus.observability._records import (
+    LinkRecord,
+    ProducerRecord,
+    producer_attributes,
+    producer_name,
+)
 from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
@@ -243,11 +248,11 @@ class Attempt:
         tracing = self._telemetry.tracing
         if tracing is not None:
             invocation = input.invocation
-            self._span = tracing.start_span(
+            self._span = tracing.child_span(
                 f"process {input.chunk}",
-                parent=parent_of(input.headers),
-                kind=SpanKind.CONSUMER,
-                attributes={
+                parent_of(input.headers),
+                SpanKind.CONSUMER,
+                {
                     "messaging.system": "nats",
                     "messaging.operation.type": "process",
                     "messaging.operation.name": "process",
@@ -515,12 +520,12 @@ class _Producer:
 
     Nothing makes a producer span current or asks it anything while it is open, so when the
     recorder takes records and the sampler follows the parent, it is no span object at all:
-    its fields here, one record when it ends (a ``RecordedSpan`` only if the publish fails,
-    to record the exception as any span does).
+    the message's fields, one :class:`ProducerRecord` when it ends (a ``RecordedSpan`` only
+    if the publish fails, to record the exception as any span does).
     """
 
-    __slots__ = ("_attributes", "_links", "_name", "_parent", "_recorder", "_span", "_span_id",
-                 "_start", "_tracing", "_user_context")  # fmt: skip
+    __slots__ = ("_input", "_links", "_parent", "_recorder", "_span", "_span_id", "_start",
+                 "_tracing", "_user_context")  # fmt: skip
 
     def __init__(
         self,
@@ -531,41 +536,21 @@ class _Producer:
         *,
         user_context: bool = True,
     ) -> None:
-        message = input.message
-        attributes: dict[str, Any] = {
-            "messaging.system": "nats",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": input.subject,
-            "messaging.message.id": message.id,
-            "triggerbus.flow": input.flow,
-            "triggerbus.execution_id": message.execution_id,
-        }
-        if isinstance(message, InvokeChunk):
-            name = f"invoke {message.chunk}"
-            attributes["messaging.operation.name"] = "invoke"
-            attributes["triggerbus.chunk"] = message.chunk
-            attributes["triggerbus.step"] = message.step
-        else:
-            name = f"emit {message.event}"
-            attributes["messaging.operation.name"] = "emit"
-            attributes["triggerbus.event"] = message.event
-            if message.step is not None:
-                attributes["triggerbus.step"] = message.step
         self._tracing = tracing
+        self._parent = parent
+        self._input = input
+        self._links = links
         self._user_context = user_context
         self._recorder = tracing.record_sink()
+        self._span: RecordedSpan | None = None
         if self._recorder is None:
-            self._span: RecordedSpan | None = tracing.start_span(
+            name, attributes = self._name_and_attributes()
+            self._span = tracing.start_span(
                 name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes,
                 links=otel_links(links, parent),
             )  # fmt: skip
             return
-        self._span = None
-        self._name = name
-        self._attributes = attributes
-        self._links = links
         # The span's own context: what start_span gives a child that follows its parent.
-        self._parent = parent
         self._span_id = random_span_id()
         self._start = time.time_ns()
 
@@ -584,8 +569,9 @@ class _Producer:
                 if parent.flags & 1:
                     self._record(parent)
                 return
+            name, attributes = self._name_and_attributes()
             span = self._tracing.start_span(
-                self._name, parent=parent, kind=SpanKind.PRODUCER, attributes=self._attributes,
+                name, parent=parent, kind=SpanKind.PRODUCER, attributes=attributes,
                 links=otel_links(self._links, parent), start_ns=self._start,
                 ids=(parent.trace_id, self._span_id), sampled=bool(parent.flags & 1),
             )  # fmt: skip
@@ -593,6 +579,20 @@ class _Producer:
             span.record_exception(exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         span.end()
+
+    def _fields(self) -> tuple[str, str, int | None]:
+        """The operation, its target and the step."""
+        message = self._input.message
+        if message.__class__ is InvokeChunk:
+            return "invoke", message.chunk, message.step
+        return "emit", message.event, message.step
+
+    def _name_and_attributes(self) -> tuple[str, dict[str, Any]]:
+        input = self._input
+        operation, target, step = self._fields()
+        attributes = producer_attributes(operation, target, input.subject, input.message.id,
+                                         input.flow, input.message.execution_id, step)  # fmt: skip
+        return producer_name(operation, target), attributes
 
     def _record(self, parent: Parent) -> None:
         recorder = self._recorder
@@ -604,14 +604,18 @@ class _Producer:
             if len(links) > recorder.max_links:  # the SDK's BoundedList keeps the newest
                 dropped = len(links) - recorder.max_links
                 links = links[dropped:]
+        input = self._input
+        message = input.message
+        operation, target, step = self._fields()
         recorder.append_record(
-            child_record(self._name, _PRODUCER, parent.trace_id, self._span_id, parent.state,
-                         parent.span_id, parent.remote, self._attributes, self._start,
-                         time.time_ns(), links, dropped)
+            ProducerRecord(operation, target, input.subject, message.id, input.flow,
+                           message.execution_id, step, parent.trace_id.to_bytes(16, "big"),
+                           self._span_id.to_bytes(8, "big"), parent.state,
+                           parent.span_id.to_bytes(8, "big"), parent.remote, self._start,
+                           time.time_ns(), links, dropped)
         )  # fmt: skip
 
 
-_PRODUCER = SpanKind.PRODUCER.value
 _ORIGIN = {"triggerbus.link": "origin"}
 """The link from an invocation to a message of another trace that caused it."""
 _CHILD_FLAGS = 0x03

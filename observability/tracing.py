@@ -390,6 +390,20 @@ class Tracing:
             return None
         return self.recorder
 
+    def child_span(
+        self, name: str, parent: Parent | None, kind: SpanKind, attributes: dict[str, Any]
+    ) -> RecordedSpan:
+        """:meth:`start_span` for a span with no links, started now: with the default sampler,
+        straight from the parent (one for every chunk attempt)."""
+        if parent is None or not self._follow_parent:
+            return self.start_span(name, parent=parent, kind=kind, attributes=attributes)
+        flags = parent.flags
+        return RecordedSpan(
+            self.recorder if flags & 1 else None, name, kind, parent.trace_id, _random_id(64),
+            flags & _CHILD_FLAGS, parent.state, parent.span_id, parent.remote, attributes, (),
+            time.time_ns(),
+        )  # fmt: skip
+
     def sampled(self, trace_id: int) -> bool:
         """The configured sampler's decision for a new root (an execution nobody traced)."""
         result = self.sampler.should_sample(None, trace_id, "execution")
@@ -497,6 +511,8 @@ class Tracing:
 
 _RANDOM_TRACE_ID = 0x02
 """W3C trace-flags bit the SDK sets on a root whose trace id is random."""
+_CHILD_FLAGS = 0x03
+"""The trace flags a child keeps from its parent: sampled, and the random-trace-id bit."""
 
 
 def random_span_id() -> int:

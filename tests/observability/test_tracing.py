@@ -373,6 +373,57 @@ class TestTraceparentParsing:
         assert by_step[1].ok and by_step[1].events == []
         assert not by_step[2].ok and by_step[2].events == ["exception"]
 
+    async def test_producer_spans_carry_the_messaging_attributes(self) -> None:
+        """Recorded as the message's fields and built into a span by the export side, or a
+        span object when the publish fails: either way the same name and attributes."""
+        from triggerbus.contracts.messages import EmitEvent
+
+        invoke = InvokeChunk(id="e1:4:0", flow="flow", execution_id="e1", fingerprint="f",
+                             chunk="c", step=4)  # fmt: skip
+        emits = [EmitEvent(id="e1:4:1", execution_id="e1", event="Ev", step=4),
+                 EmitEvent(id="e1:x:2", execution_id="e1", event="Ev")]  # fmt: skip
+        headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        with OtlpReceiver() as receiver:
+            telemetry = configure_telemetry(
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+            )  # fmt: skip
+            try:
+                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
+                    for fails in (False, True):
+                        for message, subject in ((invoke, "tb.flow.run.c"),
+                                                 *((e, "tb.flow.exec.e1") for e in emits)):
+                            publish = handling.publish(PublishInput("flow", subject, message))
+                            with contextlib.suppress(ConnectionError), publish:
+                                if fails:
+                                    raise ConnectionError("no route")
+                async with asyncio.timeout(10):
+                    spans = await receiver.wait_for(lambda spans: len(spans) >= 6)
+            finally:
+                shutdown_telemetry()
+        common = {"messaging.system": "nats", "messaging.operation.type": "send",
+                  "triggerbus.flow": "flow", "triggerbus.execution_id": "e1"}  # fmt: skip
+        expected = {
+            "e1:4:0": ("invoke c", {**common, "messaging.destination.name": "tb.flow.run.c",
+                                    "messaging.message.id": "e1:4:0",
+                                    "messaging.operation.name": "invoke",
+                                    "triggerbus.chunk": "c", "triggerbus.step": 4}),
+            "e1:4:1": ("emit Ev", {**common, "messaging.destination.name": "tb.flow.exec.e1",
+                                   "messaging.message.id": "e1:4:1",
+                                   "messaging.operation.name": "emit",
+                                   "triggerbus.event": "Ev", "triggerbus.step": 4}),
+            "e1:x:2": ("emit Ev", {**common, "messaging.destination.name": "tb.flow.exec.e1",
+                                   "messaging.message.id": "e1:x:2",
+                                   "messaging.operation.name": "emit",
+                                   "triggerbus.event": "Ev"}),
+        }  # fmt: skip
+        assert len(spans) == 6
+        for span in spans:
+            name, attributes = expected[span.attributes["messaging.message.id"]]
+            assert (span.name, span.kind, span.attributes) == (name, 4, attributes)
+            assert (span.trace_id, span.parent_span_id) == (CALLER_TRACE, CALLER_SPAN)
+        assert sorted(span.ok for span in spans) == [False] * 3 + [True] * 3
+
     async def test_an_invocation_a_join_releases_links_the_newest_arrivals(self) -> None:
         """Past the link limit (128) the oldest arrivals are dropped, as the SDK's bounded
         list drops them, whether the producer span is a record or, its publish failing, a
