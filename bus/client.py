@@ -15,14 +15,17 @@ adds, most of it in two places:
   generator over the name's characters. One regular expression search answers the same.
 
 Everything else is nats-py's own code. Both overrides rest on private names of nats-py's
-(``_send_publish``, ``_parse_header_lines`` and what the former uses), so
-``tests/bus/test_client.py`` holds them to nats-py's own output, byte for byte, on every input
-it tries, and checks that nats-py still calls them: a nats-py release that changes either
-fails those tests instead of diverging quietly.
+(``_send_publish``, ``_parse_header_lines`` and what the former uses), so they apply only to
+the nats-py releases they were checked against (:data:`VERIFIED_NATS_PY`); with any other,
+``BusClient`` is nats-py's client unchanged. ``tests/bus/test_client.py`` holds them to
+nats-py's own output, byte for byte, on every input it tries, checks that nats-py still calls
+them, and fails when the installed nats-py is not a verified one: a new release is checked
+(and added) before it is trusted, never silently.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +33,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import BadHeaderError
 from nats.protocol import command
+
+VERIFIED_NATS_PY = ("2.16.",)
+"""nats-py releases (version prefixes) whose header code the overrides were checked against."""
 
 _CRLF = b"\r\n"
 _STATUS_LINE = b"NATS/1.0\r\n"
@@ -92,7 +98,7 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
-class BusClient(Client):
+class LeanHeaderClient(Client):
     """nats-py's client with :func:`header_block` and :func:`parse_header_lines` for its
     headers."""
 
@@ -116,3 +122,18 @@ class BusClient(Client):
         await self._send_command(pub)
         if self._flush_queue is not None and self._flush_queue.empty():
             await self._flush_pending()
+
+
+def nats_py_verified(version: str | None = None) -> bool:
+    """Whether ``version`` (by default, the installed nats-py's) is one the overrides were
+    checked against."""
+    if version is None:
+        try:
+            version = importlib.metadata.version("nats-py")
+        except importlib.metadata.PackageNotFoundError:
+            return False
+    return version.startswith(VERIFIED_NATS_PY)
+
+
+BusClient: type[Client] = LeanHeaderClient if nats_py_verified() else Client
+"""The client ``connect`` builds."""

@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from triggerbus.bus.client import BusClient, parse_header_lines
+from triggerbus.bus.client import (
+    VERIFIED_NATS_PY,
+    BusClient,
+    LeanHeaderClient,
+    nats_py_verified,
+    parse_header_lines,
+)
 from triggerbus.bus.connection import ConnectOptions, connect
 
 nats_py_parse = Client._parse_header_lines
@@ -49,6 +55,15 @@ def test_any_name_and_value_parse_as_nats_py_parses_them(pairs: list[tuple[str, 
     assert parse_header_lines(raw) == nats_py_parse(raw)
 
 
+def test_the_installed_nats_py_is_one_the_overrides_were_checked_against() -> None:
+    """Fails on a nats-py release nobody has checked: then ``BusClient`` is nats-py's own
+    client (correct, but without the lean header code) until this file's equivalence tests
+    pass on it and :data:`VERIFIED_NATS_PY` names it."""
+    assert nats_py_verified(), f"nats-py is not one of {VERIFIED_NATS_PY}"
+    assert BusClient is LeanHeaderClient
+    assert nats_py_verified("2.16.3") and not nats_py_verified("2.17.0")
+
+
 async def test_a_connection_receives_headers_through_the_lean_parser(nats_url: str) -> None:
     nc = await connect(ConnectOptions(servers=[nats_url]))
     try:
@@ -74,7 +89,7 @@ async def test_nats_py_still_parses_headers_through_the_name_overridden(nats_url
     would leave the lean parser unused, and this fails."""
     parsed: list[bytes] = []
 
-    class Counting(BusClient):
+    class Counting(LeanHeaderClient):
         @staticmethod
         def _parse_header_lines(raw: bytes) -> dict[str, str]:
             parsed.append(raw)
@@ -124,7 +139,7 @@ class _Capture:
 
 async def _both(subject: str, reply: str, payload: bytes, headers: dict | None,
                 *, flush_queue: bool = False) -> tuple[object, object]:  # fmt: skip
-    ours = _Capture(BusClient(), flush_queue=flush_queue)
+    ours = _Capture(LeanHeaderClient(), flush_queue=flush_queue)
     theirs = _Capture(Client(), flush_queue=flush_queue)
     return (await ours.publish(subject, reply, payload, headers),
             await theirs.publish(subject, reply, payload, headers))  # fmt: skip
@@ -162,7 +177,7 @@ async def test_any_headers_are_sent_as_nats_py_sends_them(headers: dict, payload
 async def test_nats_py_still_publishes_through_the_name_overridden(nats_url: str) -> None:
     sent: list[dict] = []
 
-    class Counting(BusClient):
+    class Counting(LeanHeaderClient):
         async def _send_publish(self, subject, reply, payload, payload_size, headers):  # type: ignore[no-untyped-def]
             sent.append(dict(headers or {}))
             await super()._send_publish(subject, reply, payload, payload_size, headers)
