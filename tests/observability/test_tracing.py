@@ -373,9 +373,11 @@ class TestTraceparentParsing:
         assert by_step[1].ok and by_step[1].events == []
         assert not by_step[2].ok and by_step[2].events == ["exception"]
 
-    async def test_producer_spans_carry_the_messaging_attributes(self) -> None:
-        """Recorded as the message's fields and built into a span by the export side, or a
-        span object when the publish fails: either way the same name and attributes."""
+    @pytest.mark.parametrize("export", ["process", "thread"])
+    async def test_producer_spans_carry_the_messaging_attributes(self, export: str) -> None:
+        """Recorded as the message's fields and built into a span by the export side (the
+        export process, or this process's export thread), or a span object when the publish
+        fails: either way the same name and attributes."""
         from triggerbus.contracts.messages import EmitEvent
 
         invoke = InvokeChunk(id="e1:4:0", flow="flow", execution_id="e1", fingerprint="f",
@@ -386,7 +388,8 @@ class TestTraceparentParsing:
         with OtlpReceiver() as receiver:
             telemetry = configure_telemetry(
                 {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50",
+                 "TRIGGERBUS_SPAN_EXPORT": export}
             )  # fmt: skip
             try:
                 with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
