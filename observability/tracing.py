@@ -23,6 +23,7 @@ import contextvars
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 import os
 import random
 import re
@@ -671,9 +672,14 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
     """A :class:`Tracing` exporting as ``OTEL_*`` says, or None when tracing is off."""
     if not enabled_by(environ, "traces"):
         return None
-    exporters = _span_exporters(environ)
-    if not exporters:
-        return None
+    exporters: list[SpanExporter] | Callable[[], list[SpanExporter]]
+    if span_export_mode(environ) == "process" and _otlp_http_records(environ):
+        # Built only if this process has to export itself (see SpanRecorder).
+        exporters = functools.partial(_span_exporters, environ)
+    else:
+        exporters = _span_exporters(environ)
+        if not exporters:
+            return None
     delay = _int_from(environ, "OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)
     queue = _int_from(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
     batch = min(queue, _int_from(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_BATCH_SIZE))
@@ -689,6 +695,22 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
         environ=environ if span_export_mode(environ) == "process" else None,
     )
     return Tracing(recorder, sampler)
+
+
+def _otlp_http_records(environ: Mapping[str, str]) -> bool:
+    """Whether every configured span exporter is OTLP/HTTP from a release whose HTTP client
+    the export process posts records through (1.45 and later), decided without importing it."""
+    names = [n.strip().lower() for n in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")]
+    names = [n for n in names if n and n != "none"]
+    if not names or any(n != "otlp" for n in names):
+        return False
+    if otlp_protocol(environ, "traces") != "http/protobuf":
+        return False
+    try:
+        version = importlib.metadata.version("opentelemetry-exporter-otlp-proto-http")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) >= (1, 45)
 
 
 SPAN_EXPORT = "TRIGGERBUS_SPAN_EXPORT"

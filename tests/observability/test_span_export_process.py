@@ -32,11 +32,15 @@ RESOURCE = Resource.create({"service.name": "traced-process", "service.instance.
 SCOPE = InstrumentationScope("triggerbus", "1.2.3")
 
 
-def _recorder(receiver: OtlpReceiver) -> SpanRecorder:
+def _recorder(receiver: OtlpReceiver, *, built_later: bool = False) -> SpanRecorder:
+    """``built_later``: the exporters are built only if this process has to export itself."""
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
-    exporter = OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")
-    return SpanRecorder([exporter], resource=RESOURCE, scope=SCOPE, max_queue=1000,
-                        max_batch=100, delay=3600, environ=environ)  # fmt: skip
+
+    def exporters() -> list[OTLPSpanExporter]:
+        return [OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces")]
+
+    return SpanRecorder(exporters if built_later else exporters(), resource=RESOURCE, scope=SCOPE,
+                        max_queue=1000, max_batch=100, delay=3600, environ=environ)  # fmt: skip
 
 
 def _spans(recorder: SpanRecorder, count: int, first_id: int = 1) -> None:
@@ -78,9 +82,13 @@ async def test_spans_reach_the_collector_through_the_child_under_the_parents_res
     assert {s.service for s in spans} == {"traced-process"}
 
 
-async def test_a_lost_child_loses_no_spans_the_process_exports_them_itself() -> None:
+@pytest.mark.parametrize("built_later", [False, True])
+async def test_a_lost_child_loses_no_spans_the_process_exports_them_itself(
+    built_later: bool,
+) -> None:
     with OtlpReceiver() as receiver:
-        recorder = _recorder(receiver)
+        recorder = _recorder(receiver, built_later=built_later)
+        assert bool(recorder._exporters) is not built_later
         try:
             process = recorder._process
             assert process is not None
@@ -228,3 +236,28 @@ async def test_the_export_process_refuses_a_broken_stream_with_a_reason(
         _, stderr = await child.communicate(data)
     assert child.returncode == code
     assert logged in stderr.decode()
+
+
+def test_a_traced_process_does_not_import_the_otlp_exporter_the_child_uses() -> None:
+    """The OTLP/HTTP exporter brings requests, urllib3 and protobuf (~9,000 long-lived objects
+    every full collection walks); with export in the child, the traced process never needs it."""
+    code = textwrap.dedent(
+        """
+        import sys
+        from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
+        telemetry = configure_telemetry({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                         "OTEL_METRICS_EXPORTER": "none"})
+        assert telemetry.tracing is not None and telemetry.tracing.recorder.export_pid
+        loaded = [name for name in ("requests", "urllib3", "google.protobuf",
+                                    "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+                  if name in sys.modules]
+        shutdown_telemetry()
+        print("loaded:", loaded)
+        """
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded: []" in done.stdout
