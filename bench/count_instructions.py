@@ -1,7 +1,7 @@
 """What tracing costs, counted rather than timed: CPU instructions and Python opcodes per
 execution, telemetry off and on.
 
-    python bench/count_instructions.py [--flow fanout] [--counts 20 120]
+    python bench/count_instructions.py [--flow fanout] [--counts 20 120] [--in-flight 10] [--keep DIR]
     python bench/count_instructions.py --opcodes [--flow fanout] [--top 40]
 
 Why: on this 2-core machine a throughput ratio drifts by ±10 % between runs of the same code
@@ -48,7 +48,8 @@ def _environ(mode: str, endpoint: str) -> dict[str, str]:
             "OTEL_METRICS_EXPORTER": "none"}  # fmt: skip
 
 
-def child(mode: str, count: int, flow_name: str, url: str, endpoint: str, opcodes: str) -> int:
+def child(mode: str, count: int, flow_name: str, url: str, endpoint: str, opcodes: str,
+          in_flight: int = IN_FLIGHT) -> int:
     """Run ``count`` executions after a warm-up (in the process being counted)."""
     from bench import flows
     from bench._common import configure_runtime, drive, quiet_shutdown_noise
@@ -68,7 +69,7 @@ def child(mode: str, count: int, flow_name: str, url: str, endpoint: str, opcode
                 await flow.async_start(value)
             if counter is not None:
                 sys.settrace(counter.trace)
-            result = await drive(flow.async_start, count=count, in_flight=IN_FLIGHT,
+            result = await drive(flow.async_start, count=count, in_flight=in_flight,
                                  time_limit=900)  # fmt: skip
             sys.settrace(None)
             return int(result["executions"])
@@ -128,7 +129,7 @@ def _total_instructions(path: Path) -> int:
 
 
 def count_instructions(flow: str, counts: tuple[int, int], url: str, endpoint: str,
-                       scratch: Path) -> dict[str, Any]:  # fmt: skip
+                       scratch: Path, in_flight: int) -> dict[str, Any]:  # fmt: skip
     """Instructions per execution of each mode: the difference between two counts."""
     low, high = counts
     report: dict[str, Any] = {}
@@ -136,7 +137,8 @@ def count_instructions(flow: str, counts: tuple[int, int], url: str, endpoint: s
         totals = {}
         for count in (low, high):
             out = scratch / f"callgrind.{mode}.{count}"
-            _run_child([mode, str(count), flow, url, endpoint, ""], valgrind_out=out)
+            _run_child([mode, str(count), flow, url, endpoint, "", str(in_flight)],
+                       valgrind_out=out)
             totals[count] = _total_instructions(out)
         report[mode] = {"instructions": totals,
                         "per_execution": (totals[high] - totals[low]) / (high - low)}  # fmt: skip
@@ -145,12 +147,13 @@ def count_instructions(flow: str, counts: tuple[int, int], url: str, endpoint: s
 
 
 def count_opcodes(flow: str, count: int, url: str, endpoint: str, scratch: Path,
-                  top: int) -> dict[str, Any]:  # fmt: skip
+                  top: int, in_flight: int) -> dict[str, Any]:  # fmt: skip
     """Opcodes per execution of each mode, and the functions that execute the extra ones."""
     per_mode = {}
     for mode in MODES:
         out = scratch / f"opcodes.{mode}.json"
-        _run_child([mode, str(count), flow, url, endpoint, str(out)], valgrind_out=None)
+        _run_child([mode, str(count), flow, url, endpoint, str(out), str(in_flight)],
+                   valgrind_out=None)
         per_mode[mode] = json.loads(out.read_text())
     off, on = per_mode["off"], per_mode["tracing"]
     total_off = sum(value[0] for value in off.values())
@@ -181,11 +184,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "instructions.json"))
     parser.add_argument("--keep", metavar="DIR",
                         help="keep the callgrind files here, for callgrind_annotate")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
+                        help="executions in flight (benchmarks 2, 3 and 7 run 100; collector "
+                        "costs grow with it)")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        mode, count, flow, url, endpoint, opcodes = args.child
-        return child(mode, int(count), flow, url, endpoint, opcodes)
+        mode, count, flow, url, endpoint, opcodes, in_flight = args.child
+        return child(mode, int(count), flow, url, endpoint, opcodes, int(in_flight))
     if not args.opcodes and shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind), or use --opcodes")
 
@@ -198,11 +204,12 @@ def main() -> int:
             Path(scratch).mkdir(parents=True, exist_ok=True)
         if args.opcodes:
             report = count_opcodes(args.flow, args.counts[1], server.url, sink.endpoint,
-                                   Path(scratch), args.top)  # fmt: skip
+                                   Path(scratch), args.top, args.in_flight)  # fmt: skip
         else:
             report = count_instructions(args.flow, tuple(args.counts), server.url,
-                                        sink.endpoint, Path(scratch))  # fmt: skip
-    report = {"flow": args.flow, "mode": "opcodes" if args.opcodes else "instructions", **report}
+                                        sink.endpoint, Path(scratch), args.in_flight)  # fmt: skip
+    report = {"flow": args.flow, "mode": "opcodes" if args.opcodes else "instructions",
+              "in_flight": args.in_flight, **report}  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
