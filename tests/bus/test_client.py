@@ -84,6 +84,18 @@ async def test_a_connection_receives_headers_through_the_lean_parser(nats_url: s
         await nc.close()
 
 
+async def _round_trip(nc: Client, nats_url: str, headers: dict[str, str]) -> dict | None:
+    """The headers a message published with ``headers`` arrives with, through ``nc``."""
+    await nc.connect(servers=[nats_url], allow_reconnect=False)
+    try:
+        sub = await nc.subscribe("client.round_trip")
+        await nc.publish("client.round_trip", b"x", headers=headers)
+        msg = await sub.next_msg(timeout=5)
+        return msg.headers
+    finally:
+        await nc.close()
+
+
 async def test_nats_py_still_parses_headers_through_the_name_overridden(nats_url: str) -> None:
     """The override rests on a private name of nats-py's: a release that stops calling it
     would leave the lean parser unused, and this fails."""
@@ -95,16 +107,8 @@ async def test_nats_py_still_parses_headers_through_the_name_overridden(nats_url
             parsed.append(raw)
             return parse_header_lines(raw)
 
-    nc = Counting()
-    await nc.connect(servers=[nats_url], allow_reconnect=False)
-    try:
-        sub = await nc.subscribe("client.count")
-        await nc.publish("client.count", b"x", headers={"k": "v"})
-        msg = await sub.next_msg(timeout=5)
-        assert msg.headers == {"k": "v"}
-        assert parsed == [b"k: v\r\n\r\n"]
-    finally:
-        await nc.close()
+    assert await _round_trip(Counting(), nats_url, {"k": "v"}) == {"k": "v"}
+    assert parsed == [b"k: v\r\n\r\n"]
 
 
 # --- publishing ----------------------------------------------------------------------------------
@@ -182,13 +186,5 @@ async def test_nats_py_still_publishes_through_the_name_overridden(nats_url: str
             sent.append(dict(headers or {}))
             await super()._send_publish(subject, reply, payload, payload_size, headers)
 
-    nc = Counting()
-    await nc.connect(servers=[nats_url], allow_reconnect=False)
-    try:
-        sub = await nc.subscribe("client.publish")
-        await nc.publish("client.publish", b"x", headers={"k": "a\r\nb"})
-        msg = await sub.next_msg(timeout=5)
-        assert msg.headers == {"k": "a  b"}
-        assert sent == [{"k": "a\r\nb"}]
-    finally:
-        await nc.close()
+    assert await _round_trip(Counting(), nats_url, {"k": "a\r\nb"}) == {"k": "a  b"}
+    assert sent == [{"k": "a\r\nb"}]

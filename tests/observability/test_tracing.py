@@ -102,6 +102,45 @@ def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
     return [s for s in spans if s.name == name]
 
 
+async def _published(
+    sends: list[tuple[Any, str, bool]],
+    *,
+    headers: dict[str, str],
+    export: str = "process",
+    transition: tuple[Any, Any] | None = None,
+) -> tuple[list[ReceivedSpan], list[dict[str, str] | None], Any]:
+    """Publish ``sends`` (message, subject, fails) while one mailbox message with ``headers``
+    is handled (after ``transition``'s before and after snapshots, if given); returns the
+    spans the collector got, the headers each publish was given, and the stored snapshot."""
+    with OtlpReceiver() as receiver:
+        telemetry = configure_telemetry(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none",
+             "OTEL_BSP_SCHEDULE_DELAY": "50", "TRIGGERBUS_SPAN_EXPORT": export}
+        )  # fmt: skip
+        try:
+            written: list[dict[str, str] | None] = []
+            stored = None
+            with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
+                if transition is not None:
+                    stored = handling.transition(*transition)
+                for message, subject, fails in sends:
+                    publish = handling.publish(PublishInput("flow", subject, message))
+                    with contextlib.suppress(ConnectionError), publish as given:
+                        written.append(given)
+                        if fails:
+                            raise ConnectionError("no route")
+            async with asyncio.timeout(10):
+                spans = await receiver.wait_for(lambda spans: len(spans) >= len(sends))
+        finally:
+            shutdown_telemetry()
+    return spans, written, stored
+
+
+def _invoke(step: int) -> InvokeChunk:
+    return InvokeChunk(id=f"e1:{step}:0", flow="flow", execution_id="e1", fingerprint="f",
+                       chunk="c", step=step)  # fmt: skip
+
+
 class TestTelemetryOff:
     def test_no_endpoint_or_sdk_disabled_means_no_tracing_and_no_metrics(self) -> None:
         """Opt-in: nothing configured, or OTEL_SDK_DISABLED, builds no provider at all."""
@@ -343,27 +382,9 @@ class TestTraceparentParsing:
     async def test_producer_spans_name_their_parent_and_record_a_failed_publish(self) -> None:
         """A producer span is recorded without a span object unless its publish fails; both
         kinds reach the collector with the parent, ids and outcome they had."""
-        with OtlpReceiver() as receiver:
-            telemetry = configure_telemetry(
-                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
-            )  # fmt: skip
-            try:
-                headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
-                sent: list[dict[str, str] | None] = []
-                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
-                    for step, fails in ((1, False), (2, True)):
-                        invoke = InvokeChunk(id=f"e1:{step}:0", flow="flow", execution_id="e1",
-                                             fingerprint="f", chunk="c", step=step)  # fmt: skip
-                        publish = handling.publish(PublishInput("flow", "tb.flow.run.c", invoke))
-                        with contextlib.suppress(ConnectionError), publish as written:
-                            sent.append(written)
-                            if fails:
-                                raise ConnectionError("no route")
-                async with asyncio.timeout(10):
-                    spans = await receiver.wait_for(lambda spans: len(spans) >= 2)
-            finally:
-                shutdown_telemetry()
+        headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+        sends = [(_invoke(1), "tb.flow.run.c", False), (_invoke(2), "tb.flow.run.c", True)]
+        spans, sent, _ = await _published(sends, headers=headers)
         by_step = {span.attributes["triggerbus.step"]: span for span in spans}
         for step, written in ((1, sent[0]), (2, sent[1])):
             span = by_step[step]
@@ -380,30 +401,13 @@ class TestTraceparentParsing:
         fails: either way the same name and attributes."""
         from triggerbus.contracts.messages import EmitEvent
 
-        invoke = InvokeChunk(id="e1:4:0", flow="flow", execution_id="e1", fingerprint="f",
-                             chunk="c", step=4)  # fmt: skip
         emits = [EmitEvent(id="e1:4:1", execution_id="e1", event="Ev", step=4),
                  EmitEvent(id="e1:x:2", execution_id="e1", event="Ev")]  # fmt: skip
+        targets = [(_invoke(4), "tb.flow.run.c"), *((e, "tb.flow.exec.e1") for e in emits)]
+        sends = [(message, subject, fails) for fails in (False, True)
+                 for message, subject in targets]  # fmt: skip
         headers = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
-        with OtlpReceiver() as receiver:
-            telemetry = configure_telemetry(
-                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50",
-                 "TRIGGERBUS_SPAN_EXPORT": export}
-            )  # fmt: skip
-            try:
-                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
-                    for fails in (False, True):
-                        for message, subject in ((invoke, "tb.flow.run.c"),
-                                                 *((e, "tb.flow.exec.e1") for e in emits)):
-                            publish = handling.publish(PublishInput("flow", subject, message))
-                            with contextlib.suppress(ConnectionError), publish:
-                                if fails:
-                                    raise ConnectionError("no route")
-                async with asyncio.timeout(10):
-                    spans = await receiver.wait_for(lambda spans: len(spans) >= 6)
-            finally:
-                shutdown_telemetry()
+        spans, _, _ = await _published(sends, headers=headers, export=export)
         common = {"messaging.system": "nats", "messaging.operation.type": "send",
                   "triggerbus.flow": "flow", "triggerbus.execution_id": "e1"}  # fmt: skip
         expected = {
@@ -441,25 +445,8 @@ class TestTraceparentParsing:
         after = Snapshot(flow="flow", execution_id="e1", fingerprint="f", status="running",
                          trace=before.trace)  # fmt: skip
         headers = {"traceparent": f"00-{CALLER_TRACE}-{130:016x}-01"}  # the last arrival
-        with OtlpReceiver() as receiver:
-            telemetry = configure_telemetry(
-                {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-                 "OTEL_METRICS_EXPORTER": "none", "OTEL_BSP_SCHEDULE_DELAY": "50"}
-            )  # fmt: skip
-            try:
-                with telemetry.mailbox(MailboxInput("flow", "e1", headers)) as handling:
-                    stored = handling.transition(before, after)
-                    for step, fails in ((1, False), (2, True)):
-                        invoke = InvokeChunk(id=f"e1:{step}:0", flow="flow", execution_id="e1",
-                                             fingerprint="f", chunk="c", step=step)  # fmt: skip
-                        publish = handling.publish(PublishInput("flow", "tb.flow.run.c", invoke))
-                        with contextlib.suppress(ConnectionError), publish:
-                            if fails:
-                                raise ConnectionError("no route")
-                async with asyncio.timeout(10):
-                    spans = await receiver.wait_for(lambda spans: len(spans) >= 2)
-            finally:
-                shutdown_telemetry()
+        sends = [(_invoke(1), "tb.flow.run.c", False), (_invoke(2), "tb.flow.run.c", True)]
+        spans, _, stored = await _published(sends, headers=headers, transition=(before, after))
         assert "join:k" not in stored.trace
         assert len(spans) == 2
         for span in spans:
