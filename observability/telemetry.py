@@ -47,6 +47,7 @@ from triggerbus.observability._spans import RecordedSpan
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
 from triggerbus.observability.tracing import (
+    CHILD_FLAGS,
     HANDLED_PARENT,
     JOIN_PREFIX,
     Parent,
@@ -558,7 +559,7 @@ class _Producer:
         if self._span is not None:
             return inject_span(self._span, {})
         parent = self._parent
-        own = Parent(parent.trace_id, self._span_id, parent.flags & _CHILD_FLAGS, parent.state)
+        own = Parent(parent.trace_id, self._span_id, parent.flags & CHILD_FLAGS, parent.state)
         return inject_parent(own, {}, user_context=self._user_context)
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -618,8 +619,6 @@ class _Producer:
 
 _ORIGIN = {"triggerbus.link": "origin"}
 """The link from an invocation to a message of another trace that caused it."""
-_CHILD_FLAGS = 0x03
-"""The trace flags a child keeps from its parent: sampled, and the random-trace-id bit."""
 
 
 def _publish(

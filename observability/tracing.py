@@ -401,7 +401,7 @@ class Tracing:
         flags = parent.flags
         return RecordedSpan(
             self.recorder if flags & 1 else None, name, kind, parent.trace_id, _random_id(64),
-            flags & _CHILD_FLAGS, parent.state, parent.span_id, parent.remote, attributes, (),
+            flags & CHILD_FLAGS, parent.state, parent.span_id, parent.remote, attributes, (),
             time.time_ns(),
         )  # fmt: skip
 
@@ -512,7 +512,7 @@ class Tracing:
 
 _RANDOM_TRACE_ID = 0x02
 """W3C trace-flags bit the SDK sets on a root whose trace id is random."""
-_CHILD_FLAGS = 0x03
+CHILD_FLAGS = 0x03
 """The trace flags a child keeps from its parent: sampled, and the random-trace-id bit."""
 
 
