@@ -1,7 +1,8 @@
 """What tracing costs, counted rather than timed: CPU instructions and Python opcodes per
 execution, telemetry off and on.
 
-    python bench/count_instructions.py [--flow fanout] [--counts 20 120] [--in-flight 10] [--keep DIR]
+    python bench/count_instructions.py [--flow fanout] [--counts 20 120] [--in-flight 10]
+        [--keep DIR]
     python bench/count_instructions.py --opcodes [--flow fanout] [--top 40]
 
 Why: on this 2-core machine a throughput ratio drifts by ±10 % between runs of the same code
