@@ -25,7 +25,7 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from opentelemetry import trace
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from triggerbus.observability._span_export import ExportProcess
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 class RecordedSpan(trace.Span):
@@ -90,10 +91,8 @@ class RecordedSpan(trace.Span):
         self.dropped_attributes = 0
         self.links = links
         self.dropped_links = 0
-        if links and sink is not None and len(links) > sink.limits.max_links:
-            # The SDK's BoundedList keeps the newest.
-            self.dropped_links = len(links) - sink.limits.max_links
-            self.links = list(links)[self.dropped_links :]
+        if links and sink is not None:
+            self.links, self.dropped_links = newest(links, sink.limits.max_links)
         self.events: list[tuple[str, int, Mapping[str, Any]]] | None = None
         self.dropped_events = 0
         self.status_code = 0
@@ -240,6 +239,13 @@ class RecordedSpan(trace.Span):
         )
 
 
+def newest(items: Sequence[T], limit: int) -> tuple[list[T], int]:
+    """The newest ``limit`` of ``items`` and how many were dropped, as the SDK's
+    ``BoundedList`` keeps links (``OTEL_SPAN_LINK_COUNT_LIMIT``)."""
+    dropped = max(0, len(items) - limit)
+    return list(items)[dropped:], dropped
+
+
 def _limit(value: int | None) -> float:
     return float("inf") if value is None else value
 
@@ -273,8 +279,6 @@ class SpanRecorder:
         100 executions in flight, that was a third of a millisecond per fan-out execution.
         """
         self.limits = SpanLimits()
-        self.max_links = self.limits.max_links
-        """Links a span keeps (``OTEL_SPAN_LINK_COUNT_LIMIT``), read once."""
         self.resource = resource
         self.scope = scope
         self.dropped = 0

@@ -43,7 +43,7 @@ from triggerbus.observability._records import (
     producer_attributes,
     producer_name,
 )
-from triggerbus.observability._spans import RecordedSpan
+from triggerbus.observability._spans import RecordedSpan, newest
 from triggerbus.observability.logging import log_event
 from triggerbus.observability.metrics import Metrics, export_interval, metrics_from_env
 from triggerbus.observability.tracing import (
@@ -584,7 +584,7 @@ class _Producer:
     def _fields(self) -> tuple[str, str, int | None]:
         """The operation, its target and the step."""
         message = self._input.message
-        if message.__class__ is InvokeChunk:
+        if isinstance(message, InvokeChunk):
             return "invoke", message.chunk, message.step
         return "emit", message.event, message.step
 
@@ -601,10 +601,8 @@ class _Producer:
         links: tuple[LinkRecord, ...] = ()
         dropped = 0
         if self._links:
-            links = tuple(self._links)
-            if len(links) > recorder.max_links:  # the SDK's BoundedList keeps the newest
-                dropped = len(links) - recorder.max_links
-                links = links[dropped:]
+            kept, dropped = newest(self._links, recorder.limits.max_links)
+            links = tuple(kept)
         input = self._input
         message = input.message
         operation, target, step = self._fields()

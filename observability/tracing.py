@@ -159,23 +159,19 @@ _COMMON_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2}
 _TRACEPARENT_MAX = 512
 _TRACESTATE_MAX = 512
 _W3C_FIELDS = frozenset({TRACEPARENT, TRACESTATE, "baggage"})
-_w3c_textmap: list[Any] = [None]
-"""The global propagator last found to be W3C only (asked about at every traced message)."""
+_w3c_checked: list[Any] = [None, False]
+"""The global propagator last asked about, and the answer (asked at every traced message)."""
 
 
 def w3c_only() -> bool:
     """Whether the configured propagators are the W3C ones (the default: trace context and
     baggage), so that headers can be read and written without going through them."""
     textmap = propagate.get_global_textmap()
-    return textmap is _w3c_textmap[0] or _is_w3c(textmap)
-
-
-def _is_w3c(textmap: Any) -> bool:
-    fields = set(textmap.fields)
-    if TRACEPARENT in fields and fields <= _W3C_FIELDS:
-        _w3c_textmap[0] = textmap
-        return True
-    return False
+    checked = _w3c_checked
+    if checked[0] is not textmap:
+        fields = set(textmap.fields)
+        checked[:] = [textmap, TRACEPARENT in fields and fields <= _W3C_FIELDS]
+    return checked[1]  # type: ignore[no-any-return]
 
 
 _HEX_DIGITS = "0123456789abcdef"
@@ -611,6 +607,11 @@ def resource_from(environ: Mapping[str, str]) -> Resource:
     return Resource.create(attributes)
 
 
+def exporter_names(environ: Mapping[str, str], variable: str) -> list[str]:
+    """The exporter names ``variable`` lists (``otlp`` when it is unset), lower case."""
+    return [n.strip().lower() for n in (environ.get(variable) or "otlp").split(",") if n.strip()]
+
+
 def exporters_from_env(
     environ: Mapping[str, str],
     *,
@@ -626,7 +627,7 @@ def exporters_from_env(
     (``trace_exporter`` or ``metric_exporter``), ``p`` being ``grpc`` or ``http`` as
     ``OTEL_EXPORTER_OTLP_PROTOCOL`` says; gRPC needs its own package, named in the error.
     """
-    names = [n.strip().lower() for n in (environ.get(variable) or "otlp").split(",") if n.strip()]
+    names = exporter_names(environ, variable)
     exporters: list[Any] = []
     for name in names:
         if name == "console":
@@ -700,8 +701,7 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
 def _otlp_http_records(environ: Mapping[str, str]) -> bool:
     """Whether every configured span exporter is OTLP/HTTP from a release whose HTTP client
     the export process posts records through (1.45 and later), decided without importing it."""
-    names = [n.strip().lower() for n in (environ.get("OTEL_TRACES_EXPORTER") or "otlp").split(",")]
-    names = [n for n in names if n and n != "none"]
+    names = [n for n in exporter_names(environ, "OTEL_TRACES_EXPORTER") if n != "none"]
     if not names or any(n != "otlp" for n in names):
         return False
     if otlp_protocol(environ, "traces") != "http/protobuf":
