@@ -3,16 +3,17 @@
 Why: every message triggerbus sends and receives carries headers (``Nats-Msg-Id``, and
 ``traceparent`` when tracing), and nats-py 2.16 spends more on each header line than on the
 rest of the message's framing. Counted with callgrind on the fan-out benchmark
-(``bench/count_instructions.py``), carrying ``traceparent`` cost a fifth of all that tracing
-adds, most of it in two places:
+(``bench/count_instructions.py``, docs/performance.md round thirteen), the cost sits in two
+places:
 
 - at publish, each value goes through ``str.translate`` with a dict table to replace CR and
   LF. CPython looks every distinct character up in that dict and raises and clears a
-  ``KeyError`` for each one that is not there: about 17 exceptions per ``traceparent``. Here a
+  ``KeyError`` for each one that is not there: up to 17 exceptions per ``traceparent``. Here a
   value is translated only when it holds a CR or LF, and each header name is checked against
   nats-py's name rule once, not at every publish;
 - at receive, a header is dropped when its name holds whitespace, found by a Python
-  generator over the name's characters. One regular expression search answers the same.
+  generator over the name's characters. Here two scans in C clear almost every name, and a
+  regular expression search decides the rest.
 
 Everything else is nats-py's own code. Both overrides rest on private names of nats-py's
 (``_send_publish``, ``_parse_header_lines`` and what the former uses), so they apply only to
