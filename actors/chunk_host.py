@@ -16,7 +16,7 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
@@ -24,7 +24,7 @@ import structlog
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
-from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
+from triggerbus.bus.jetstream import MSG_ID_HEADER, Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.pull import Permits
 from triggerbus.bus.replies import ReplyRouter
@@ -53,6 +53,9 @@ from triggerbus.observability.telemetry import (
     Telemetry,
     current,
 )
+
+if TYPE_CHECKING:
+    from triggerbus.actors.execution_host import ExecutionHost
 
 log = structlog.get_logger()
 
@@ -85,6 +88,8 @@ class ChunkHost(HostLifecycle):
         consumer_policy: Ack wait, redelivery bound and backoff of the chunk consumers.
         telemetry: Traces, metrics and Event Center records around each attempt and publish;
             the process's (configured by ``OTEL_*``) by default.
+        executions: The execution host of this process for the same flow, if any: outcomes
+            are handed to it directly instead of through the mailbox (actors/hand_off.py).
     """
 
     def __init__(
@@ -97,6 +102,7 @@ class ChunkHost(HostLifecycle):
         concurrency: int = 16,
         consumer_policy: ConsumerPolicy | None = None,
         telemetry: Telemetry | None = None,
+        executions: ExecutionHost | None = None,
     ) -> None:
         unknown = sorted(set(chunks or []) - set(flow.handlers))
         if unknown:
@@ -111,6 +117,7 @@ class ChunkHost(HostLifecycle):
         self._concurrency = max(1, concurrency)
         self._policy = consumer_policy or ConsumerPolicy()
         self._telemetry = telemetry or current()
+        self._executions = executions
         self._consumer_names: dict[str, str] = {}
         super().__init__()
         self._in_flight = 0
@@ -219,6 +226,7 @@ class ChunkHost(HostLifecycle):
     async def _run(self, invocation: InvokeChunk, delivery: Delivery, observed: Attempt) -> None:
         spec = self._flow.index.chunks[invocation.chunk]
         attempt = delivery.num_delivered
+        effects: list[str] = []  # mailbox messages the handler sent without waiting
         if attempt > spec.retries + 1 + CRASH_REDELIVERIES:
             outcome: _Returned | _Raised = _Raised(
                 "ChunkRedeliveredError",
@@ -236,6 +244,7 @@ class ChunkHost(HostLifecycle):
             async with _heartbeat(delivery, self._policy.ack_wait):
                 outcome = await _call(handler, data, port, time_limit=spec.timeout)
                 await port.drain()
+            effects = port.effects
             if isinstance(outcome, _Raised) and attempt <= spec.retries:
                 # Attempts remain: hand it back for later. Its effects were sent with ids
                 # that the next attempt repeats, so they are applied once.
@@ -261,16 +270,29 @@ class ChunkHost(HostLifecycle):
                 invocation,
             )
         mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
-        message = _outcome_message(invocation, outcome, port.effects)
+        message = _outcome_message(invocation, outcome, effects)
+        finish = _Finish(self, observed, message)
         with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
-            await self._bus.publish(mailbox, encode(message), msg_id=message.id, headers=headers)
+            data = encode(message)
+            # An outcome whose effects went through the mailbox follows them there, in order.
+            if effects or not await self._hand_off(mailbox, data, message.id, headers, finish):
+                await self._bus.publish(mailbox, data, msg_id=message.id, headers=headers)
         await delivery.ack()
-        if isinstance(message, ChunkCompleted):
-            self._completed += 1
-            observed.finished()
-        else:
-            self._failed += 1
-            observed.finished(error_type=message.error_type, message=message.message)
+        finish()
+
+    async def _hand_off(
+        self,
+        mailbox: str,
+        data: bytes,
+        message_id: str,
+        headers: dict[str, str] | None,
+        on_stored: Callable[[], None],
+    ) -> bool:
+        """Whether this process's execution host took the outcome (stored its transition)."""
+        if self._executions is None:
+            return False
+        headers = {**(headers or {}), MSG_ID_HEADER: message_id}
+        return await self._executions.take(mailbox, data, headers, on_stored)
 
     async def _refuse_mismatch(
         self, chunk: str, delivery: Delivery, invocation: InvokeChunk
@@ -337,6 +359,30 @@ class _Raised:
     error_type: str
     message: str
     traceback: str
+
+
+class _Finish:
+    """An attempt's outcome, observed once: when its transition is stored if the outcome was
+    handed off (so the Event Center sees the attempt end before what its outcome caused),
+    otherwise once its invocation is acked."""
+
+    def __init__(self, host: ChunkHost, observed: Attempt, message: ChunkCompleted | ChunkFailed):
+        self._host = host
+        self._observed = observed
+        self._message = message
+        self._done = False
+
+    def __call__(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        message = self._message
+        if isinstance(message, ChunkCompleted):
+            self._host._completed += 1
+            self._observed.finished()
+        else:
+            self._host._failed += 1
+            self._observed.finished(error_type=message.error_type, message=message.message)
 
 
 async def _call(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import structlog
 
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.execution import Transition, apply, fail_oversized
+from triggerbus.actors.hand_off import HandOff
 from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.bus.jetstream import Bus, Delivery, PipelinedPublish, PullConsumer
 from triggerbus.bus.provision import ConsumerPolicy
@@ -82,6 +84,8 @@ class ExecutionHostStatistics:
     dead_lettered: int
     timers: int
     """Timers this host moved into mailboxes when they were due."""
+    handed_off: int = 0
+    """Chunk outcomes applied straight from this process's chunk host (actors/hand_off.py)."""
 
 
 ObserveHook = Callable[[str, str, dict[str, Any]], None]
@@ -124,9 +128,11 @@ class ExecutionHost(HostLifecycle):
         self._on_observe = on_observe
         self._policy = consumer_policy or ConsumerPolicy(ack_wait=30.0, max_deliver=-1)
         self._cache: OrderedDict[str, tuple[Snapshot, int]] = OrderedDict()
-        self._lanes: dict[str, asyncio.Queue[Delivery]] = {}
+        self._lanes: dict[str, asyncio.Queue[_Queued]] = {}
         super().__init__()
         self._group: asyncio.TaskGroup | None = None
+        self._context: contextvars.Context | None = None
+        self._handed_off = 0
         self._in_flight = 0
         self._applied = 0
         self._conflicts = 0
@@ -141,10 +147,12 @@ class ExecutionHost(HostLifecycle):
             conflicts=self._conflicts,
             dead_lettered=self._dead_lettered,
             timers=self._timers,
+            handed_off=self._handed_off,
         )
 
     async def run(self) -> None:
         self._claim_run()
+        self._context = contextvars.copy_context()
         subjects = self._bus.subjects
         consumer = await self._bus.pull_consumer(
             stream=subjects.exec_stream,
@@ -207,27 +215,51 @@ class ExecutionHost(HostLifecycle):
                     # One execution's delivery fails alone; the others still get the change.
                     log.exception("flow_data_relay_failed", execution_id=execution_id)
 
+    async def take(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        on_stored: Callable[[], None] | None = None,
+    ) -> bool:
+        """Apply a chunk outcome from this process's chunk host as if the mailbox had
+        delivered it (actors/hand_off.py says why). True once its transition is stored and
+        its outbox sent (or it turned out a duplicate, or was refused and dead-lettered);
+        False when the caller must publish it to the mailbox instead. ``on_stored`` is called
+        once the transition is stored, before its outbox is sent."""
+        group = self._group
+        if group is None or self._stopping.is_set():
+            return False
+        hand_off = HandOff(subject, data, headers, on_stored)
+        self._enqueue(hand_off, group, _nothing)
+        taken = await hand_off.taken
+        self._handed_off += taken
+        return taken
+
     async def _consume(self, consumer: PullConsumer, group: asyncio.TaskGroup) -> None:
         def dispatch(delivery: Delivery, permits: Permits) -> None:
-            self._enqueue(delivery, group, permits)
+            self._enqueue(delivery, group, permits.release)
 
         await consumer.deliver(self._capacity, self._stopping, dispatch)
 
-    def _enqueue(self, delivery: Delivery, group: asyncio.TaskGroup, permits: Permits) -> None:
+    def _enqueue(
+        self, delivery: Delivery | HandOff, group: asyncio.TaskGroup, done: Callable[[], None]
+    ) -> None:
         execution_id = self._bus.subjects.execution_id_of(delivery.subject)
         lane = self._lanes.get(execution_id)
         if lane is None:
             lane = asyncio.Queue()
             self._lanes[execution_id] = lane
-            group.create_task(self._run_lane(execution_id, lane, permits))
-        lane.put_nowait(delivery)
+            # The host's own context, not the caller's: a hand-off's chunk host has its log
+            # context bound, which must not follow the lane's later messages.
+            context = self._context.copy() if self._context is not None else None
+            group.create_task(self._run_lane(execution_id, lane), context=context)
+        lane.put_nowait((delivery, done))
 
-    async def _run_lane(
-        self, execution_id: str, lane: asyncio.Queue[Delivery], permits: Permits
-    ) -> None:
+    async def _run_lane(self, execution_id: str, lane: asyncio.Queue[_Queued]) -> None:
         try:
             while not lane.empty():
-                delivery = lane.get_nowait()
+                delivery, done = lane.get_nowait()
                 self._in_flight += 1
                 try:
                     with bound_log_context(flow=self._flow.name, execution_id=execution_id):
@@ -241,13 +273,20 @@ class ExecutionHost(HostLifecycle):
                     await _hand_back(delivery, self._policy.ack_wait)
                 finally:
                     self._in_flight -= 1
-                    permits.release()
+                    done()
+                    if isinstance(delivery, HandOff):
+                        delivery.settle(False)  # unsettled here: cancelled, its sender publishes
         finally:
             self._lanes.pop(execution_id, None)
+            while not lane.empty():  # only when cancelled: give back what never ran
+                delivery, done = lane.get_nowait()
+                done()
+                if isinstance(delivery, HandOff):
+                    delivery.settle(False)
 
     # --- one message ---------------------------------------------------------------------------
 
-    async def _handle(self, execution_id: str, delivery: Delivery) -> None:
+    async def _handle(self, execution_id: str, delivery: Delivery | HandOff) -> None:
         try:
             message = decode(mailbox_decoder, delivery.data)
         except WireError as exc:
@@ -279,7 +318,11 @@ class ExecutionHost(HostLifecycle):
             await self._transition(execution_id, delivery, message, handling)
 
     async def _transition(
-        self, execution_id: str, delivery: Delivery, message: MailboxMessage, handling: Handling
+        self,
+        execution_id: str,
+        delivery: Delivery | HandOff,
+        message: MailboxMessage,
+        handling: Handling,
     ) -> None:
         # A start for an execution this host has not seen is nearly always a new one: write it
         # without reading first (the write is a create, so an existing one fails it and is read).
@@ -327,6 +370,8 @@ class ExecutionHost(HostLifecycle):
                 assume_new = False
                 self._cache.pop(execution_id, None)
                 continue
+            if isinstance(delivery, HandOff):
+                delivery.stored()
             if self._after_store is not None:
                 self._after_store()  # fault injection: the window between write and publish
             await self._perform(execution_id, transition.outbox, handling, revision=stored)
@@ -541,7 +586,9 @@ class ExecutionHost(HostLifecycle):
 
     # --- refusals --------------------------------------------------------------------------------
 
-    async def _refuse(self, delivery: Delivery, reason: str, *, reply_to: str | None) -> None:
+    async def _refuse(
+        self, delivery: Delivery | HandOff, reason: str, *, reply_to: str | None
+    ) -> None:
         """Bad input: answer where someone waits, dead-letter it with the reason, settle it."""
         self._dead_lettered += 1
         log.error("mailbox_message_refused", reason=reason, subject=delivery.subject)
@@ -560,7 +607,9 @@ class ExecutionHost(HostLifecycle):
         )
         await delivery.ack()
 
-    async def _mismatch(self, delivery: Delivery, message: MailboxMessage, expected: str) -> None:
+    async def _mismatch(
+        self, delivery: Delivery | HandOff, message: MailboxMessage, expected: str
+    ) -> None:
         log.error(
             "fingerprint_mismatch",
             expected=expected,
@@ -579,6 +628,14 @@ class ExecutionHost(HostLifecycle):
         )
 
 
+_Queued = tuple[Delivery | HandOff, Callable[[], None]]
+"""A lane's message and what to call once it is handled (a delivery's permit release)."""
+
+
+def _nothing() -> None:
+    return None
+
+
 def _traced(handling: Handling, before: Snapshot | None, transition: Transition) -> Transition:
     """``transition`` with the snapshot tracing stores (its trace context recorded in it)."""
     assert transition.snapshot is not None
@@ -588,7 +645,7 @@ def _traced(handling: Handling, before: Snapshot | None, transition: Transition)
     return transition.with_snapshot(traced)
 
 
-async def _hand_back(delivery: Delivery, ack_wait: float) -> None:
+async def _hand_back(delivery: Delivery | HandOff, ack_wait: float) -> None:
     """Ask for a redelivery soon (backing off with each attempt) rather than after ack_wait;
     if even that fails, ack_wait brings it back."""
     try:

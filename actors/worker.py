@@ -63,6 +63,11 @@ class Worker:
         self._flow = flow
         self._replies = ReplyRouter(bus.nc)
         names = list(flow.handlers) if chunks is None else chunks
+        self._execution_host = (
+            ExecutionHost(bus, flow, consumer_policy=consumer_policy, after_store=after_store)
+            if host_executions
+            else None
+        )
         self._chunk_host = (
             ChunkHost(
                 bus,
@@ -71,21 +76,20 @@ class Worker:
                 chunks=names,
                 concurrency=concurrency,
                 consumer_policy=consumer_policy,
+                executions=self._execution_host,
             )
             if names
             else None
         )
-        self._execution_host = (
-            ExecutionHost(bus, flow, consumer_policy=consumer_policy, after_store=after_store)
-            if host_executions
-            else None
-        )
         self._more_hosts: list[ChunkHost | ExecutionHost] = []
         for other in more_flows:
-            if host_executions:
-                self._more_hosts.append(
-                    ExecutionHost(bus, other, consumer_policy=consumer_policy)
-                )
+            executions = (
+                ExecutionHost(bus, other, consumer_policy=consumer_policy)
+                if host_executions
+                else None
+            )
+            if executions is not None:
+                self._more_hosts.append(executions)
             wanted = [n for n in other.handlers if chunks is None or n in chunks]
             if wanted:
                 self._more_hosts.append(
@@ -96,6 +100,7 @@ class Worker:
                         chunks=wanted,
                         concurrency=concurrency,
                         consumer_policy=consumer_policy,
+                        executions=executions,
                     )
                 )
         if self._chunk_host is None and self._execution_host is None:

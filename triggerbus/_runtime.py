@@ -176,14 +176,14 @@ class LocalRuntime:
     async def _start_hosts(self, hosted: HostedFlow) -> None:
         assert self._group is not None
         hosts: list[ChunkHost | ExecutionHost] = []
+        executions = None
         if self.settings.host_executions:
-            hosts.append(
-                ExecutionHost(
-                    self.bus,
-                    hosted,
-                    consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
-                )
+            executions = ExecutionHost(
+                self.bus,
+                hosted,
+                consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
             )
+            hosts.append(executions)
         wanted = self.settings.local_chunks
         chunks = list(hosted.handlers) if wanted is None else [
             name for name in hosted.handlers if name in wanted
@@ -197,6 +197,7 @@ class LocalRuntime:
                     chunks=chunks,
                     concurrency=self.settings.chunk_concurrency,
                     consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
+                    executions=executions,
                 )
             )
         for host in hosts:

@@ -1,0 +1,192 @@
+"""Outcomes handed to the execution host of the same process (actors/hand_off.py), against a
+real nats-server: they skip the mailbox, an outcome with effects in flight follows them through
+it, a stopped host hands outcomes back, and a chunk whose worker kept dying gives up."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from triggerbus import TriggerFlow
+from triggerbus._runtime import close_runtime, configure
+from triggerbus.actors.chunk_host import CRASH_REDELIVERIES, ChunkHost
+from triggerbus.actors.execution_host import ExecutionHost
+from triggerbus.actors.hosted import HostedFlow
+from triggerbus.bus.connection import ConnectOptions
+from triggerbus.bus.jetstream import Bus
+from triggerbus.bus.provision import ConsumerPolicy
+from triggerbus.bus.replies import ReplyRouter
+from triggerbus.bus.subjects import Subjects
+from triggerbus.config import Settings
+from triggerbus.errors import ChunkFailedError
+
+
+@asynccontextmanager
+async def client_only(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
+    """This process's runtime reduced to a pure client, and a bus for the hosts."""
+    configure(
+        Settings(nats_url=nats_url, prefix=prefix, local_chunks=frozenset(), host_executions=False)
+    )
+    bus = await Bus.open(ConnectOptions(servers=[nats_url]), Subjects(prefix))
+    try:
+        yield bus
+    finally:
+        await close_runtime()
+        configure(None)
+        await bus.close()
+
+
+@asynccontextmanager
+async def hosted(
+    bus: Bus, flow: TriggerFlow, *, linked: bool = True, chunks: bool = True
+) -> AsyncIterator[ExecutionHost]:
+    """An execution host and (if ``chunks``) a chunk host for ``flow``, the chunk host handing
+    outcomes to the execution host when ``linked``, as a worker's are."""
+    replies = ReplyRouter(bus.nc)
+    await replies.start()
+    flow_hosted = HostedFlow(flow.graph(), flow.handlers())
+    executions = ExecutionHost(bus, flow_hosted)
+    hosts: list[ExecutionHost | ChunkHost] = [executions]
+    if chunks:
+        local = executions if linked else None
+        hosts.append(ChunkHost(bus, flow_hosted, replies, executions=local))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for host in hosts:
+                group.create_task(host.run())
+            for host in hosts:
+                await host.wait_ready()
+            try:
+                yield executions
+            finally:
+                for host in hosts:
+                    host.shutdown()
+    finally:
+        await replies.stop()
+
+
+async def mailbox_writes(bus: Bus) -> int:
+    """Messages ever stored in the prefix's mailbox stream (acked ones leave it)."""
+    info = await bus.js.stream_info(bus.subjects.exec_stream)
+    return int(info.state.last_seq)
+
+
+def chain(name: str) -> TriggerFlow:
+    flow = TriggerFlow(name=name)
+
+    @flow.chunk("one")
+    async def one(data):
+        return data.value + 1
+
+    @flow.chunk("two")
+    async def two(data):
+        return data.value * 10
+
+    @flow.chunk("three")
+    async def three(data):
+        return data.value - 3
+
+    flow.to(one).to(two).to(three).end()
+    return flow
+
+
+@pytest.mark.parametrize("linked", [True, False])
+async def test_outcomes_of_a_local_execution_host_skip_the_mailbox(
+    nats_url: str, prefix: str, linked: bool
+) -> None:
+    flow = chain("hand_off_chain")
+    async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
+        async with hosted(bus, flow, linked=linked) as executions:
+            result = await flow.async_start(4)
+            handed_off = executions.statistics().handed_off
+        writes = await mailbox_writes(bus)
+    assert result == {"$final_result": 47}
+    # The start is the only mailbox message when the outcomes are handed off; without the
+    # hand-off, each of the three outcomes is stored there too.
+    assert (handed_off, writes) == ((3, 1) if linked else (0, 4))
+
+
+async def test_an_outcome_follows_its_unawaited_effects_through_the_mailbox(
+    nats_url: str, prefix: str
+) -> None:
+    flow = TriggerFlow(name="hand_off_effects")
+
+    @flow.chunk("remember")
+    async def remember(data):
+        data.set_state("seen", data.value)  # sent without waiting for it to be applied
+        return data.value
+
+    @flow.chunk("recall")
+    async def recall(data):
+        return [data.value, data.get_state("seen")]
+
+    flow.to(remember).to(recall).end()
+    seen: dict[bool, tuple[object, int, int]] = {}
+    for linked in (False, True):
+        run_prefix = f"{prefix}{int(linked)}"
+        async with asyncio.timeout(30), client_only(nats_url, run_prefix) as bus:
+            async with hosted(bus, flow, linked=linked) as executions:
+                result = await flow.create_execution().async_start("v")
+                handed_off = executions.statistics().handed_off
+            seen[linked] = (result, handed_off, await mailbox_writes(bus))
+    expected = {"seen": "v", "$final_result": ["v", "v"]}
+    (plain, none, writes), (result, handed_off, linked_writes) = seen[False], seen[True]
+    assert plain == result == expected
+    # Only recall's outcome is handed off: remember's follows its state write.
+    assert (none, handed_off) == (0, 1)
+    assert linked_writes == writes - 1
+
+
+async def test_an_execution_host_that_is_not_running_hands_outcomes_back(
+    nats_url: str, prefix: str
+) -> None:
+    flow = chain("hand_off_stopped")
+    async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
+        executions = ExecutionHost(bus, HostedFlow(flow.graph(), flow.handlers()))
+        subject = bus.subjects.mailbox(flow.name, "e1")
+        assert await executions.take(subject, b"{}", {}) is False
+        assert executions.statistics().handed_off == 0
+
+
+async def test_a_chunk_whose_workers_kept_dying_fails_its_execution(
+    nats_url: str, prefix: str
+) -> None:
+    """Past its attempts plus CRASH_REDELIVERIES deliveries without an outcome, an invocation
+    fails the execution instead of running again."""
+    flow = TriggerFlow(name="hand_off_doomed")
+    ran: list[str] = []
+
+    @flow.chunk("doomed")
+    async def doomed(data):
+        ran.append(data.value)
+        return data.value
+
+    flow.to(doomed).end()
+    async with asyncio.timeout(60), client_only(nats_url, prefix) as bus:
+        flow_hosted = HostedFlow(flow.graph(), flow.handlers())
+        token = flow_hosted.index.chunks["doomed"].token
+        subjects = bus.subjects
+        # The chunk's durable consumer, taken by "workers" that die: each delivery is handed
+        # back unfinished, as a dead worker's comes back after ack_wait.
+        dying = await bus.pull_consumer(
+            stream=subjects.run_stream,
+            durable=subjects.run_consumer(flow.name, token),
+            filter_subject=subjects.run(flow.name, token),
+            policy=ConsumerPolicy(),
+        )
+        async with hosted(bus, flow, chunks=False):
+            execution = flow.create_execution()
+            started = asyncio.create_task(execution.async_start("x"))
+            deliveries = 0
+            while deliveries < 1 + CRASH_REDELIVERIES:
+                for delivery in await dying.fetch(1, wait=5.0):
+                    deliveries += 1
+                    await delivery.nak()
+            await dying.close()
+            async with hosted(bus, flow):
+                with pytest.raises(ChunkFailedError, match=r"delivered 7 times"):
+                    await started
+    assert ran == []
