@@ -505,6 +505,17 @@ def configure_for(ctx: Context, *, worker_chunks: bool) -> str:
 # --- 1. hop cost -------------------------------------------------------------------------------
 
 
+HOP_PLACEMENTS = {
+    "worker_hosted": "chunks and executions in a worker process, the driver a client",
+    "worker": "chunks in a worker process, executions in the driver",
+    "in_process": "all in one process",
+}
+"""Benchmark 1's placements. The target row is the first: where ``triggerbus worker`` (and
+any process with the default settings) puts a flow's actors, side by side, so that a chunk's
+outcome is handed to its execution host in process (actors/hand_off.py). In the second the
+outcome crosses processes through the mailbox, one durable operation more per step."""
+
+
 def bench_hop(ctx: Context) -> dict:
     s = ctx.sizes
     details: dict[str, Any] = {}
@@ -519,9 +530,15 @@ def bench_hop(ctx: Context) -> dict:
     details["bare_step"] = bare = asyncio.run(measure_bare(ctx.prefix()))
     details["bare_step_atomic"] = atomic = asyncio.run(measure_bare(ctx.prefix(), atomic=True))
 
-    for placement, remote in (("worker", True), ("in_process", False)):
+    for placement in HOP_PLACEMENTS:
+        remote = placement != "in_process"
+        hosted = placement == "worker_hosted"
         for name, flow in (("chain", flows.timed_chain), ("single", flows.single)):
-            prefix = configure_for(ctx, worker_chunks=remote)
+            prefix = ctx.prefix()
+            # The driver hosts the executions unless the worker does; chunks run in the worker
+            # unless everything is in one process.
+            configure_runtime(ctx.url, prefix, local_chunks=frozenset() if remote else None,
+                              host_executions=not hosted)  # fmt: skip
 
             async def measure(flow=flow, prefix=prefix) -> dict:
                 if flow is flows.timed_chain:
@@ -529,10 +546,12 @@ def bench_hop(ctx: Context) -> dict:
                         return await timed_latency(flow, s.hop, round_trip)
                 return await sequential_latency(flow, s.hop, lambda v: v + 1)
 
-            async def run(flow=flow, remote=remote, prefix=prefix, measure=measure) -> dict:
+            async def run(flow=flow, remote=remote, hosted=hosted, prefix=prefix,
+                          measure=measure) -> dict:  # fmt: skip
                 if not remote:
                     return await measure()
-                async with workers(1, flow_variable(flow), url=ctx.url, prefix=prefix):
+                async with workers(1, flow_variable(flow), url=ctx.url, prefix=prefix,
+                                   no_executions=not hosted):  # fmt: skip
                     return await measure()
 
             details[f"{name}_{placement}"] = in_loop(run)
@@ -550,13 +569,12 @@ def bench_hop(ctx: Context) -> dict:
                 anchor_value=atomic["round_trip"]["p50_ms"],
                 note=f"p50 of {atomic['step']['n']} steps, p99 {atomic['step']['p99_ms']} ms; "
                      "what dropping a durable operation from a step would give")]  # fmt: skip
-    for placement, label in (("worker", "chunks in a worker process"),
-                             ("in_process", "all in one process")):
+    for placement, label in HOP_PLACEMENTS.items():
         chain = details[f"chain_{placement}"]
         single = details[f"single_{placement}"]
         step = chain["step"]
         near = chain["round_trip"]["p50_ms"]
-        target = placement == "worker"
+        target = placement == "worker_hosted"
         rows.append(row("1 hop", f"3-chunk chain e2e p50 ({label})", chain["p50_ms"], "ms",
                         note=f"p99 {chain['p99_ms']} ms"))
         rows.append(row("1 hop", f"nats request/reply p50 between the executions ({label})",
