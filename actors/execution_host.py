@@ -231,7 +231,10 @@ class ExecutionHost(HostLifecycle):
         if group is None or self._stopping.is_set():
             return False
         hand_off = HandOff(subject, data, headers, on_stored)
-        self._enqueue(hand_off, group, _nothing)
+        try:
+            self._enqueue(hand_off, group, _nothing)
+        except RuntimeError:  # the host's task group is shutting down after a failure
+            return False
         taken = await hand_off.taken
         self._handed_off += taken
         return taken
@@ -249,11 +252,11 @@ class ExecutionHost(HostLifecycle):
         lane = self._lanes.get(execution_id)
         if lane is None:
             lane = asyncio.Queue()
-            self._lanes[execution_id] = lane
             # The host's own context, not the caller's: a hand-off's chunk host has its log
             # context bound, which must not follow the lane's later messages.
             context = self._context.copy() if self._context is not None else None
             group.create_task(self._run_lane(execution_id, lane), context=context)
+            self._lanes[execution_id] = lane  # only once a task runs it
         lane.put_nowait((delivery, done))
 
     async def _run_lane(self, execution_id: str, lane: asyncio.Queue[_Queued]) -> None:
