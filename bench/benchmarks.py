@@ -262,7 +262,7 @@ BARE_COMPLETION = b"c" * 290
 
 async def bare_step(url: str, prefix: str, executions: int,
                     round_trip: Callable[[], Awaitable[float]], *,
-                    atomic: bool = False) -> dict[str, Any]:
+                    mode: str = "three") -> dict[str, Any]:
     """The floor of a step: its three bus operations by nats-py alone, between two processes.
 
     This process plays the worker (it receives an invocation by standing pull, publishes a
@@ -273,9 +273,13 @@ async def bare_step(url: str, prefix: str, executions: int,
     executions of three invocations are timed one at a time with request/replies between them,
     as ``timed_latency`` does, so both see the same idle gaps.
 
-    ``atomic``: the host writes the snapshot and the invocation as one atomic batch into one
-    stream holding both (``bench.bare_host``'s ``atomic`` mode): a step of two durable operations.
+    ``mode`` ``atomic``: the host writes the snapshot and the invocation as one atomic batch
+    into one stream holding both: a step of two durable operations. ``core``: the completion
+    goes to the host by core NATS request, answered once the snapshot and the invocation are
+    stored, and the invocation is acked after the answer: the floor of a chunk outcome handed
+    to an execution host in another process (docs/design.md, "Hosts").
     """
+    atomic = mode == "atomic"
     nc = await nats.connect(url, name="bench-bare-worker")
     js = nc.jetstream()
     file_stream = {"storage": StorageType.FILE, "duplicate_window": 120.0}
@@ -320,14 +324,16 @@ async def bare_step(url: str, prefix: str, executions: int,
     async def complete() -> None:
         nonlocal completions
         completions += 1
+        if mode == "core":
+            await nc.request(f"{prefix}.bare.outcome", BARE_COMPLETION, timeout=10)
+            return
         await js.publish(f"{prefix}.bare.mail", BARE_COMPLETION,
                          headers={"Nats-Msg-Id": f"done:{completions}"})
 
     steps: list[float] = []
     round_trips: list[float] = []
     try:
-        async with helper_process("bench.bare_host", url, prefix,
-                                  "atomic" if atomic else "three"):
+        async with helper_process("bench.bare_host", url, prefix, mode):
             for index in range(10 + executions):
                 stamps: list[float] = []
                 async with asyncio.timeout(30):
@@ -523,12 +529,13 @@ def bench_hop(ctx: Context) -> dict:
     rtt = details["request_reply"]["p50_ms"]
     rtt99 = details["request_reply"]["p99_ms"]
 
-    async def measure_bare(prefix: str, *, atomic: bool = False) -> dict:
+    async def measure_bare(prefix: str, mode: str = "three") -> dict:
         async with responder(ctx.url, prefix) as round_trip:
-            return await bare_step(ctx.url, prefix, s.hop, round_trip, atomic=atomic)
+            return await bare_step(ctx.url, prefix, s.hop, round_trip, mode=mode)
 
     details["bare_step"] = bare = asyncio.run(measure_bare(ctx.prefix()))
-    details["bare_step_atomic"] = atomic = asyncio.run(measure_bare(ctx.prefix(), atomic=True))
+    details["bare_step_atomic"] = atomic = asyncio.run(measure_bare(ctx.prefix(), "atomic"))
+    details["bare_step_core"] = core = asyncio.run(measure_bare(ctx.prefix(), "core"))
 
     for placement in HOP_PLACEMENTS:
         remote = placement != "in_process"
@@ -568,7 +575,14 @@ def bench_hop(ctx: Context) -> dict:
                 atomic["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
                 anchor_value=atomic["round_trip"]["p50_ms"],
                 note=f"p50 of {atomic['step']['n']} steps, p99 {atomic['step']['p99_ms']} ms; "
-                     "what dropping a durable operation from a step would give")]  # fmt: skip
+                     "what dropping a durable operation from a step would give"),
+            row("1 hop", "bare step with the completion sent by core NATS request, answered once "
+                "the compare-and-set and the invocation are stored, information",
+                core["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
+                anchor_value=core["round_trip"]["p50_ms"],
+                note=f"p50 of {core['step']['n']} steps, p99 {core['step']['p99_ms']} ms; the "
+                     "floor of a chunk outcome handed to an execution host in another process "
+                     "(not built)")]  # fmt: skip
     for placement, label in HOP_PLACEMENTS.items():
         chain = details[f"chain_{placement}"]
         single = details[f"single_{placement}"]
