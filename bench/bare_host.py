@@ -40,7 +40,8 @@ async def main(url: str, prefix: str, mode: str = "three") -> None:
     revision = 0
     handled = 0
 
-    async def step(msg) -> None:
+    async def store_and_invoke() -> None:
+        """The snapshot's compare-and-set, then the next invocation, both acks awaited."""
         nonlocal revision, handled
         handled += 1
         ack = await js.publish(f"{prefix}.bare.kv.execution", SNAPSHOT,
@@ -48,6 +49,9 @@ async def main(url: str, prefix: str, mode: str = "three") -> None:
         revision = ack.seq
         await js.publish(f"{prefix}.bare.run", INVOCATION,
                          headers={"Nats-Msg-Id": f"run:{handled}"})
+
+    async def step(msg) -> None:
+        await store_and_invoke()
         await msg.ack()
 
     async def atomic_step(msg) -> None:
@@ -69,13 +73,7 @@ async def main(url: str, prefix: str, mode: str = "three") -> None:
         await msg.ack()
 
     async def core_step(msg) -> None:
-        nonlocal revision, handled
-        handled += 1
-        ack = await js.publish(f"{prefix}.bare.kv.execution", SNAPSHOT,
-                               headers={"Nats-Expected-Last-Subject-Sequence": str(revision)})
-        revision = ack.seq
-        await js.publish(f"{prefix}.bare.run", INVOCATION,
-                         headers={"Nats-Msg-Id": f"run:{handled}"})
+        await store_and_invoke()
         await msg.respond(b"stored")
 
     if mode == "core":

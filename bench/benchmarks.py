@@ -522,6 +522,14 @@ outcome is handed to its execution host in process (actors/hand_off.py). In the 
 outcome crosses processes through the mailbox, one durable operation more per step."""
 
 
+def bare_row(label: str, result: dict, what: str) -> dict:
+    """A bare step's row: its p50 step against the request/replies timed between its runs."""
+    step = result["step"]
+    return row("1 hop", label, step["p50_ms"], "ms", anchor="req/reply p50 between them",
+               anchor_value=result["round_trip"]["p50_ms"],
+               note=f"p50 of {step['n']} steps, p99 {step['p99_ms']} ms; {what}")
+
+
 def bench_hop(ctx: Context) -> dict:
     s = ctx.sizes
     details: dict[str, Any] = {}
@@ -564,25 +572,16 @@ def bench_hop(ctx: Context) -> dict:
             details[f"{name}_{placement}"] = in_loop(run)
     rows = [row("1 hop", "nats request/reply p50 / p99 (2 processes)", rtt, "ms",
                 note=f"p99 {rtt99} ms"),
-            row("1 hop", "bare step: a step's three bus operations by nats-py alone, 2 processes",
-                bare["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
-                anchor_value=bare["round_trip"]["p50_ms"],
-                note=f"p50 of {bare['step']['n']} steps, p99 {bare['step']['p99_ms']} ms; "
-                     "completion stored and delivered, snapshot compare-and-set, invocation "
-                     "stored and delivered; the floor under CAS-then-publish"),
-            row("1 hop", "bare step of two bus operations: compare-and-set and invocation as "
-                "one atomic batch into one stream (nats-server 2.12+), information",
-                atomic["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
-                anchor_value=atomic["round_trip"]["p50_ms"],
-                note=f"p50 of {atomic['step']['n']} steps, p99 {atomic['step']['p99_ms']} ms; "
-                     "what dropping a durable operation from a step would give"),
-            row("1 hop", "bare step with the completion sent by core NATS request, answered once "
-                "the compare-and-set and the invocation are stored, information",
-                core["step"]["p50_ms"], "ms", anchor="req/reply p50 between them",
-                anchor_value=core["round_trip"]["p50_ms"],
-                note=f"p50 of {core['step']['n']} steps, p99 {core['step']['p99_ms']} ms; the "
-                     "floor of a chunk outcome handed to an execution host in another process "
-                     "(not built)")]  # fmt: skip
+            bare_row("bare step: a step's three bus operations by nats-py alone, 2 processes",
+                     bare, "completion stored and delivered, snapshot compare-and-set, "
+                     "invocation stored and delivered; the floor under CAS-then-publish"),
+            bare_row("bare step of two bus operations: compare-and-set and invocation as one "
+                     "atomic batch into one stream (nats-server 2.12+), information",
+                     atomic, "what dropping a durable operation from a step would give"),
+            bare_row("bare step with the completion sent by core NATS request, answered once "
+                     "the compare-and-set and the invocation are stored, information",
+                     core, "the floor of a chunk outcome handed to an execution host in "
+                     "another process (not built)")]  # fmt: skip
     for placement, label in HOP_PLACEMENTS.items():
         chain = details[f"chain_{placement}"]
         single = details[f"single_{placement}"]

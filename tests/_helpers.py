@@ -23,3 +23,19 @@ def load_module(relative: str, name: str) -> ModuleType:
 def child_env() -> dict[str, str]:
     """Environment for worker processes: this repository importable from their cwd."""
     return {"PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
+
+
+def configure_pure_client(url: str, prefix: str, *, ack_wait: float = 2.0) -> None:
+    """This process only starts executions and waits for them; workers do all the work."""
+    from triggerbus._runtime import configure
+    from triggerbus.config import Settings
+
+    configure(
+        Settings(
+            nats_url=url,
+            prefix=prefix,
+            local_chunks=frozenset(),
+            host_executions=False,
+            ack_wait=ack_wait,
+        )
+    )

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from tests._helpers import configure_pure_client
+from tests.flows.pure_pair import flow as pure_pair
 from triggerbus import TriggerFlow
 from triggerbus._runtime import close_runtime, configure
 from triggerbus.actors.chunk_host import CRASH_REDELIVERIES, ChunkHost
@@ -20,16 +22,13 @@ from triggerbus.bus.jetstream import Bus
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
-from triggerbus.config import Settings
 from triggerbus.errors import ChunkFailedError
 
 
 @asynccontextmanager
 async def client_only(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
     """This process's runtime reduced to a pure client, and a bus for the hosts."""
-    configure(
-        Settings(nats_url=nats_url, prefix=prefix, local_chunks=frozenset(), host_executions=False)
-    )
+    configure_pure_client(nats_url, prefix)
     bus = await Bus.open(ConnectOptions(servers=[nats_url]), Subjects(prefix))
     try:
         yield bus
@@ -74,39 +73,19 @@ async def mailbox_writes(bus: Bus) -> int:
     return int(info.state.last_seq)
 
 
-def chain(name: str) -> TriggerFlow:
-    flow = TriggerFlow(name=name)
-
-    @flow.chunk("one")
-    async def one(data):
-        return data.value + 1
-
-    @flow.chunk("two")
-    async def two(data):
-        return data.value * 10
-
-    @flow.chunk("three")
-    async def three(data):
-        return data.value - 3
-
-    flow.to(one).to(two).to(three).end()
-    return flow
-
-
 @pytest.mark.parametrize("linked", [True, False])
 async def test_outcomes_of_a_local_execution_host_skip_the_mailbox(
     nats_url: str, prefix: str, linked: bool
 ) -> None:
-    flow = chain("hand_off_chain")
     async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
-        async with hosted(bus, flow, linked=linked) as executions:
-            result = await flow.async_start(4)
+        async with hosted(bus, pure_pair, linked=linked) as executions:
+            result = await pure_pair.async_start(4)
             handed_off = executions.statistics().handed_off
         writes = await mailbox_writes(bus)
-    assert result == {"$final_result": 47}
+    assert result == {"$final_result": 50}
     # The start is the only mailbox message when the outcomes are handed off; without the
-    # hand-off, each of the three outcomes is stored there too.
-    assert (handed_off, writes) == ((3, 1) if linked else (0, 4))
+    # hand-off, both outcomes are stored there too.
+    assert (handed_off, writes) == ((2, 1) if linked else (0, 3))
 
 
 async def test_an_outcome_follows_its_unawaited_effects_through_the_mailbox(
@@ -143,10 +122,9 @@ async def test_an_outcome_follows_its_unawaited_effects_through_the_mailbox(
 async def test_an_execution_host_that_is_not_running_hands_outcomes_back(
     nats_url: str, prefix: str
 ) -> None:
-    flow = chain("hand_off_stopped")
     async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
-        executions = ExecutionHost(bus, HostedFlow(flow.graph(), flow.handlers()))
-        subject = bus.subjects.mailbox(flow.name, "e1")
+        executions = ExecutionHost(bus, HostedFlow(pure_pair.graph(), pure_pair.handlers()))
+        subject = bus.subjects.mailbox(pure_pair.name, "e1")
         assert await executions.take(subject, b"{}", {}) is False
         assert executions.statistics().handed_off == 0
 

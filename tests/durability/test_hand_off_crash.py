@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests._helpers import ROOT, child_env
+from tests._helpers import ROOT, child_env, configure_pure_client
 from tests.flows.pure_pair import flow
 from triggerbus._runtime import close_runtime, configure
-from triggerbus.config import Settings
 from triggerbus.testing import WorkerProcess
 
 
@@ -17,15 +16,7 @@ async def test_worker_killed_after_storing_a_handed_off_outcome_loses_nothing(
     nats_url: str, prefix: str
 ) -> None:
     # This process is a pure client; each worker hosts the chunks and the execution actors.
-    configure(
-        Settings(
-            nats_url=nats_url,
-            prefix=prefix,
-            local_chunks=frozenset(),
-            host_executions=False,
-            ack_wait=2.0,
-        )
-    )
+    configure_pure_client(nats_url, prefix)
     common = {"nats_url": nats_url, "prefix": prefix, "cwd": str(ROOT)}
     # Store 1 is the start; store 2 is the transition of first's handed-off outcome: the
     # worker dies before invoking second, and before acking first's invocation.

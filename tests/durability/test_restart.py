@@ -6,26 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests._helpers import ROOT, child_env, load_module
+from tests._helpers import ROOT, child_env, configure_pure_client, load_module
 from triggerbus._runtime import close_runtime, configure
 from triggerbus.bus.embedded import EmbeddedServer
-from triggerbus.config import Settings
 from triggerbus.testing import WorkerProcess, unique_prefix
 
 EXECUTIONS = 20
-
-
-def configure_pure_client(url: str, prefix: str) -> None:
-    """This process only starts executions and waits for them; workers do all the work."""
-    configure(
-        Settings(
-            nats_url=url,
-            prefix=prefix,
-            local_chunks=frozenset(),
-            host_executions=False,
-            ack_wait=2.0,
-        )
-    )
 
 
 def worker_options(url: str, prefix: str, **env: str) -> dict[str, Any]:

@@ -16,9 +16,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from tests._helpers import ROOT, child_env, load_module
+from tests._helpers import ROOT, child_env, configure_pure_client, load_module
 from triggerbus._runtime import close_runtime, configure
-from triggerbus.config import Settings
 from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
 from triggerbus.observability.testing import OtlpReceiver, ReceivedSpan
 from triggerbus.testing import WorkerProcess
@@ -109,15 +108,7 @@ async def test_execution_across_three_processes_is_one_trace_with_links_and_atte
         caller.add_span_processor(
             SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver.endpoint}/v1/traces"))
         )
-        configure(
-            Settings(
-                nats_url=nats_url,
-                prefix=prefix,
-                local_chunks=frozenset(),
-                host_executions=False,
-                ack_wait=float(ACK_WAIT),
-            )
-        )
+        configure_pure_client(nats_url, prefix, ack_wait=float(ACK_WAIT))
         configure_telemetry(_otel_env(receiver, "caller-triggerbus"))
         try:
             async with asyncio.timeout(90), host, worker:
