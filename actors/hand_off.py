@@ -8,9 +8,10 @@ that redelivers the invocation, and the outcome's id makes a repeat change nothi
 transition's compare-and-set is what makes the outcome durable, as it is for every message.
 
 A hand-off goes through the execution's lane like a delivered message, so it is serialised
-with the mailbox's messages. Anything but a stored transition (the outcome overtook its
-attempt's effects, a fingerprint mismatch, a crash, a host stopping) gives it back, and the
-chunk host publishes it to the mailbox as it always did.
+with the mailbox's messages. An outcome whose attempt sent effects without waiting is not
+offered: it follows them through the mailbox. Anything but a stored transition (a deferral, a
+fingerprint mismatch, a crash, a host stopping) gives it back, and the chunk host publishes it
+to the mailbox as it always did.
 """
 
 from __future__ import annotations
