@@ -23,6 +23,8 @@ from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
 from triggerbus.errors import ChunkFailedError
+from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
+from triggerbus.observability.testing import OtlpReceiver
 
 
 @asynccontextmanager
@@ -168,3 +170,34 @@ async def test_a_chunk_whose_workers_kept_dying_fails_its_execution(
                 with pytest.raises(ChunkFailedError, match=r"delivered 7 times"):
                     await started
     assert ran == []
+
+
+@pytest.mark.parametrize("linked", [True, False])
+async def test_a_handed_off_outcome_keeps_the_trace_shape(
+    nats_url: str, prefix: str, linked: bool
+) -> None:
+    """The invocation an outcome causes is a child of the attempt that produced it, whether the
+    outcome went through the mailbox (with its headers) or was handed off in process."""
+    with OtlpReceiver() as receiver:
+        configure_telemetry(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_METRICS_EXPORTER": "none",
+             "OTEL_BSP_SCHEDULE_DELAY": "50"}
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
+                async with hosted(bus, pure_pair, linked=linked) as executions:
+                    await pure_pair.async_start(4)
+                    handed_off = executions.statistics().handed_off
+                spans = await receiver.wait_for(
+                    lambda spans: {"process first", "process second", "invoke second"}
+                    <= {s.name for s in spans}
+                )
+        finally:
+            shutdown_telemetry()
+    by_name = {s.name: s for s in spans}
+    first, invoke, second = (by_name[n] for n in ("process first", "invoke second",
+                                                   "process second"))  # fmt: skip
+    assert handed_off == (2 if linked else 0)
+    assert invoke.parent_span_id == first.span_id
+    assert second.parent_span_id == invoke.span_id
+    assert first.trace_id == invoke.trace_id == second.trace_id
