@@ -275,24 +275,32 @@ class ChunkHost(HostLifecycle):
         with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
             data = encode(message)
             # An outcome whose effects went through the mailbox follows them there, in order.
-            if effects or not await self._hand_off(mailbox, data, message.id, headers, finish):
+            if effects or not await self._hand_off(
+                delivery, mailbox, data, message.id, headers, finish
+            ):
                 await self._bus.publish(mailbox, data, msg_id=message.id, headers=headers)
         await delivery.ack()
         finish()
 
     async def _hand_off(
         self,
+        delivery: Delivery,
         mailbox: str,
         data: bytes,
         message_id: str,
         headers: dict[str, str] | None,
         on_stored: Callable[[], None],
     ) -> bool:
-        """Whether this process's execution host took the outcome (stored its transition)."""
+        """Whether this process's execution host took the outcome (stored its transition).
+
+        The invocation stays unacked until then, so it keeps its heartbeat: a transition held
+        up longer than ``ack_wait`` (a busy lane, a bus retrying) must not get it redelivered.
+        """
         if self._executions is None:
             return False
         headers = {**(headers or {}), MSG_ID_HEADER: message_id}
-        return await self._executions.take(mailbox, data, headers, on_stored)
+        async with _heartbeat(delivery, self._policy.ack_wait):
+            return await self._executions.take(mailbox, data, headers, on_stored)
 
     async def _refuse_mismatch(
         self, chunk: str, delivery: Delivery, invocation: InvokeChunk

@@ -201,3 +201,60 @@ async def test_a_handed_off_outcome_keeps_the_trace_shape(
     assert invoke.parent_span_id == first.span_id
     assert second.parent_span_id == invoke.span_id
     assert first.trace_id == invoke.trace_id == second.trace_id
+
+
+async def test_an_invocation_waiting_on_its_hand_off_is_kept_alive(
+    nats_url: str, prefix: str
+) -> None:
+    """A transition slower than the chunk consumer's ack_wait (a busy lane, a bus retrying)
+    does not get the invocation redelivered: the heartbeat covers the hand-off's wait too."""
+    flow = TriggerFlow(name="hand_off_slow")
+    runs: list[int] = []
+    ran_twice = asyncio.Event()
+
+    @flow.chunk("once")
+    async def once(data):
+        runs.append(data.value)
+        if len(runs) > 1:
+            ran_twice.set()
+        return data.value
+
+    flow.to(once).end()
+    held, released = asyncio.Event(), asyncio.Event()
+    performed = 0
+
+    class SlowExecutions(ExecutionHost):
+        async def _perform(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal performed
+            performed += 1
+            if performed == 2:  # the chunk's outcome (the start's transition was the first)
+                held.set()
+                await released.wait()
+            return await super()._perform(*args, **kwargs)
+
+    async with asyncio.timeout(30), client_only(nats_url, prefix) as bus:
+        replies = ReplyRouter(bus.nc)
+        await replies.start()
+        flow_hosted = HostedFlow(flow.graph(), flow.handlers())
+        executions = SlowExecutions(bus, flow_hosted)
+        chunks = ChunkHost(bus, flow_hosted, replies, executions=executions,
+                           consumer_policy=ConsumerPolicy(ack_wait=1.0))  # fmt: skip
+        try:
+            async with asyncio.TaskGroup() as group:
+                for host in (executions, chunks):
+                    group.create_task(host.run())
+                    await host.wait_ready()
+                started = asyncio.create_task(flow.create_execution().async_start(7))
+                await held.wait()
+                # Three ack_waits with the outcome's transition held back: a redelivery would
+                # run the chunk again.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ran_twice.wait(), 3.0)
+                released.set()
+                result = await started
+                executions.shutdown()
+                chunks.shutdown()
+        finally:
+            await replies.stop()
+    assert result == {"$final_result": 7}
+    assert runs == [7]
