@@ -232,7 +232,7 @@ class ExecutionHost(HostLifecycle):
             return False
         hand_off = HandOff(subject, data, headers, on_stored)
         try:
-            self._enqueue(hand_off, group, _nothing)
+            self._enqueue(hand_off, group, hand_off.release)
         except RuntimeError:  # the host's task group is shutting down after a failure
             return False
         taken = await hand_off.taken
@@ -277,15 +277,11 @@ class ExecutionHost(HostLifecycle):
                 finally:
                     self._in_flight -= 1
                     done()
-                    if isinstance(delivery, HandOff):
-                        delivery.settle(False)  # unsettled here: cancelled, its sender publishes
         finally:
             self._lanes.pop(execution_id, None)
             while not lane.empty():  # only when cancelled: give back what never ran
-                delivery, done = lane.get_nowait()
+                _, done = lane.get_nowait()
                 done()
-                if isinstance(delivery, HandOff):
-                    delivery.settle(False)
 
     # --- one message ---------------------------------------------------------------------------
 
@@ -632,11 +628,8 @@ class ExecutionHost(HostLifecycle):
 
 
 _Queued = tuple[Delivery | HandOff, Callable[[], None]]
-"""A lane's message and what to call once it is handled (a delivery's permit release)."""
-
-
-def _nothing() -> None:
-    return None
+"""A lane's message and what to call once it is handled: a delivery's permit release, or a
+hand-off's release (which gives back one left unsettled)."""
 
 
 def _traced(handling: Handling, before: Snapshot | None, transition: Transition) -> Transition:

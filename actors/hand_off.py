@@ -49,6 +49,11 @@ class HandOff:
         if on_stored is not None:
             on_stored()
 
+    def release(self) -> None:
+        """The lane is done with it: one still unsettled (its handling was cancelled) goes
+        back to its sender, which publishes it."""
+        self.settle(False)
+
     def settle(self, taken: bool) -> None:
         """Tell the chunk host the outcome is applied (True) or is its to publish (False);
         only the first answer counts."""
