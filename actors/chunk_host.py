@@ -271,7 +271,16 @@ class ChunkHost(HostLifecycle):
             )
         mailbox = self._bus.subjects.mailbox(self._flow.name, invocation.execution_id)
         message = _outcome_message(invocation, outcome, effects)
-        finish = _Finish(self, observed, message)
+        finished = False
+
+        def finish() -> None:
+            # Once: when the transition is stored if handed off (the Event Center then sees
+            # the attempt end before what its outcome caused), else after the ack below.
+            nonlocal finished
+            if not finished:
+                finished = True
+                self._finished(observed, message)
+
         with observed.publish(PublishInput(self._flow.name, mailbox, message)) as headers:
             data = encode(message)
             # An outcome whose effects went through the mailbox follows them there, in order.
@@ -281,6 +290,14 @@ class ChunkHost(HostLifecycle):
                 await self._bus.publish(mailbox, data, msg_id=message.id, headers=headers)
         await delivery.ack()
         finish()
+
+    def _finished(self, observed: Attempt, message: ChunkCompleted | ChunkFailed) -> None:
+        if isinstance(message, ChunkCompleted):
+            self._completed += 1
+            observed.finished()
+        else:
+            self._failed += 1
+            observed.finished(error_type=message.error_type, message=message.message)
 
     async def _hand_off(
         self,
@@ -367,30 +384,6 @@ class _Raised:
     error_type: str
     message: str
     traceback: str
-
-
-class _Finish:
-    """An attempt's outcome, observed once: when its transition is stored if the outcome was
-    handed off (so the Event Center sees the attempt end before what its outcome caused),
-    otherwise once its invocation is acked."""
-
-    def __init__(self, host: ChunkHost, observed: Attempt, message: ChunkCompleted | ChunkFailed):
-        self._host = host
-        self._observed = observed
-        self._message = message
-        self._done = False
-
-    def __call__(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        message = self._message
-        if isinstance(message, ChunkCompleted):
-            self._host._completed += 1
-            self._observed.finished()
-        else:
-            self._host._failed += 1
-            self._observed.finished(error_type=message.error_type, message=message.message)
 
 
 async def _call(
