@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
+from triggerbus._sendable import encode_sent
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
@@ -231,7 +232,8 @@ class ChunkHost(HostLifecycle):
             outcome: _Returned | _Raised = _Raised(
                 "ChunkRedeliveredError",
                 f"chunk {invocation.chunk!r} was delivered {attempt} times without an outcome "
-                "(the worker running it died each time); giving up",
+                "(each time its worker died, or its host failed handling it: see "
+                "chunk_delivery_crashed in the workers' logs); giving up",
                 "",
             )
         else:
@@ -557,8 +559,11 @@ class _Port:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def send_nowait(self, message: Outgoing) -> None:
+        # Prepared (and so refused, if it must be) before it is named as an effect: an
+        # outcome naming a message that was never sent would wait for it forever.
+        prepared = self._prepare(message)
         self._note_effect(message)
-        self._chain(self._prepare(message))
+        self._chain(prepared)
 
     async def send(self, message: Outgoing) -> None:
         prepared = self._prepare(message)
@@ -634,13 +639,7 @@ class _Port:
         self, message: Outgoing, *, msg_id: str | None = None
     ) -> Callable[[], Awaitable[None]]:
         """Encode now, so a value that cannot travel raises inside the handler that made it."""
-        try:
-            payload = encode(message)
-        except NotSerializable as exc:
-            raise TypeError(
-                f"{type(message).__name__} carries a value of type "
-                f"{exc.type_name or 'unknown'} that cannot be sent over the bus: {exc}"
-            ) from exc
+        payload = encode_sent(message)
         subjects = self._bus.subjects
         if isinstance(message, StreamItem | StreamEnded):
             flow, execution_id = self.stream_target or (self._flow, message.execution_id)

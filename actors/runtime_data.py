@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from triggerbus._deprecation import Renamed
+from triggerbus._sendable import check_sendable
 from triggerbus.actors.state_paths import apply_state_op, copy_value, get_path
 from triggerbus.contracts.graph import TriggerType
 from triggerbus.contracts.messages import (
@@ -315,6 +316,9 @@ class TriggerFlowRuntimeData:
     async_del_runtime_data = Renamed("data", "async_del_state")
 
     def _write(self, op: str, key: str, value: Any, *, emit: bool, wait: bool) -> Any:
+        # Refused before this chunk's own view changes: a caller that catches the error must
+        # not read back a value that was never sent.
+        check_sendable(value, f"the state value for {key!r}", chunk=self.chunk_name)
         apply_state_op(self._state, op, key, copy.deepcopy(value))
         message = StateWritten(
             id=self._next_id(),
@@ -372,6 +376,9 @@ class TriggerFlowRuntimeData:
         await self._change_flow_data("delete", key, None, emit=emit, wait=True)
 
     def _change_flow_data(self, op: str, key: str, value: Any, *, emit: bool, wait: bool) -> Any:
+        # Refused here, not in the send chain: a failed link there would fail every later send
+        # and the attempt itself, although the handler caught the error.
+        check_sendable(value, f"the flow data value for {key!r}", chunk=self.chunk_name)
         if op != "delete" or get_path(self._flow_data, key, _MISSING) is not _MISSING:
             apply_state_op(self._flow_data, op, key, copy.deepcopy(value))
         if wait:

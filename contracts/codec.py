@@ -22,7 +22,11 @@ class WireError(ValueError):
 
 
 class NotSerializable(TypeError):
-    """A value msgspec cannot encode; ``type_name`` names the offending type."""
+    """A value msgspec cannot encode; ``type_name`` names the offending type (empty when it
+    is not one type: a reference cycle).
+
+    Internal: the layers above raise ``ValueNotSerializableError`` (triggerbus/_sendable.py);
+    contracts import nothing of the project."""
 
     def __init__(self, reason: str, type_name: str) -> None:
         super().__init__(reason)
@@ -33,12 +37,19 @@ def encode(message: Any) -> bytes:
     """JSON bytes of a contract message or value.
 
     Raises:
-        NotSerializable: some value inside is not JSON-able by msgspec.
+        NotSerializable: some value inside is not JSON-able by msgspec, or refers to itself.
     """
     try:
         return _encoder.encode(message)
     except (TypeError, ValueError, OverflowError) as exc:
         raise NotSerializable(str(exc), _offending_type(str(exc))) from exc
+    except RecursionError as exc:
+        # msgspec's depth guard: a reference cycle, or nesting deeper than the interpreter's
+        # recursion limit. Neither can be JSON, and a RecursionError says neither.
+        raise NotSerializable(
+            "the value refers to itself (a reference cycle) or nests too deeply to encode",
+            "",
+        ) from exc
 
 
 def decode(decoder: msgspec.json.Decoder[T], data: bytes) -> T:

@@ -10,7 +10,7 @@
     │   └── RevisionConflictError   a compare-and-set write lost the race; retry from the new state
     ├── ContractError               a wire message failed strict decoding
     │   └── UnsupportedVersionError a message from a newer writer than this reader
-    ├── ValueNotSerializableError   a chunk produced a value msgspec cannot encode
+    ├── ValueNotSerializableError   a value to send is not JSON-able (also a TypeError)
     ├── FlowDefinitionError         the builder was used wrongly
     ├── FingerprintMismatchError    a process built a different graph than the execution's
     ├── ExecutionError              an execution could not do what was asked
@@ -94,8 +94,10 @@ class UnsupportedVersionError(ContractError):
     """The message's schema version is newer than this reader understands."""
 
 
-class ValueNotSerializableError(TriggerbusError):
-    """A value that must cross the bus cannot be encoded as JSON by msgspec."""
+class ValueNotSerializableError(TriggerbusError, TypeError):
+    """A value that must cross the bus cannot be encoded as JSON by msgspec: a type it does not
+    know, or a value that refers to itself. Raised where the value is handed over (a start,
+    ``set_state``, ``emit``, a stream item, flow data), before anything is sent or changed."""
 
     def __init__(self, message: str, *, chunk: str | None = None, type_name: str = "") -> None:
         super().__init__(message)

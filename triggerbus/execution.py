@@ -26,6 +26,7 @@ from triggerbus._runtime import (
     get_runtime,
     register_resources,
 )
+from triggerbus._sendable import encode_sent
 from triggerbus._sync import iterate_sync, run_sync
 from triggerbus.actors.state_paths import close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
@@ -58,7 +59,6 @@ from triggerbus.errors import (
     InterruptNotWaitingError,
     PendingInterruptsError,
     ResumeLimitError,
-    ValueNotSerializableError,
 )
 from triggerbus.observability.telemetry import PublishInput
 from triggerbus.observability.telemetry import current as telemetry
@@ -375,17 +375,14 @@ class Execution:
         self._status = "running"
         self._started_at = self._started_at or time.time()
         unanswered = Reply(ok=True, value=self.id)
-        try:
-            reply = await self._request(runtime, message, if_duplicate=unanswered)
-            # Answered by the actor itself: the start ran from this message, so a close
-            # notification cannot have preceded a subscription made before it was sent.
-            self._start_answered = reply is not unanswered
-            return reply
-        except NotSerializable as exc:
-            raise ValueNotSerializableError(
-                f"the start value of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
-                type_name=exc.type_name,
-            ) from exc
+        reply = await self._request(
+            runtime, message, if_duplicate=unanswered,
+            what=f"the start value of flow {self.flow_name!r}",
+        )  # fmt: skip
+        # Answered by the actor itself: the start ran from this message, so a close
+        # notification cannot have preceded a subscription made before it was sent.
+        self._start_answered = reply is not unanswered
+        return reply
 
     # --- emits and state ------------------------------------------------------------------------
 
@@ -544,13 +541,7 @@ class Execution:
         run_sync(self.async_stop_stream())
 
     async def _put_stream(self, message: StreamItem | StreamEnded) -> None:
-        try:
-            payload = encode(message)
-        except NotSerializable as exc:
-            raise ValueNotSerializableError(
-                f"a stream item of flow {self.flow_name!r} cannot be sent over the bus: {exc}",
-                type_name=exc.type_name,
-            ) from exc
+        payload = encode_sent(message, what=f"a stream item of flow {self.flow_name!r}")
         runtime = await self._runtime()
         subject = runtime.subjects.stream(self.flow_name, self.id)
         await runtime.bus.publish(subject, payload, msg_id=message.id)
@@ -706,13 +697,9 @@ class Execution:
             actor=actor,
             sent_at=time.time(),
         )
-        try:
-            reply = await self._request(runtime, message)
-        except NotSerializable as exc:
-            raise ValueNotSerializableError(
-                f"the value for interrupt {interrupt_id!r} cannot be sent over the bus: {exc}",
-                type_name=exc.type_name,
-            ) from exc
+        reply = await self._request(
+            runtime, message, what=f"the value for interrupt {interrupt_id!r}"
+        )
         if reply.ignored:
             self._warn_ignored(f"continue_with({interrupt_id!r})", reply.ignored)
             return None
@@ -924,7 +911,9 @@ class Execution:
         subject = runtime.subjects.mailbox(self.flow_name, self.id)
         # The caller's current span (if any) travels with the message.
         with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
-            await runtime.bus.publish(subject, encode(message), msg_id=message.id, headers=headers)
+            await runtime.bus.publish(
+                subject, encode_sent(message), msg_id=message.id, headers=headers
+            )
 
     async def _answered(self, runtime: LocalRuntime, message: Any) -> Reply:
         """``_request``, raising the error the actor answered with."""
@@ -934,7 +923,12 @@ class Execution:
         return reply
 
     async def _request(
-        self, runtime: LocalRuntime, message: Any, *, if_duplicate: Reply | None = None
+        self,
+        runtime: LocalRuntime,
+        message: Any,
+        *,
+        if_duplicate: Reply | None = None,
+        what: str | None = None,
     ) -> Reply:
         """Publish ``message`` and wait for the actor's answer.
 
@@ -948,7 +942,7 @@ class Execution:
             subject = runtime.subjects.mailbox(self.flow_name, self.id)
             with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
                 fresh = await runtime.bus.publish_once(
-                    subject, encode(addressed), msg_id=message.id, headers=headers
+                    subject, encode_sent(addressed, what=what), msg_id=message.id, headers=headers
                 )
             if not fresh and if_duplicate is not None:
                 return if_duplicate

@@ -775,8 +775,10 @@ class TriggerFlow:
 
     async def _change_flow_data(self, op: str, key: str, value: Any, *, emit: bool) -> None:
         from triggerbus._runtime import get_runtime
+        from triggerbus._sendable import check_sendable
         from triggerbus.actors.flow_data import change_flow_data
 
+        check_sendable(value, f"the flow data value for {key!r}")
         runtime = await get_runtime()
         await runtime.ensure_flow(self)
         await change_flow_data(runtime.bus, self.name, op, key, value, emit=emit)  # type: ignore[arg-type]

@@ -1,0 +1,196 @@
+"""A value that cannot cross the bus is refused where it is handed over, the same way
+everywhere, and refusing it breaks nothing else.
+
+Every call that sends a user's value (a start, ``set_state``, ``emit``, a stream item, flow
+data; from a handle or inside a chunk) raises ``ValueNotSerializableError`` (also a
+``TypeError``) before anything is sent or changed, for a type JSON does not know and for a
+value that refers to itself. Inside a chunk, a handler that catches the error goes on and its
+execution finishes: the refused write is neither in its own view, nor named as an effect its
+outcome waits for, nor a failed link that fails the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from triggerbus import ChunkFailedError, TriggerFlow, ValueNotSerializableError
+from triggerbus.contracts.codec import NotSerializable, encode
+
+BOUND = 20.0
+"""Upper bound for every await here; a healthy run takes a fraction of a second."""
+
+
+def cyclic() -> dict[str, Any]:
+    value: dict[str, Any] = {"name": "loop"}
+    value["self"] = value
+    return value
+
+
+BAD_VALUES = [
+    pytest.param(object(), "object", id="unknown-type"),
+    pytest.param(cyclic(), "", id="reference-cycle"),
+]
+
+
+def test_the_codec_refuses_a_reference_cycle_as_not_serializable() -> None:
+    """Not a RecursionError: msgspec's depth guard is reported as what it means."""
+    with pytest.raises(NotSerializable, match="refers to itself"):
+        encode({"items": [cyclic()]})
+
+
+def listening_flow(name: str) -> TriggerFlow:
+    flow = TriggerFlow(name=name)
+
+    @flow.chunk("listener")
+    async def listener(data):
+        return data.value
+
+    flow.when("go").to(listener)
+    return flow
+
+
+HANDLE_CALLS: dict[str, Callable[[TriggerFlow, Any, Any], Awaitable[Any]]] = {
+    "start": lambda flow, execution, bad: execution.async_start(bad),
+    "set_state": lambda flow, execution, bad: execution.async_set_state("k", bad),
+    "emit": lambda flow, execution, bad: execution.async_emit("go", bad),
+    "put_into_stream": lambda flow, execution, bad: execution.async_put_into_stream(bad),
+    "set_flow_data": lambda flow, execution, bad: flow.async_set_flow_data("k", bad),
+}
+HANDLE_WORDS = {
+    "start": "the start value",
+    "set_state": "the state value for 'k'",
+    "emit": "the value of event 'go'",
+    "put_into_stream": "a stream item",
+    "set_flow_data": "the flow data value for 'k'",
+}
+
+
+class TestFromAHandle:
+    @pytest.mark.parametrize("call", sorted(HANDLE_CALLS))
+    @pytest.mark.parametrize(("bad", "type_name"), BAD_VALUES)
+    async def test_every_call_refuses_it_with_the_public_error(
+        self, runtime, call: str, bad: Any, type_name: str
+    ) -> None:
+        flow = listening_flow(f"refused_{call}")
+        execution = flow.create_execution(auto_close_timeout=0.0)
+        with pytest.raises(ValueNotSerializableError) as raised:
+            async with asyncio.timeout(BOUND):
+                await HANDLE_CALLS[call](flow, execution, bad)
+        error = raised.value
+        assert isinstance(error, TypeError)
+        assert error.type_name == type_name
+        assert HANDLE_WORDS[call] in str(error)
+        assert "JSON-able" in str(error)
+
+    async def test_a_refused_flow_data_value_changes_nothing(self, runtime) -> None:
+        flow = listening_flow("refused_flow_data_kept")
+        async with asyncio.timeout(BOUND):
+            await flow.async_set_flow_data("k", "kept")
+            with pytest.raises(ValueNotSerializableError):
+                await flow.async_set_flow_data("k", object())
+            assert await flow.async_get_flow_data("k") == "kept"
+
+
+class TestInsideAChunk:
+    @pytest.mark.parametrize("call", ["set_state", "emit"])
+    @pytest.mark.parametrize(("bad", "type_name"), BAD_VALUES)
+    async def test_a_caught_refusal_of_a_sync_call_lets_the_execution_finish(
+        self, runtime, call: str, bad: Any, type_name: str
+    ) -> None:
+        """A sync call from an async handler sends without waiting, and its message is named
+        as an effect the outcome waits for. A refused message used to be named first, so the
+        outcome waited for it forever."""
+        flow = TriggerFlow(name=f"caught_sync_{call}")
+        seen: list[Any] = []
+
+        @flow.chunk("writer")
+        async def writer(data):
+            try:
+                if call == "set_state":
+                    data.set_state("k", bad)
+                else:
+                    data.emit("side", bad)
+            except ValueNotSerializableError as exc:
+                seen.append(exc.type_name)
+            seen.append(data.get_state("k", "unset"))
+            data.set_state("ok", 1)
+            return "done"
+
+        @flow.chunk("listener")
+        async def listener(data):
+            seen.append("listener")
+
+        flow.to(writer).end()
+        flow.when("side").to(listener)
+        async with asyncio.timeout(BOUND):
+            assert await flow.async_start() == {"ok": 1, "$final_result": "done"}
+        assert seen == [type_name, "unset"]
+
+    @pytest.mark.parametrize("awaited", [True, False], ids=["async", "sync"])
+    async def test_a_caught_refusal_of_flow_data_lets_the_execution_finish(
+        self, runtime, awaited: bool
+    ) -> None:
+        """Flow data used to be encoded inside the send chain: the failed link failed every
+        later send and the attempt, and the chunk was redelivered until it gave up."""
+        flow = TriggerFlow(name=f"caught_flow_data_{awaited}")
+        seen: list[Any] = []
+
+        @flow.chunk("writer")
+        async def writer(data):
+            try:
+                if awaited:
+                    await data.async_set_flow_data("k", object())
+                else:
+                    data.set_flow_data("k", object())
+            except ValueNotSerializableError as exc:
+                seen.append(exc.type_name)
+            seen.append(data.get_flow_data("k", "unset"))
+            await data.async_emit("side", 1)
+            return "done"
+
+        @flow.chunk("after")
+        async def after(data):
+            seen.append("after")
+
+        flow.to(writer).end()
+        flow.when("side").to(after)
+        async with asyncio.timeout(BOUND):
+            assert await flow.async_start() == {"$final_result": "done"}
+        assert seen == ["object", "unset", "after"]
+
+    async def test_an_uncaught_refusal_fails_the_execution_naming_it(self, runtime) -> None:
+        flow = TriggerFlow(name="uncaught_state_write")
+
+        @flow.chunk("writer")
+        async def writer(data):
+            data.set_state("k", object())
+            return "never"
+
+        flow.to(writer).end()
+        execution = flow.create_execution(auto_close_timeout=0.0)
+        with pytest.raises(ChunkFailedError) as raised:
+            async with asyncio.timeout(BOUND):
+                await execution.async_start()
+        assert (raised.value.chunk, raised.value.error_type) == (
+            "writer",
+            "ValueNotSerializableError",
+        )
+        assert "the state value for 'k'" in raised.value.error_message
+
+    async def test_a_chunk_returning_a_cyclic_value_fails_naming_the_error(self, runtime) -> None:
+        flow = TriggerFlow(name="cyclic_result")
+
+        @flow.chunk("maker")
+        async def maker(data):
+            return cyclic()
+
+        flow.to(maker).end()
+        with pytest.raises(ChunkFailedError) as raised:
+            async with asyncio.timeout(BOUND):
+                await flow.create_execution(auto_close_timeout=0.0).async_start()
+        assert raised.value.error_type == "ValueNotSerializableError"
+        assert "refers to itself" in raised.value.error_message
