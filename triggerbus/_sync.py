@@ -8,13 +8,20 @@ to the same long-lived loop thread.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+import structlog
+
 from triggerbus.errors import LifecycleError
 
 T = TypeVar("T")
+log = structlog.get_logger()
+
+EXIT_CLOSE_SECONDS = 5.0
+"""How long the interpreter's exit waits for the sync runtime to close before going on."""
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -33,7 +40,26 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             )
             thread.start()
             _loop = loop
+            # atexit runs the last registered first: registered after the embedded server's
+            # own hook (its module is imported above), so the connection closes while the
+            # server still runs, instead of losing it and logging the loss at every exit.
+            atexit.register(_close_at_exit, loop)
         return _loop
+
+
+def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the background loop's runtime (its hosts, then its connection) and stop it."""
+    if loop.is_closed() or not loop.is_running():
+        return
+    from triggerbus._runtime import close_runtime
+
+    closing = asyncio.run_coroutine_threadsafe(close_runtime(), loop)
+    try:
+        closing.result(timeout=EXIT_CLOSE_SECONDS)
+    except Exception as exc:  # exiting anyway: say why the close was cut short
+        closing.cancel()
+        log.warning("sync_runtime_close_failed", error=repr(exc), waited_s=EXIT_CLOSE_SECONDS)
+    loop.call_soon_threadsafe(loop.stop)
 
 
 def _refuse_inside_loop(what: str) -> None:
