@@ -67,11 +67,16 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 
 
 class OtlpReceiver:
-    """A threaded HTTP server taking OTLP protobuf posts; thread-safe, awaitable."""
+    """A threaded HTTP server taking OTLP protobuf posts; thread-safe, awaitable.
 
-    def __init__(self, *, decode: bool = True) -> None:
+    ``grpc=True`` also serves OTLP over gRPC (``grpc_endpoint``, for
+    ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc``): the same requests, taken the same way.
+    """
+
+    def __init__(self, *, decode: bool = True, grpc: bool = False) -> None:
         """``decode=False`` only counts requests and bytes (a benchmark's cheap sink)."""
         self.decode = decode
+        self._grpc: Any = _grpc_server(self) if grpc else None
         self.bytes_received = 0
         self.spans: list[ReceivedSpan] = []
         self.metric_names: set[str] = set()
@@ -126,11 +131,22 @@ class OtlpReceiver:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def grpc_endpoint(self) -> str:
+        """The gRPC endpoint (``grpc=True`` only)."""
+        if self._grpc is None:
+            raise RuntimeError("this receiver was made without grpc=True")
+        return f"http://127.0.0.1:{self._grpc[1]}"
+
     def start(self) -> OtlpReceiver:
         self._thread.start()
+        if self._grpc is not None:
+            self._grpc[0].start()
         return self
 
     def stop(self) -> None:
+        if self._grpc is not None:
+            self._grpc[0].stop(grace=None)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -239,3 +255,29 @@ class OtlpReceiver:
         wanted = set(names)
         await self.wait_for(lambda _: wanted <= self.metric_names)
         return set(self.metric_names)
+
+
+def _grpc_server(receiver: OtlpReceiver) -> tuple[Any, int]:
+    """A gRPC server (not started) whose trace and metrics services hand each request's
+    bytes to ``receiver``, and its port."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            receiver._take_traces(request.SerializeToString())
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:
+            receiver._take_metrics(request.SerializeToString())
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    return server, port

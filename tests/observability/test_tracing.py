@@ -540,3 +540,42 @@ class TestJoinLinks:
         assert {span_id for _, span_id, _ in invoke_both.links} == emits - {
             invoke_both.parent_span_id
         }
+
+
+class TestOtlpOverGrpc:
+    async def test_a_flow_traced_over_grpc_exports_its_whole_trace_and_metrics(
+        self, runtime
+    ) -> None:
+        """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` (Jaeger's and collectors' port 4317): the SDK's
+        gRPC exporters run in the process on SDK span objects, and the trace they send has the
+        same shape as over HTTP: the execution span, each invocation's producer span under it,
+        and the attempt's consumer span under that."""
+        with OtlpReceiver(grpc=True) as receiver:
+            configure_telemetry(
+                {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                    "OTEL_METRIC_EXPORT_INTERVAL": "200",
+                    "OTEL_BSP_SCHEDULE_DELAY": "50",
+                    "OTEL_SERVICE_NAME": "grpc-test",
+                }
+            )
+            try:
+                async with asyncio.timeout(30):
+                    await _flow("over_grpc").create_execution(auto_close_timeout=0).async_start(1)
+                    await asyncio.to_thread(current().force_flush)
+                    spans = await receiver.wait_for(
+                        lambda spans: any(s.name.startswith("execution ") for s in spans)
+                        and bool(_named(spans, "process first"))
+                    )
+                    await receiver.wait_for_metrics("triggerbus.chunk.duration")
+            finally:
+                shutdown_telemetry()
+        assert receiver.requests >= 2 and receiver.bytes_received == 0, "not over HTTP"
+        (execution,) = [s for s in spans if s.name == "execution over_grpc"]
+        (invoke,) = _named(spans, "invoke first")
+        (attempt,) = _named(spans, "process first")
+        assert {s.trace_id for s in (execution, invoke, attempt)} == {execution.trace_id}
+        assert invoke.parent_span_id == execution.span_id
+        assert attempt.parent_span_id == invoke.span_id
+        assert {s.service for s in spans} == {"grpc-test"}
