@@ -73,10 +73,19 @@ def _refuse_inside_loop(what: str) -> None:
     )
 
 
+def _sync_name(coroutine: Coroutine[Any, Any, Any]) -> str:
+    owner, _, name = getattr(coroutine, "__qualname__", "").rpartition(".")
+    if not name:
+        return "this call"
+    name = name.removeprefix("async_")
+    return f"{owner}.{name}()" if owner else f"{name}()"
+
+
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on the background loop and wait for its result."""
     try:
-        _refuse_inside_loop(getattr(coroutine, "__qualname__", "this call"))
+        # Named as the caller wrote it: the sync method, not the async twin it wraps.
+        _refuse_inside_loop(_sync_name(coroutine))
     except LifecycleError:
         coroutine.close()
         raise

@@ -61,6 +61,29 @@ def load_flow(target: str) -> TriggerFlow:
     return flow
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of 0 or less would leave a
+    worker that never runs a chunk, or a listing of nothing)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triggerbus",
@@ -93,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--concurrency",
-        type=int,
+        type=_at_least_one,
         default=None,
         metavar="N",
         help="invocations of each chunk running at once in this process (default 16)",
@@ -115,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=_seconds,
         default=30.0,
         metavar="SECONDS",
         help="how long running invocations may take to finish after SIGTERM (default 30)",
@@ -149,7 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     resume.add_argument("--actor", help="who answers (recorded in the interrupt)")
     resume.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS",
+        "--timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long to wait for the execution's answer (default 30)",
     )
     resume.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
@@ -165,7 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = dlq_commands.add_parser("list", help="one line per dead letter, oldest first")
     dlq_list.add_argument("--flow", default="*", help="only this flow's dead letters")
-    dlq_list.add_argument("--limit", type=int, default=100, help="at most this many (100)")
+    dlq_list.add_argument(
+        "--limit", type=_at_least_one, default=100, help="at most this many (100)"
+    )
     dlq_show = dlq_commands.add_parser("show", help="print one dead letter as JSON")
     dlq_show.add_argument("sequence", type=int, help="its sequence, as `dlq list` prints it")
     dlq_replay = dlq_commands.add_parser(
@@ -239,7 +264,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
             bus,
             hosted,
             chunks=chunks,
-            concurrency=args.concurrency or settings.chunk_concurrency,
+            concurrency=args.concurrency or settings.chunk_concurrency,  # None: not given
             host_executions=not args.no_executions,
             shutdown_grace=args.shutdown_grace,
             consumer_policy=ConsumerPolicy(ack_wait=settings.ack_wait),

@@ -71,3 +71,23 @@ async def test_the_worker_tunes_its_garbage_collector_unless_told_not_to(
         assert ready["gc_frozen"] > 1000
     else:
         assert (ready["gc_thresholds"], ready["gc_frozen"]) == (defaults, 0)
+
+
+async def test_a_sync_call_inside_a_running_loop_is_refused_naming_what_was_called() -> None:
+    """Before anything connects: the sync form would block the loop it is called from. The
+    error names the method the caller wrote, not the ``async_`` twin it wraps."""
+    from triggerbus import TriggerFlow
+    from triggerbus.errors import LifecycleError
+
+    flow = TriggerFlow(name="refused_inside_loop")
+
+    @flow.chunk("step")
+    async def step(data):
+        return data.value
+
+    flow.to(step).end()
+    with pytest.raises(LifecycleError, match=r"^TriggerFlow\.start\(\) is the sync form"):
+        flow.start(1)
+    execution = flow.create_execution()
+    with pytest.raises(LifecycleError, match=r"\.set_state\(\) is the sync form.*async_ twin"):
+        execution.set_state("k", 1)
