@@ -377,6 +377,11 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
     if not reply.ok:
         error = reply.error
         reason = f"{error.error_type}: {error.message}" if error else "refused"
+        if error is not None and error.message.startswith("no execution"):
+            reason = (
+                f"flow {flow.name!r} has no execution {args.execution_id!r} (never started, or "
+                "started under another TRIGGERBUS_PREFIX)"
+            )
         sys.stderr.write(f"triggerbus: {reason}\n")
         return EXIT_ERROR
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(reply.value)).decode() + "\n")

@@ -87,12 +87,17 @@ async def test_cli_resume_answers_and_refuses_clearly(
     async with asyncio.timeout(90):
         await execution.async_start("cli")
         unknown = await asyncio.to_thread(_run, *cli, "nope", "--value", "1", env=env)
+        missing = await asyncio.to_thread(
+            _run, *cli[:-1], "never-started", "approve", "--value", "1", env=env
+        )
         done = await asyncio.to_thread(
             _run, *cli, "approve", "--value", '{"by": "cli"}', "--request-id", "r1", env=env
         )
         snapshot = await execution.async_close()
     assert unknown.returncode == 1
     assert "InterruptNotFoundError" in unknown.stderr and "'nope' not found" in unknown.stderr
+    assert missing.returncode == 1
+    assert "has no execution 'never-started' (never started" in missing.stderr, missing.stderr
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["resume_value"] == {"by": "cli"}
     assert snapshot["$final_result"]["approved"] == {"by": "cli"}
