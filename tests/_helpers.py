@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,21 @@ def load_module(relative: str, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_python(
+    *args: str, env: dict[str, str], timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` from the repository's root with exactly ``env``, to completion."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def without_triggerbus_settings() -> dict[str, str]:
+    """This process's environment minus every ``TRIGGERBUS_*``: what a user's shell has."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERBUS_")}
 
 
 def child_env() -> dict[str, str]:

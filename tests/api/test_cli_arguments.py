@@ -7,12 +7,10 @@ was taken as it was: a worker that reported ready and never ran a chunk.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from tests._helpers import ROOT
+from tests._helpers import run_python
 
 FLOW = "tests.flows.echo:flow"
 REFUSED = {
@@ -31,14 +29,6 @@ def test_a_number_that_would_misconfigure_the_process_is_refused(
 ) -> None:
     # An unreachable server: a command that got past its arguments would fail differently.
     env = {**os.environ, "TRIGGERBUS_NATS_URL": "nats://127.0.0.1:9"}
-    done = subprocess.run(
-        [sys.executable, "-m", "triggerbus", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_python("-m", "triggerbus", *args, env=env)
     assert done.returncode == 2, done.stderr
     assert said in done.stderr

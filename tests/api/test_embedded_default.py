@@ -4,25 +4,13 @@ the README's demo command and a plain sync script, run as real processes."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
 import textwrap
 
-from tests._helpers import ROOT
+from tests._helpers import run_python, without_triggerbus_settings
 
 
 def test_demo_prints_the_stream_then_the_close_snapshot_on_an_embedded_server() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERBUS_")}
-    done = subprocess.run(
-        [sys.executable, "examples/playbook.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = run_python("examples/playbook.py", env=without_triggerbus_settings())
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     stream = [
@@ -63,16 +51,7 @@ def test_a_sync_script_exits_without_warnings_after_using_the_embedded_server() 
         print(flow.start(1))
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGGERBUS_")}
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = run_python("-c", script, env=without_triggerbus_settings())
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'$final_result': 2}"
     noisy = [line for line in done.stderr.splitlines() if '"level": "' in line
