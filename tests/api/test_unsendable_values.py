@@ -12,6 +12,7 @@ outcome waits for, nor a failed link that fails the attempt.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,6 +70,47 @@ HANDLE_WORDS = {
 }
 
 
+def read_state(data: Any) -> Any:
+    return data.get_state("k", "unset")
+
+
+def read_flow_data(data: Any) -> Any:
+    return data.get_flow_data("k", "unset")
+
+
+async def caught_then_finished(
+    name: str, write: Callable[[Any], Any], read: Callable[[Any], Any]
+) -> list[Any]:
+    """Run a chunk that makes a write it expects refused, catches the error, reads the key
+    back, then sends a good emit and a good state write; the execution must finish. Returns
+    what the chunk and the emit's listener saw, in order."""
+    flow = TriggerFlow(name=name)
+    seen: list[Any] = []
+
+    @flow.chunk("writer")
+    async def writer(data):
+        try:
+            written = write(data)
+            if inspect.isawaitable(written):
+                await written
+        except ValueNotSerializableError as exc:
+            seen.append(exc.type_name)
+        seen.append(read(data))
+        await data.async_emit("side", "after")
+        data.set_state("ok", 1)
+        return "done"
+
+    @flow.chunk("listener")
+    async def listener(data):
+        seen.append(f"listener got {data.value}")
+
+    flow.to(writer).end()
+    flow.when("side").to(listener)
+    async with asyncio.timeout(BOUND):
+        assert await flow.async_start() == {"ok": 1, "$final_result": "done"}
+    return seen
+
+
 class TestFromAHandle:
     @pytest.mark.parametrize("call", sorted(HANDLE_CALLS))
     @pytest.mark.parametrize(("bad", "type_name"), BAD_VALUES)
@@ -104,31 +146,15 @@ class TestInsideAChunk:
         """A sync call from an async handler sends without waiting, and its message is named
         as an effect the outcome waits for. A refused message used to be named first, so the
         outcome waited for it forever."""
-        flow = TriggerFlow(name=f"caught_sync_{call}")
-        seen: list[Any] = []
 
-        @flow.chunk("writer")
-        async def writer(data):
-            try:
-                if call == "set_state":
-                    data.set_state("k", bad)
-                else:
-                    data.emit("side", bad)
-            except ValueNotSerializableError as exc:
-                seen.append(exc.type_name)
-            seen.append(data.get_state("k", "unset"))
-            data.set_state("ok", 1)
-            return "done"
+        def write(data: Any) -> None:
+            if call == "set_state":
+                data.set_state("k", bad)
+            else:
+                data.emit("side", bad)
 
-        @flow.chunk("listener")
-        async def listener(data):
-            seen.append("listener")
-
-        flow.to(writer).end()
-        flow.when("side").to(listener)
-        async with asyncio.timeout(BOUND):
-            assert await flow.async_start() == {"ok": 1, "$final_result": "done"}
-        assert seen == [type_name, "unset"]
+        seen = await caught_then_finished(f"caught_sync_{call}", write, read_state)
+        assert seen == [type_name, "unset", "listener got after"]
 
     @pytest.mark.parametrize("awaited", [True, False], ids=["async", "sync"])
     async def test_a_caught_refusal_of_flow_data_lets_the_execution_finish(
@@ -136,31 +162,15 @@ class TestInsideAChunk:
     ) -> None:
         """Flow data used to be encoded inside the send chain: the failed link failed every
         later send and the attempt, and the chunk was redelivered until it gave up."""
-        flow = TriggerFlow(name=f"caught_flow_data_{awaited}")
-        seen: list[Any] = []
 
-        @flow.chunk("writer")
-        async def writer(data):
-            try:
-                if awaited:
-                    await data.async_set_flow_data("k", object())
-                else:
-                    data.set_flow_data("k", object())
-            except ValueNotSerializableError as exc:
-                seen.append(exc.type_name)
-            seen.append(data.get_flow_data("k", "unset"))
-            await data.async_emit("side", 1)
-            return "done"
+        async def write(data: Any) -> None:
+            if awaited:
+                await data.async_set_flow_data("k", object())
+            else:
+                data.set_flow_data("k", object())
 
-        @flow.chunk("after")
-        async def after(data):
-            seen.append("after")
-
-        flow.to(writer).end()
-        flow.when("side").to(after)
-        async with asyncio.timeout(BOUND):
-            assert await flow.async_start() == {"$final_result": "done"}
-        assert seen == ["object", "unset", "after"]
+        seen = await caught_then_finished(f"caught_flow_data_{awaited}", write, read_flow_data)
+        assert seen == ["object", "unset", "listener got after"]
 
     async def test_an_uncaught_refusal_fails_the_execution_naming_it(self, runtime) -> None:
         flow = TriggerFlow(name="uncaught_state_write")
