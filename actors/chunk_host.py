@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import structlog
 
-from triggerbus._sendable import encode_sent
+from triggerbus._sendable import JSON_ABLE, encode_sent
 from triggerbus.actors._lifecycle import HostLifecycle
 from triggerbus.actors.hosted import MISMATCH_REDELIVERIES, HostedFlow, mismatch_delay
 from triggerbus.actors.runtime_data import TriggerFlowRuntimeData
@@ -416,8 +416,7 @@ async def _call(
         return _Raised(
             "ValueNotSerializableError",
             f"chunk {data.chunk_name!r} returned a value of type {type(value).__name__} that "
-            f"cannot be sent over the bus ({exc}); return JSON-able data (dict, list, str, "
-            "numbers, bool, None, dataclasses, msgspec Structs)",
+            f"cannot be sent over the bus ({exc}); return JSON-able data ({JSON_ABLE})",
             "",
         )
     except Exception as exc:
