@@ -57,16 +57,19 @@ def _first_attempt(spans: list[ReceivedSpan], name: str) -> ReceivedSpan:
 def _has(
     *names: str, first_attempts: tuple[str, ...] = (), merge_attempts: int = 1
 ) -> Callable[[list[ReceivedSpan]], bool]:
-    """Every span the assertions read, the first attempts among them: processes export in
-    their own batches, so one span's arrival says nothing of another's."""
+    """Every span the assertions read, the first attempts among them, and the parent of every
+    span received: processes export in their own batches, so one span's arrival says nothing
+    of another's (a late attempt's emit once came in before that attempt's own span)."""
 
     def check(spans: list[ReceivedSpan]) -> bool:
         have = [s.name for s in spans]
         firsts = {s.name for s in spans if s.attributes.get("triggerbus.attempt") == 1}
+        ids = {s.span_id for s in spans}
         return (
             all(n in have for n in names)
             and all(n in firsts for n in first_attempts)
             and have.count("process merge") >= merge_attempts
+            and all(not s.parent_span_id or s.parent_span_id in ids for s in spans)
         )
 
     return check
