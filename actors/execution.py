@@ -26,6 +26,8 @@ from triggerbus.actors.state_paths import (
 )
 from triggerbus.contracts.graph import START_EVENT, Operator, Signal
 from triggerbus.contracts.messages import (
+    CONTRACT_ERROR,
+    EXECUTION_NOT_FOUND,
     ChunkCompleted,
     ChunkFailed,
     CloseExecution,
@@ -81,11 +83,15 @@ class Transition:
     rejected: str = ""
     deferred: bool = False
     """A chunk outcome arrived before effects its attempt sent: apply it again later."""
+    rejected_as: str = CONTRACT_ERROR
+    """The ``error_type`` a refusal is answered with; read only when ``rejected``."""
 
     def with_snapshot(self, snapshot: Snapshot) -> Transition:
         """This transition storing ``snapshot`` instead (``dataclasses.replace`` costs ten
         times as much, on a path taken by every traced message)."""
-        return Transition(snapshot, self.outbox, self.duplicate, self.rejected, self.deferred)
+        return Transition(
+            snapshot, self.outbox, self.duplicate, self.rejected, self.deferred, self.rejected_as
+        )
 
 
 def new_snapshot(index: GraphIndex, execution_id: str, *, now: float) -> Snapshot:
@@ -102,11 +108,15 @@ def new_snapshot(index: GraphIndex, execution_id: str, *, now: float) -> Snapsho
 def apply(
     index: GraphIndex, snapshot: Snapshot | None, message: MailboxMessage, *, now: float
 ) -> Transition:
-    """Apply one mailbox message. Never raises for bad input: a refusal is a ``rejected`` reason."""
+    """Apply one mailbox message. Never raises for bad input: a refusal is a ``rejected`` reason,
+    answered as ``rejected_as``."""
     if snapshot is None:
         # State may be written before the start, as TriggerFlow allows; nothing else may.
         if not isinstance(message, StartExecution | StateWritten):
-            return Transition(None, [], rejected=f"no execution {message.execution_id!r}")
+            # Readers of the previous release match this text (their hosts sent it as a
+            # ContractError): keep it for a rolling upgrade.
+            reason = f"no execution {message.execution_id!r}"
+            return Transition(None, [], rejected=reason, rejected_as=EXECUTION_NOT_FOUND)
         snapshot = new_snapshot(index, message.execution_id, now=now)
     if message.id in snapshot.applied:
         if isinstance(message, EmitEvent | StateWritten) and message.reply_to:

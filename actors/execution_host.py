@@ -31,6 +31,7 @@ from triggerbus.bus.pull import Permits
 from triggerbus.bus.subjects import EXECUTION_ID, MAILBOX_DLQ
 from triggerbus.contracts.codec import WireError, decode, encode
 from triggerbus.contracts.messages import (
+    CONTRACT_ERROR,
     DeadLetter,
     ErrorInfo,
     MailboxMessage,
@@ -335,7 +336,10 @@ class ExecutionHost(HostLifecycle):
             transition = apply(self._flow.index, snapshot, message, now=self._clock())
             if transition.rejected:
                 await self._refuse(
-                    delivery, transition.rejected, reply_to=getattr(message, "reply_to", None)
+                    delivery,
+                    transition.rejected,
+                    reply_to=getattr(message, "reply_to", None),
+                    error_type=transition.rejected_as,
                 )
                 return
             if transition.deferred:
@@ -360,7 +364,8 @@ class ExecutionHost(HostLifecycle):
                     transition = self._oversized(snapshot, message, handling, exc)
                     if transition.rejected:
                         await self._refuse(delivery, transition.rejected,
-                                           reply_to=getattr(message, "reply_to", None))  # fmt: skip
+                                           reply_to=getattr(message, "reply_to", None),
+                                           error_type=transition.rejected_as)  # fmt: skip
                         return
                     stored = await self._store(execution_id, transition, revision)
             except RevisionConflictError:
@@ -586,13 +591,23 @@ class ExecutionHost(HostLifecycle):
     # --- refusals --------------------------------------------------------------------------------
 
     async def _refuse(
-        self, delivery: Delivery | HandOff, reason: str, *, reply_to: str | None
+        self,
+        delivery: Delivery | HandOff,
+        reason: str,
+        *,
+        reply_to: str | None,
+        error_type: str = CONTRACT_ERROR,
     ) -> None:
         """Bad input: answer where someone waits, dead-letter it with the reason, settle it."""
         self._dead_lettered += 1
-        log.error("mailbox_message_refused", reason=reason, subject=delivery.subject)
+        log.error(
+            "mailbox_message_refused",
+            reason=reason,
+            error_type=error_type,
+            subject=delivery.subject,
+        )
         if reply_to:
-            error = ErrorInfo(error_type="ContractError", message=reason)
+            error = ErrorInfo(error_type=error_type, message=reason)
             await self._reply(reply_to, Reply(ok=False, error=error))
         letter = DeadLetter(
             subject=delivery.subject,

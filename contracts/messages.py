@@ -39,6 +39,28 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     traceback: str = ""
 
 
+CONTRACT_ERROR = "ContractError"
+"""The ``error_type`` of a refused message that is itself wrong (it does not decode, its
+subject and ``execution_id`` disagree, its flow fingerprint differs)."""
+
+EXECUTION_NOT_FOUND = "ExecutionNotFoundError"
+"""The ``error_type`` of a refusal because the execution does not exist: a message other than
+``start`` or ``state`` for an id that was never started."""
+
+
+def refuses_unknown_execution(error: ErrorInfo | None) -> bool:
+    """Whether ``error`` says the execution does not exist.
+
+    A host of the previous release (still answering during a rolling upgrade) sent this as a
+    ``ContractError`` whose message starts ``no execution``; that form is read too.
+    """
+    if error is None:
+        return False
+    return error.error_type == EXECUTION_NOT_FOUND or (
+        error.error_type == CONTRACT_ERROR and error.message.startswith("no execution")
+    )
+
+
 class ParentRef(msgspec.Struct, frozen=True, kw_only=True):
     """The execution (and its waiting step) that started a sub-flow execution."""
 

@@ -319,7 +319,11 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
     import uuid
 
     from triggerbus.contracts.codec import WireError, decode, encode
-    from triggerbus.contracts.messages import ResumeInterrupt, reply_decoder
+    from triggerbus.contracts.messages import (
+        ResumeInterrupt,
+        refuses_unknown_execution,
+        reply_decoder,
+    )
 
     if settings.nats_url is None:
         raise ConfigurationError(
@@ -377,7 +381,7 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
     if not reply.ok:
         error = reply.error
         reason = f"{error.error_type}: {error.message}" if error else "refused"
-        if error is not None and error.message.startswith("no execution"):
+        if refuses_unknown_execution(error):
             reason = (
                 f"flow {flow.name!r} has no execution {args.execution_id!r} (never started, or "
                 "started under another TRIGGERBUS_PREFIX)"

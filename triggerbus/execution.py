@@ -44,6 +44,7 @@ from triggerbus.contracts.messages import (
     StreamEnded,
     StreamItem,
     closed_decoder,
+    refuses_unknown_execution,
     reply_decoder,
     stream_decoder,
 )
@@ -633,7 +634,7 @@ class Execution:
                 raise PendingInterruptsError(
                     reply.error.message, flow=self.flow_name, execution_id=self.id
                 )
-            if reply.error and reply.error.error_type == "ContractError":
+            if refuses_unknown_execution(reply.error):
                 raise ExecutionNotFoundError(
                     f"execution {self.id!r} of flow {self.flow_name!r} was never started",
                     flow=self.flow_name,
@@ -1026,7 +1027,7 @@ class Execution:
                 error_message=error.message,
                 remote_traceback=error.traceback,
             )
-        if error.error_type == "ContractError" and error.message.startswith("no execution"):
+        if refuses_unknown_execution(error):
             raise ExecutionNotFoundError(
                 f"execution {self.id!r} of flow {self.flow_name!r} has not been started; "
                 "start it (async_start or a runtime stream) before emitting into it or "

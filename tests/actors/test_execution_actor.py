@@ -21,6 +21,7 @@ from triggerbus import TriggerFlow
 from triggerbus.actors.execution import AUTO_CLOSE_TIMER, Transition, apply, new_snapshot
 from triggerbus.actors.graph_index import GraphIndex
 from triggerbus.contracts.messages import (
+    EXECUTION_NOT_FOUND,
     ChunkCompleted,
     ChunkFailed,
     CloseExecution,
@@ -29,6 +30,8 @@ from triggerbus.contracts.messages import (
     InvokeChunk,
     MailboxMessage,
     Reply,
+    ResumeInterrupt,
+    SealExecution,
     StartExecution,
     StateOp,
     StateWritten,
@@ -1015,19 +1018,23 @@ class TestUnknownExecution:
             EmitEvent(id="m", execution_id="nope", event="E"),
             CloseExecution(id="m", execution_id="nope"),
             TimerFired(id="m", execution_id="nope", timer=AUTO_CLOSE_TIMER, generation=1),
+            ResumeInterrupt(id="m", execution_id="nope", interrupt_id="i"),
+            SealExecution(id="m", execution_id="nope"),
         ],
         ids=lambda m: type(m).__name__,
     )
-    def test_non_start_message_for_unknown_execution_is_rejected(
+    def test_non_start_message_for_unknown_execution_is_rejected_as_not_found(
         self, message: MailboxMessage
     ) -> None:
         """Anything but a start (or a state write) for an execution with no snapshot is
-        refused with a reason."""
+        refused with a reason, as ``ExecutionNotFoundError``: the caller learns the kind of
+        refusal from its type, not by reading the text."""
         index = GraphIndex.build(chain_flow().graph())
         transition = apply(index, None, message, now=0.0)
         assert transition.snapshot is None
         assert transition.outbox == []
         assert "nope" in transition.rejected
+        assert transition.rejected_as == EXECUTION_NOT_FOUND == "ExecutionNotFoundError"
 
     def test_state_written_before_start_creates_the_execution_and_is_kept(self) -> None:
         """TriggerFlow accepts state before the start; the start then runs with it."""
@@ -1572,8 +1579,6 @@ class TestCollect:
 
 class TestSealFlowDataSubFlow:
     def test_seal_ignores_outside_state_writes_and_unseal_reopens(self) -> None:
-        from triggerbus.contracts.messages import SealExecution
-
         flow = TriggerFlow(name="seal")
         flow.when({"runtime_data": "k"}).to(("on_k", noop))
         driver = Driver(flow)
@@ -1695,8 +1700,6 @@ def resume(
     message_id: str | None = None,
     **fields: Any,
 ) -> Transition:
-    from triggerbus.contracts.messages import ResumeInterrupt
-
     return driver.send(
         ResumeInterrupt(
             id=message_id or driver.next_id("resume"),
@@ -2024,7 +2027,8 @@ def test_with_snapshot_keeps_every_other_field_of_the_transition() -> None:
     first = new_snapshot(GraphIndex.build(chain_flow().graph()), "e1", now=0.0)
     second = msgspec.structs.replace(first, status="waiting")
     values = {"snapshot": first, "outbox": [Observe(name="x", attributes={})],
-              "duplicate": True, "rejected": "why", "deferred": True}  # fmt: skip
+              "duplicate": True, "rejected": "why", "deferred": True,
+              "rejected_as": "ExecutionNotFoundError"}  # fmt: skip
     assert set(values) == {field.name for field in dataclasses.fields(Transition)}
     transition = Transition(**values)
     assert transition.with_snapshot(second) == dataclasses.replace(transition, snapshot=second)

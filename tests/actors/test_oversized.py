@@ -48,3 +48,4 @@ def test_a_closed_execution_refuses_the_message_instead() -> None:
     write = StateWritten(id="e:9:1", execution_id="e", op="set", key="k", value="v")
     refused = fail_oversized(index, closed, write, now=2.0, reason="too large")
     assert refused.snapshot is None and refused.rejected == "too large"
+    assert refused.rejected_as == "ContractError"
