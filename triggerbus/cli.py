@@ -296,7 +296,13 @@ async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         if args.dlq_command == "list":
-            for stored in await list_dead_letters(bus, flow=args.flow, limit=args.limit):
+            letters = await list_dead_letters(bus, flow=args.flow, limit=args.limit)
+            if not letters:  # said on stderr: a script counting stdout lines still counts 0
+                of_flow = "" if args.flow == "*" else f" of flow {args.flow!r}"
+                sys.stderr.write(
+                    f"triggerbus: no dead letters{of_flow} under prefix {settings.prefix!r}\n"
+                )
+            for stored in letters:
                 letter = stored.letter
                 sys.stdout.write(
                     f"{stored.sequence}\t{letter.subject}\t{letter.execution_id or '-'}\t"

@@ -10,7 +10,7 @@ import sys
 
 import nats
 
-from tests._helpers import ROOT, load_module
+from tests._helpers import ROOT, load_module, run_python
 from triggerbus.bus.subjects import Subjects
 from triggerbus.contracts.codec import encode
 from triggerbus.contracts.messages import DeadLetter, StartExecution
@@ -65,3 +65,14 @@ async def test_list_show_and_replay_a_dead_start(runtime, nats_url: str, prefix:
     assert "replayed" in replayed
     assert snapshot == {"$final_result": "again"}
     assert f"{ack.seq}\t" not in after
+
+
+def test_list_says_on_stderr_when_there_are_no_dead_letters(nats_url: str, prefix: str) -> None:
+    """A person is told there are none; stdout stays empty for a script counting its lines."""
+    env = {**os.environ, "TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix}
+    every = run_python("-m", "triggerbus", "dlq", "list", env=env, timeout=60)
+    one = run_python("-m", "triggerbus", "dlq", "list", "--flow", "orders", env=env, timeout=60)
+    assert (every.returncode, every.stdout) == (0, ""), every.stderr
+    assert f"no dead letters under prefix {prefix!r}" in every.stderr
+    assert (one.returncode, one.stdout) == (0, ""), one.stderr
+    assert f"no dead letters of flow 'orders' under prefix {prefix!r}" in one.stderr
