@@ -24,7 +24,9 @@ import select
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -170,10 +172,9 @@ def _read_exactly(stream: BinaryIO, size: int, deadline: float | None) -> bytes 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     from triggerbus.observability._otlp import SpanEncoder
     from triggerbus.observability._spans import _otlp_http_client
-    from triggerbus.observability.tracing import _span_exporters
+    from triggerbus.observability.tracing import _span_exporters, bsp_settings
 
     decoder = msgspec.msgpack.Decoder(Frame)
-    replies = msgspec.msgpack.Encoder()
     body = _read_frame(stdin)
     try:
         hello = decoder.decode(body) if body is not None else None
@@ -183,6 +184,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         log.error("span_export_process_refused", reason="first frame is not a hello in "
                   f"format {FORMAT}")  # fmt: skip
         return 2
+    settings = bsp_settings(hello.environ)
     exporters = _span_exporters(hello.environ)
     clients = [c for c in map(_otlp_http_client, exporters) if c is not None]
     encoder = SpanEncoder(
@@ -192,31 +194,162 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         resource_schema_url=hello.resource_schema_url,
         scope_schema_url=hello.scope_schema_url,
     )
+    backlog = _Backlog(settings.max_queue, settings.export_timeout)
+    stopper = _Stopper(exporters)
+    reader = threading.Thread(target=_read_into, args=(stdin, decoder, backlog, stopper),
+                              name="TriggerbusSpanPipe", daemon=True)  # fmt: skip
+    reader.start()
     try:
-        while (body := _read_frame(stdin)) is not None:
-            try:
-                frame = decoder.decode(body)
-            except msgspec.DecodeError as exc:  # the stream is broken: nothing after it is sure
-                log.error("span_export_process_frame_unreadable", error=str(exc))
-                return 3
-            if isinstance(frame, Batch):
-                _post(encoder.encode(frame.spans), clients, len(frame.spans))
-            elif isinstance(frame, Flush):
-                reply = replies.encode(Flushed(frame.id))
-                stdout.write(_LENGTH.pack(len(reply)) + reply)
-                stdout.flush()
+        _post_backlog(backlog, encoder, clients, stdout)
     finally:
-        for exporter in exporters:
-            exporter.shutdown()
-    return 0
+        stopper.stop()
+        if backlog.dropped:
+            log.warning("span_export_dropped_total", dropped=backlog.dropped)
+    return 3 if backlog.broken else 0
 
 
-def _post(payload: bytes, clients: list[Any], spans: int) -> None:
+class _Backlog:
+    """The frames read from the pipe and not yet handled, bounded in spans.
+
+    Why a backlog between the pipe and the posts: while the collector is down, each post
+    retries for up to the exporter's timeout. Read only between posts, the pipe would fill,
+    and the traced process's writes to it would block: its export thread stuck, its exit held
+    for as many timeouts as it had batches queued. Read at once into a bounded backlog, the
+    pipe never fills; spans past the bound are dropped and counted, as the batch processor's
+    own queue drops them (``OTEL_BSP_MAX_QUEUE_SIZE``).
+    """
+
+    def __init__(self, max_spans: int, shutdown_budget: float) -> None:
+        self.dropped = 0
+        self.broken = False
+        self._frames: deque[Batch | Flush] = deque()
+        self._spans = 0
+        self._max_spans = max_spans
+        self._budget = shutdown_budget
+        self._changed = threading.Condition()
+        self._deadline: float | None = None
+        self._gave_up = False
+
+    def put(self, frame: Batch | Flush) -> None:
+        with self._changed:
+            if isinstance(frame, Batch):
+                if self._spans + len(frame.spans) > self._max_spans:
+                    self._drop(len(frame.spans))
+                    return
+                self._spans += len(frame.spans)
+            self._frames.append(frame)
+            self._changed.notify()
+
+    def close(self, *, broken: bool = False) -> float:
+        """No more frames (the traced process closed the pipe): what is held is posted until
+        the shutdown budget runs out. Returns the deadline."""
+        with self._changed:
+            self.broken = broken
+            self._deadline = time.monotonic() + self._budget
+            self._changed.notify()
+            return self._deadline
+
+    def take(self) -> Batch | Flush | None:
+        """The next frame to handle; None once closed and empty. A batch is dropped instead
+        when closed and past the deadline, or after a post failed while closing: the
+        collector is down, and each further batch would only wait out its own timeout."""
+        with self._changed:
+            while True:
+                while not self._frames and self._deadline is None:
+                    self._changed.wait()
+                if not self._frames:
+                    return None
+                frame = self._frames.popleft()
+                if isinstance(frame, Flush):
+                    return frame
+                self._spans -= len(frame.spans)
+                if self._deadline is not None and (
+                    self._gave_up or time.monotonic() >= self._deadline
+                ):
+                    self._drop(len(frame.spans))
+                    continue
+                return frame
+
+    def posted(self, ok: bool) -> None:
+        with self._changed:
+            if not ok and self._deadline is not None:
+                self._gave_up = True
+
+    def _drop(self, spans: int) -> None:
+        if not self.dropped:
+            log.warning("span_export_dropping", spans=spans,
+                        hint="the collector is down or slow and the backlog is full (or the "
+                        "shutdown budget, OTEL_BSP_EXPORT_TIMEOUT, ran out); the total is "
+                        "logged at exit")  # fmt: skip
+        self.dropped += spans
+
+
+class _Stopper:
+    """Shuts the exporters down once, from whichever thread gets there first: at the shutdown
+    deadline that interrupts a post's retries (the client's shutdown ends its backoff)."""
+
+    def __init__(self, exporters: list[Any]) -> None:
+        self._exporters = exporters
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for exporter in self._exporters:
+            try:
+                exporter.shutdown()
+            except Exception as exc:  # nothing is left to lose at this point
+                log.warning("span_exporter_shutdown_failed", error=str(exc))
+
+
+def _read_into(
+    stdin: BinaryIO, decoder: msgspec.msgpack.Decoder[Any], backlog: _Backlog, stopper: _Stopper
+) -> None:
+    broken = False
+    while (body := _read_frame(stdin)) is not None:
+        try:
+            frame = decoder.decode(body)
+        except msgspec.DecodeError as exc:  # the stream is broken: nothing after it is sure
+            log.error("span_export_process_frame_unreadable", error=str(exc))
+            broken = True
+            break
+        if isinstance(frame, Batch | Flush):
+            backlog.put(frame)
+    deadline = backlog.close(broken=broken)
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), stopper.stop)
+    timer.daemon = True
+    timer.start()
+
+
+def _post_backlog(
+    backlog: _Backlog, encoder: Any, clients: list[Any], stdout: BinaryIO
+) -> None:
+    replies = msgspec.msgpack.Encoder()
+    while (frame := backlog.take()) is not None:
+        if isinstance(frame, Batch):
+            backlog.posted(_post(encoder.encode(frame.spans), clients, len(frame.spans)))
+        else:
+            reply = replies.encode(Flushed(frame.id))
+            stdout.write(_LENGTH.pack(len(reply)) + reply)
+            stdout.flush()
+
+
+def _post(payload: bytes, clients: list[Any], spans: int) -> bool:
+    """Post to every client; False if any failed (each logs its own failures, as the SDK
+    exporter does)."""
+    ok = True
     for client in clients:
         try:
-            client.export(payload)  # logs its own failures, as the SDK exporter does
+            result = client.export(payload)
         except Exception as exc:  # one lost batch is not worth the export process
             log.warning("span_export_failed", spans=spans, error=str(exc))
+            ok = False
+        else:
+            ok = ok and bool(getattr(result, "success", True))
+    return ok
 
 
 def hello_for(

@@ -681,18 +681,17 @@ def tracing_from_env(environ: Mapping[str, str], *, version: str = "") -> Tracin
         exporters = _span_exporters(environ)
         if not exporters:
             return None
-    delay = _int_from(environ, "OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)
-    queue = _int_from(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
-    batch = min(queue, _int_from(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_BATCH_SIZE))
+    settings = bsp_settings(environ)
     # A provider only for the SDK's reading of OTEL_TRACES_SAMPLER(_ARG); it records nothing.
     sampler = TracerProvider(shutdown_on_exit=False).sampler
     recorder = SpanRecorder(
         exporters,
         resource=resource_from(environ),
         scope=InstrumentationScope("triggerbus", version or None),
-        max_queue=queue,
-        max_batch=batch,
-        delay=delay / 1000,
+        max_queue=settings.max_queue,
+        max_batch=settings.max_batch,
+        delay=settings.delay,
+        shutdown_budget=settings.export_timeout,
         environ=environ if span_export_mode(environ) == "process" else None,
     )
     return Tracing(recorder, sampler)
@@ -725,6 +724,25 @@ def span_export_mode(environ: Mapping[str, str]) -> str:
     return mode
 
 
+class BatchSettings(msgspec.Struct, frozen=True):
+    """The batch span processor's ``OTEL_BSP_*`` settings, in seconds where they are times."""
+
+    max_queue: int
+    max_batch: int
+    delay: float
+    export_timeout: float
+    """How long a shutdown may spend exporting what is queued; past it, the rest is dropped
+    and counted (a collector that is down must not hold a process's exit)."""
+
+
+def bsp_settings(environ: Mapping[str, str]) -> BatchSettings:
+    queue = _int_from(environ, "OTEL_BSP_MAX_QUEUE_SIZE", BSP_MAX_QUEUE_SIZE)
+    batch = _int_from(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_BATCH_SIZE)
+    delay = _int_from(environ, "OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)
+    export_timeout = _int_from(environ, "OTEL_BSP_EXPORT_TIMEOUT", BSP_EXPORT_TIMEOUT_MS)
+    return BatchSettings(queue, min(queue, batch), delay / 1000, export_timeout / 1000)
+
+
 BSP_MAX_QUEUE_SIZE = 8192
 """Spans the batch processor holds before it drops (the SDK's default is 2048: 1.5 s of a
 busy host's spans at ~7 per execution, so a slow collector would lose spans early)."""
@@ -732,6 +750,8 @@ BSP_MAX_BATCH_SIZE = 512
 """Spans per export request (the SDK's default)."""
 BSP_SCHEDULE_DELAY_MS = 5000
 """Milliseconds between exports of a batch that is not full (the SDK's default)."""
+BSP_EXPORT_TIMEOUT_MS = 30000
+"""Milliseconds a shutdown may spend exporting (the specification's default)."""
 
 
 def _int_from(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -7,8 +7,11 @@ import asyncio
 import os
 import select
 import signal
+import socket
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -261,3 +264,47 @@ def test_a_traced_process_does_not_import_the_otlp_exporter_the_child_uses() -> 
                           text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded: []" in done.stdout
+
+
+def _refusing_endpoint() -> str:
+    """A loopback port nothing listens on: every post is refused, and retried with backoff."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _in_thread(call: Callable[[], object], timeout: float) -> bool:
+    """Whether ``call`` returns within ``timeout`` (run on a daemon thread that may stay)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return not thread.is_alive()
+
+
+@pytest.mark.parametrize("place", ["process", "thread"])
+def test_a_collector_that_is_down_neither_blocks_the_process_nor_holds_its_exit(
+    place: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Every post retries for the exporter's timeout while the collector is down. The traced
+    process must still hand its batches over at once (the child reads its pipe into a bounded
+    backlog, dropping past it) and exit within its shutdown budget, whatever is queued: before,
+    thirty queued batches held the exit for minutes."""
+    endpoint = _refusing_endpoint()
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+               "OTEL_BSP_EXPORT_TIMEOUT": "2000"}  # fmt: skip
+    recorder = SpanRecorder(
+        [OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces")], resource=RESOURCE, scope=SCOPE,
+        max_queue=1000, max_batch=10, delay=3600,
+        environ=environ if place == "process" else None, shutdown_budget=2.0,
+    )  # fmt: skip
+    assert (recorder._process is not None) is (place == "process")
+    for n in range(300):  # 30 batches of about 10 KB: more than a pipe holds
+        RecordedSpan(recorder, f"span {n}", SpanKind.INTERNAL, 0xABC, n + 1, 1, "", 0, False,
+                     {"pad": "x" * 1000}, (), 1_700_000_000_000_000_000).end()  # fmt: skip
+    if place == "process":
+        assert _in_thread(recorder._export_queued, 10), "the pipe to the child filled up"
+    assert _in_thread(recorder.shutdown, 2.0 + 10), "the exit waited on a collector that is down"
+    dropped = "span_export_dropped_total" if place == "process" else "spans_dropped_total"
+    captured = capfd.readouterr()
+    assert dropped in captured.out + captured.err  # counted, and said
