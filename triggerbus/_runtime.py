@@ -24,6 +24,8 @@ from triggerbus.bus.provision import ConsumerPolicy, StoragePolicy
 from triggerbus.bus.replies import ReplyRouter
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
+from triggerbus.contracts.codec import decode
+from triggerbus.contracts.snapshot import snapshot_decoder
 from triggerbus.errors import LifecycleError
 from triggerbus.observability.logging import configure_default_logging
 
@@ -102,7 +104,7 @@ class LocalRuntime:
         self._bus: Bus | None = None
         self._replies: ReplyRouter | None = None
         self._open_lock = asyncio.Lock()
-        self._flows: dict[str, HostedFlow] = {}
+        self._flows: dict[str, _Hosting] = {}
         self._flow_locks: dict[str, asyncio.Lock] = {}
         self._hosts: list[ChunkHost | ExecutionHost] = []
         self._group: asyncio.TaskGroup | None = None
@@ -150,31 +152,93 @@ class LocalRuntime:
             raise
 
     async def ensure_flow(self, flow: TriggerFlow) -> HostedFlow:
-        """Host ``flow``'s actors in this process (once), as the settings allow."""
+        """Host ``flow``'s actors in this process, as the settings allow.
+
+        Once per definition: when the same flow object has changed since it was hosted (it
+        was extended after it ran), its hosts are replaced by ones for the new definition,
+        provided no execution of the earlier one is still open here (see ``_retire``).
+        """
         graph = flow.graph()
-        hosted = self._flows.get(graph.flow)
-        if hosted is not None:
-            if hosted.fingerprint != graph.fingerprint:
-                raise LifecycleError(
-                    f"flow {graph.flow!r} is already hosted here with a different definition; "
-                    "give each flow its own name"
-                )
-            return hosted
+        hosting = self._flows.get(graph.flow)
+        if hosting is not None and hosting.hosted.fingerprint == graph.fingerprint:
+            return hosting.hosted
         lock = self._flow_locks.setdefault(graph.flow, asyncio.Lock())
         async with lock:
-            if graph.flow in self._flows:
-                return self._flows[graph.flow]
-            hosted = HostedFlow(graph, flow.handlers(), local_resources=local_resources,
-                                flow_resources=flow.runtime_resources)  # fmt: skip
-            await self._start_hosts(hosted)
-            self._flows[graph.flow] = hosted
+            hosting = self._flows.get(graph.flow)
+            if hosting is not None and hosting.hosted.fingerprint == graph.fingerprint:
+                return hosting.hosted
+            if hosting is not None:
+                await self._retire(hosting, flow, graph.flow)
+            hosting = _Hosting(flow, HostedFlow(graph, flow.handlers(),
+                               local_resources=local_resources,
+                               flow_resources=flow.runtime_resources))  # fmt: skip
+            hosting.hosts = await self._start_hosts(hosting)
+            self._flows[graph.flow] = hosting
         # The sub-flows it starts run as executions of their own flows, hosted alongside.
         for sub_flow in flow.hosted_flows()[1:]:
             await self.ensure_flow(sub_flow)
-        return hosted
+        return hosting.hosted
 
-    async def _start_hosts(self, hosted: HostedFlow) -> None:
+    async def _retire(self, hosting: _Hosting, flow: TriggerFlow, name: str) -> None:
+        """Stop hosting an earlier definition of ``name`` so a new one can be hosted.
+
+        Only the same flow object may replace its own definition (two flows that share a
+        name would share subjects), and only while no execution of the earlier definition
+        is open in this process: its later messages would reach hosts of the new definition,
+        which refuse them (a fingerprint mismatch) and leave it stuck.
+        """
+        if hosting.flow is not flow:
+            raise LifecycleError(
+                f"two different flows are named {name!r} in this process, with different "
+                "definitions; they would share subjects. Give each flow its own name "
+                "(TriggerFlow(name=...))"
+            )
+        if hosting.overflowed:
+            raise LifecycleError(
+                f"flow {name!r} changed after its first execution in this process, which "
+                f"started more than {OPEN_TRACKED} executions of its earlier definition "
+                "without seeing them close, so it cannot tell that none is still open; build "
+                "the changed flow as a new TriggerFlow with its own name"
+            )
+        still_open = await self._open_executions(hosting)
+        if still_open:
+            shown = ", ".join(sorted(still_open)[:3]) + (", ..." if len(still_open) > 3 else "")
+            raise LifecycleError(
+                f"flow {name!r} changed after its first execution in this process, and "
+                f"{len(still_open)} execution(s) of its earlier definition are still open here "
+                f"({shown}); this process can host only one definition of a flow. Close or "
+                "finish them before changing the flow, or build the changed flow as a new "
+                "TriggerFlow with its own name"
+            )
+        for host in hosting.hosts:
+            host.shutdown()  # what it already took finishes; new work goes to the new hosts
+            self._hosts.remove(host)
+        log.info("flow_rehosted", flow=name, fingerprint=flow.graph().fingerprint,
+                 previous=hosting.hosted.fingerprint)  # fmt: skip
+
+    async def _open_executions(self, hosting: _Hosting) -> set[str]:
+        """The executions of ``hosting``'s definition that this process's execution host
+        started and has not seen close, as the store has them now (KV is the truth: a close
+        observed elsewhere, or not observed after a crash, is found there)."""
+        still_open: set[str] = set()
+        for execution_id in list(hosting.open):
+            loaded = await self.bus.load(
+                self.subjects.execution_key(hosting.hosted.name, execution_id)
+            )
+            snapshot = decode(snapshot_decoder, loaded[0]) if loaded else None
+            if (
+                snapshot is None
+                or snapshot.lifecycle == "closed"
+                or snapshot.fingerprint != hosting.hosted.fingerprint
+            ):
+                hosting.open.discard(execution_id)
+            else:
+                still_open.add(execution_id)
+        return still_open
+
+    async def _start_hosts(self, hosting: _Hosting) -> list[ChunkHost | ExecutionHost]:
         assert self._group is not None
+        hosted = hosting.hosted
         hosts: list[ChunkHost | ExecutionHost] = []
         executions = None
         if self.settings.host_executions:
@@ -182,6 +246,7 @@ class LocalRuntime:
                 self.bus,
                 hosted,
                 consumer_policy=ConsumerPolicy(ack_wait=self.settings.ack_wait),
+                on_observe=hosting.observe,
             )
             hosts.append(executions)
         wanted = self.settings.local_chunks
@@ -206,6 +271,7 @@ class LocalRuntime:
             await host.wait_ready()
         self._hosts.extend(hosts)
         log.debug("flow_hosted", flow=hosted.name, chunks=chunks)
+        return hosts
 
     async def close(self) -> None:
         for host in self._hosts:
@@ -220,6 +286,31 @@ class LocalRuntime:
             await self._replies.stop()
         if self._bus is not None:
             await self._bus.close()
+
+
+OPEN_TRACKED = 10_000
+"""Open executions a hosted flow keeps track of; past that, its definition may not change."""
+
+
+class _Hosting:
+    """One flow hosted on this loop: the flow object, its compiled form, its hosts, and the
+    executions its execution host started and has not seen close (what a change of the
+    flow's definition would strand)."""
+
+    def __init__(self, flow: TriggerFlow, hosted: HostedFlow) -> None:
+        self.flow = flow
+        self.hosted = hosted
+        self.hosts: list[ChunkHost | ExecutionHost] = []
+        self.open: set[str] = set()
+        self.overflowed = False
+
+    def observe(self, name: str, execution_id: str, attributes: dict[str, Any]) -> None:
+        if name == "execution_started" and not self.overflowed:
+            self.open.add(execution_id)
+            if len(self.open) > OPEN_TRACKED:
+                self.overflowed, self.open = True, set()
+        elif name == "execution_closed":
+            self.open.discard(execution_id)
 
 
 async def close_runtime() -> None:

@@ -10,6 +10,7 @@ another agree on every subject and on the fingerprint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -126,6 +127,11 @@ def load_config(
     for raw in config["operators"]:
         operator = msgspec.convert(raw, Operator)
         flow._operators[operator.id] = operator
+    for name, chunk in flow._chunks.items():  # the retry policy rides in the operator
+        operator = flow._operators.get(chunk.operator_id)
+        policy = operator.options.get("policy") if operator is not None else None
+        if policy:
+            flow._chunks[name] = dataclasses.replace(chunk, policy=dict(policy))
     flow._edges = [
         Edge(signal=Signal(type=kind, name=name), operator=op) for kind, name, op in config["edges"]
     ]

@@ -7,13 +7,14 @@ the same module builds the same graph and agrees on subjects without coordinatio
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,6 +65,8 @@ class TriggerFlowChunk:
     handler: Handler
     trigger: str
     operator_id: str
+    policy: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """Its retry policy, so another flow that runs this chunk runs it the same way."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -779,8 +782,9 @@ class TriggerFlow:
         from triggerbus.actors.flow_data import change_flow_data
 
         check_sendable(value, f"the flow data value for {key!r}")
+        # Not hosted here for this: flow data is the flow's KV key and broadcast, and the
+        # definition may still grow (Agently lets flow data be set before any chunk).
         runtime = await get_runtime()
-        await runtime.ensure_flow(self)
         await change_flow_data(runtime.bus, self.name, op, key, value, emit=emit)  # type: ignore[arg-type]
 
     # --- running -----------------------------------------------------------------------------
@@ -922,13 +926,18 @@ class TriggerFlow:
         concurrency: int | None = None,
         runtime_resources: dict[str, Any] | None = None,
     ) -> Any:
-        """Start an execution and yield its runtime stream items until the stream ends."""
+        """Start an execution and yield its runtime stream items until the stream ends.
+
+        Raises:
+            ChunkFailedError: the execution failed (after the items put before the failure
+                are yielded): what ``start()`` raises for the same failure.
+        """
         execution = self.create_execution(
             concurrency=concurrency,
             runtime_resources=runtime_resources,
             auto_close_timeout=0.0,
         )
-        return execution.get_async_runtime_stream(initial_value, timeout=timeout)
+        return _stream_then_failure(execution, initial_value, timeout)
 
     def get_runtime_stream(
         self,
@@ -975,6 +984,7 @@ class TriggerFlow:
             handler=handler,
             trigger=f"Chunk[{unique}]-{ident}",
             operator_id=ident,
+            policy=policy or None,
         )
         registry[unique] = chunk
         self._add_operator(
@@ -996,11 +1006,7 @@ class TriggerFlow:
         name: str | None = None,
     ) -> TriggerFlowChunk:
         if isinstance(chunk, TriggerFlowChunk):
-            if self._chunks.get(chunk.name) is not chunk:
-                raise FlowDefinitionError(
-                    f"chunk {chunk.name!r} belongs to another flow; declare it on this one"
-                )
-            return chunk
+            return self._adopt_chunk(chunk)
         if isinstance(chunk, str):
             return self.get_chunk(chunk)
         if isinstance(chunk, tuple):
@@ -1014,6 +1020,22 @@ class TriggerFlow:
             f"expected a chunk, a function, a chunk name or (name, function), "
             f"not {type(chunk).__name__}"
         )
+
+    def _adopt_chunk(self, chunk: TriggerFlowChunk) -> TriggerFlowChunk:
+        """``chunk`` as a chunk of this flow. One declared on another flow is declared here
+        too, under its name (so its trigger event reads the same), with its handler and
+        retry policy: each flow hosts its own chunks on its own subjects."""
+        own = self._chunks.get(chunk.name)
+        if own is not None and own.handler is chunk.handler:
+            return own
+        if own is not None or chunk.name in self._internal:
+            raise FlowDefinitionError(
+                f"chunk {chunk.name!r} comes from another flow, and this flow already has a "
+                f"chunk named {chunk.name!r} with another handler; give one of them another "
+                f"name (@flow.chunk(\"other_name\"))"
+            )
+        policy = dict(chunk.policy) if chunk.policy else None
+        return self._declare_chunk(chunk.handler, chunk.name, policy=policy)
 
     def _when_signals(self, spec: Any) -> list[Signal]:
         if isinstance(spec, TriggerFlowChunk | str):
@@ -1077,6 +1099,26 @@ class TriggerFlow:
 
     def __repr__(self) -> str:
         return f"<TriggerFlow {self.name!r} chunks={list(self._chunks)}>"
+
+
+async def _stream_then_failure(
+    execution: Execution, initial_value: Any, timeout: float | None
+) -> AsyncIterator[Any]:
+    """The execution's stream, then its failure raised as ``start()`` raises it, when the
+    stream ended because the execution closed as failed."""
+    from triggerbus.errors import ExecutionNotFoundError
+
+    async with contextlib.aclosing(
+        execution.get_async_runtime_stream(initial_value, timeout=timeout)
+    ) as items:
+        async for item in items:
+            yield item
+    try:
+        snapshot = await execution.async_get_snapshot()
+    except ExecutionNotFoundError:  # never started: the stream already ended as it should
+        return
+    if snapshot.get("lifecycle") == "closed" and snapshot.get("status") == "failed":
+        await execution.async_get_result()  # raises the execution's failure
 
 
 _ordinals_lock = threading.Lock()
