@@ -1038,6 +1038,11 @@ class TriggerFlow:
         return self._declare_chunk(chunk.handler, chunk.name, policy=policy)
 
     def _when_signals(self, spec: Any) -> list[Signal]:
+        # As Agently: only a bare name is looked up among the chunks; a name inside a list or
+        # a dict is an event's, even when a chunk has the same name (`when(["a", "b"])` over
+        # chunks a and b waits for events a and b, which the chunks never emit).
+        if isinstance(spec, str) and spec in self._chunks:
+            return [Signal(type="event", name=self._chunks[spec].trigger)]
         if isinstance(spec, TriggerFlowChunk | str):
             return [self._event_signal(spec)]
         if isinstance(spec, list | tuple):
@@ -1073,8 +1078,6 @@ class TriggerFlow:
         if isinstance(item, TriggerFlowChunk):
             return Signal(type="event", name=item.trigger)
         if isinstance(item, str):
-            if item in self._chunks:
-                return Signal(type="event", name=self._chunks[item].trigger)
             return Signal(type="event", name=item)
         raise FlowDefinitionError(f"an event is a name or a chunk, not {type(item).__name__}")
 

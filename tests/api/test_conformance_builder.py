@@ -264,6 +264,25 @@ class TestWhen:
         await run(flow, "v")
         assert seen == [("first(v)", "Chunk[first]-chunk-e91e0c446d4f6258", "event")]
 
+    async def test_a_name_in_a_list_is_an_event_even_where_a_chunk_has_it(self, runtime) -> None:
+        """As Agently: only a bare name is looked up among the chunks; inside a list or a dict
+        it names an event, so the chunk's completion does not fire it, its emit does."""
+        flow = TriggerFlow(name="when_listed_name")
+        seen, on_listed = _recorder()
+        seen_typed, on_typed = _recorder()
+
+        @flow.chunk("notify")
+        async def notify(data):
+            await data.async_emit("notify", "event")
+            return "chunk"
+
+        flow.to(notify)
+        flow.when(["notify"], mode="simple_or").to(("on_listed", on_listed))
+        flow.when({"event": ["notify"]}, mode="simple_or").to(("on_typed", on_typed))
+        await run(flow)
+        assert [value for value, _, _ in seen] == ["event"]
+        assert [value for value, _, _ in seen_typed] == ["event"]
+
     async def test_when_runtime_data_key_fires_on_every_set(self, runtime) -> None:
         flow = TriggerFlow(name="when_state")
         seen, on_k = _recorder()
