@@ -100,8 +100,10 @@ class ExecutionHost(HostLifecycle):
         flow: The flow whose executions to host.
         capacity: Mailbox messages in flight in this host at once.
         clock: Wall-clock seconds; injected so tests control time.
-        on_observe: Receives the actor's observation events as they are (a test hook; the
-            Event Center gets them typed through ``telemetry``).
+        on_observe: Receives the actor's observation events as they are. Tests use it, and
+            so does the local runtime, to know which executions it started are still open
+            before it hosts a changed definition of the flow (``_runtime._Hosting``); the
+            Event Center gets them typed through ``telemetry``.
         telemetry: Traces, metrics and Event Center records around each message and publish;
             the process's (configured by ``OTEL_*``) by default.
         after_store: Called after each snapshot write, before its outbox is published; tests
