@@ -17,6 +17,7 @@
     │   ├── ExecutionNotFoundError
     │   ├── ExecutionClosedError
     │   ├── ChunkFailedError        a chunk raised; carries the remote type, message, traceback
+    │   │                           (also that type when it is a built-in, e.g. a ValueError)
     │   ├── PendingInterruptsError  close refused while interrupts wait (also a RuntimeError)
     │   └── InterruptError          continue_with refused; carries ``interrupt_id``
     │       ├── InterruptNotFoundError    no such interrupt (also a KeyError)
@@ -29,6 +30,9 @@ This module imports nothing of the project, so any layer may raise these.
 """
 
 from __future__ import annotations
+
+import builtins
+from typing import cast
 
 
 class TriggerbusError(Exception):
@@ -155,6 +159,57 @@ class ChunkFailedError(ExecutionError):
         self.error_type = error_type
         self.error_message = error_message
         self.remote_traceback = remote_traceback
+
+
+_NOT_REBUILT = frozenset({"StopIteration", "StopAsyncIteration"})
+"""Built-ins a chunk failure is never also: raised through a coroutine or an async generator
+(``async_start``, a runtime stream), Python turns them into a RuntimeError (PEP 479)."""
+
+_CHUNK_FAILED_CLASSES: dict[type[Exception], type[ChunkFailedError]] = {}
+
+
+def chunk_failed_class(error_type: str) -> type[ChunkFailedError]:
+    """The class a chunk failure whose remote type is ``error_type`` is raised as.
+
+    ChunkFailedError, and also that type when it names a built-in exception class, so
+    ``except ValueError`` around a start catches a chunk's ValueError as it does in Agently,
+    where the original exception reaches the caller. ``error_type`` comes off the bus and is
+    untrusted: it is only looked up in ``builtins``, never imported. Any other type (a class
+    of the user's or of a library) may not exist in this process and gives plain
+    ChunkFailedError, as do built-ins that cannot be one (UnicodeDecodeError and
+    ExceptionGroup need constructor arguments a message does not give; see ``_NOT_REBUILT``).
+    Each class is built once.
+    """
+    kind = getattr(builtins, error_type, None) if error_type.isidentifier() else None
+    if (
+        not isinstance(kind, type)
+        or not issubclass(kind, Exception)
+        or kind.__module__ != "builtins"
+        or issubclass(ChunkFailedError, kind)
+        or error_type in _NOT_REBUILT
+    ):
+        return ChunkFailedError
+    known = _CHUNK_FAILED_CLASSES.get(kind)
+    if known is None:  # two threads racing here keep the first one's class
+        known = _CHUNK_FAILED_CLASSES.setdefault(kind, _combined(kind))
+    return known
+
+
+def _combined(kind: type[Exception]) -> type[ChunkFailedError]:
+    name = f"{ChunkFailedError.__name__}[{kind.__name__}]"
+    namespace = {
+        "__module__": ChunkFailedError.__module__,
+        "__qualname__": name,
+        "__doc__": f"A chunk raised {kind.__name__}: a ChunkFailedError that is also one.",
+        # ChunkFailedError's message, not the built-in's rendering (KeyError quotes it).
+        "__str__": BaseException.__str__,
+    }
+    try:
+        combined = cast(type[ChunkFailedError], type(name, (ChunkFailedError, kind), namespace))
+        probe = combined("probe", chunk="probe", error_type=kind.__name__, error_message="")
+    except TypeError:  # a layout or a constructor that does not fit ChunkFailedError's
+        return ChunkFailedError
+    return combined if str(probe) == "probe" else ChunkFailedError
 
 
 class PendingInterruptsError(ExecutionError, RuntimeError):

@@ -50,7 +50,6 @@ from triggerbus.contracts.messages import (
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import (
-    ChunkFailedError,
     ExecutionClosedError,
     ExecutionError,
     ExecutionNotFoundError,
@@ -60,6 +59,7 @@ from triggerbus.errors import (
     InterruptNotWaitingError,
     PendingInterruptsError,
     ResumeLimitError,
+    chunk_failed_class,
 )
 from triggerbus.observability.telemetry import PublishInput
 from triggerbus.observability.telemetry import current as telemetry
@@ -1017,7 +1017,9 @@ class Execution:
         if error.chunk:
             self._status = "failed"
             self._error = error
-            raise ChunkFailedError(
+            # Also the chunk's own exception type when that is a built-in (a ValueError),
+            # so code written against Agently's re-raised original still catches it.
+            raise chunk_failed_class(error.error_type)(
                 f"chunk {error.chunk!r} of flow {self.flow_name!r} raised "
                 f"{error.error_type}: {error.message}",
                 flow=self.flow_name,
