@@ -44,7 +44,7 @@ from triggerbus.contracts.messages import (
     invoke_decoder,
     reply_decoder,
 )
-from triggerbus.errors import ChunkFailedError, LifecycleError
+from triggerbus.errors import LifecycleError, chunk_failed_class
 from triggerbus.observability.logging import bound_log_context
 from triggerbus.observability.telemetry import (
     Attempt,
@@ -587,7 +587,8 @@ class _Port:
         finally:
             self._replies.discard(reply_to)
         if not reply.ok and reply.error is not None:
-            raise ChunkFailedError(
+            # The handler's own type when it is a built-in, as Agently raises it at the emitter.
+            raise chunk_failed_class(reply.error.error_type)(
                 f"the execution failed while this emit was in flight: chunk "
                 f"{reply.error.chunk!r} raised {reply.error.error_type}: {reply.error.message}",
                 flow=self._flow,
