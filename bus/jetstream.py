@@ -7,6 +7,7 @@ this module (errors go through ``translate_nats_errors``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -442,6 +443,22 @@ class Bus:
             written = await call_retrying(lambda: self.kv.create(key, payload), key=key)
             return int(written)
         return ack.seq
+
+    async def watch(self, key: str) -> AsyncIterator[tuple[bytes, int]]:
+        """The value and revision at ``key``, its current one first (when it has one), then
+        every later one, for as long as the caller iterates: a change waited on without
+        reading the store over and over. Deletes are skipped. The caller closes it
+        (``contextlib.aclosing``), which stops the watch's consumer."""
+        if not _VALID_KEY.fullmatch(key):
+            raise BusError(f"invalid KV key {key!r}", subject=self.subjects.executions_bucket)
+        watcher = await call_retrying(lambda: self.kv.watch(key, ignore_deletes=True), key=key)
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.value:  # None: the end of the current values
+                    yield entry.value, int(entry.revision or 0)
+        finally:
+            with contextlib.suppress(Exception):  # a connection already gone stopped it too
+                await watcher.stop()
 
     # --- consuming ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from triggerbus._runtime import close_runtime, configure
+from triggerbus._sync import run_sync
 from triggerbus.config import Settings
 from triggerbus.testing import NatsServerHandle, unique_prefix
 from triggerbus.testing import nats_server as start_nats_server
@@ -45,3 +46,18 @@ async def runtime(nats_url: str, prefix: str) -> AsyncIterator[Settings]:
     finally:
         await close_runtime()
         configure(None)
+
+
+@pytest.fixture
+def sync_runtime(nats_url: str, prefix: str) -> Iterator[Settings]:
+    """The sync twins run on the process's background loop: point its runtime at this test's
+    server and close it afterwards (the async ``runtime`` fixture cannot reach that loop)."""
+    settings = Settings(nats_url=nats_url, prefix=prefix)
+    configure(settings)
+    try:
+        yield settings
+    finally:
+        try:
+            run_sync(close_runtime())
+        finally:
+            configure(None)

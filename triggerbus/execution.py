@@ -28,7 +28,7 @@ from triggerbus._runtime import (
 )
 from triggerbus._sendable import encode_sent
 from triggerbus._sync import iterate_sync, run_sync
-from triggerbus.actors.state_paths import close_snapshot, get_path
+from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
 from triggerbus.contracts.codec import NotSerializable, decode, encode
 from triggerbus.contracts.messages import (
@@ -50,6 +50,7 @@ from triggerbus.contracts.messages import (
 )
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import (
+    BusError,
     ExecutionClosedError,
     ExecutionError,
     ExecutionNotFoundError,
@@ -550,16 +551,44 @@ class Execution:
     # --- the result (Agently's compatibility API) -----------------------------------------------
 
     async def async_get_result(self, *, timeout: float | None = None) -> Any:
-        """Wait for the close (at most ``timeout`` seconds), then return ``$final_result``, or
-        the close snapshot when the flow set none. Agently keeps this for compatibility and
-        recommends ``close()`` and the state APIs; so do we."""
+        """``$final_result`` as soon as the execution has one (it reached ``end()``), or the
+        close snapshot once it closes without one; ``None``, with a warning, when neither
+        comes within ``timeout`` seconds. Agently's compatibility API, with its semantics;
+        Agently and we recommend ``close()`` and the state APIs."""
         if self._close_snapshot is None:
             runtime = await self._runtime()
-            async with self._closed_notices(runtime) as closed_sub, asyncio.timeout(timeout):
-                closed = await self._wait_closed(runtime, closed_sub)
-            self._on_closed(closed)
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await self._result_or_close(runtime)
+            except TimeoutError:
+                warnings.warn(
+                    f"execution {self.id!r} of flow {self.flow_name!r} has no result after "
+                    f"{timeout} s (no end() reached, not closed): get_result() returns None. "
+                    "Use close()/async_close(), or a longer timeout",
+                    stacklevel=2,
+                )
+                return None
+            if result is not _NOT_YET:
+                return result
         snapshot = dict(self._close_snapshot or {})
-        return snapshot.get("$final_result", snapshot)
+        return snapshot.get(FINAL_RESULT_KEY, snapshot)
+
+    async def _result_or_close(self, runtime: LocalRuntime) -> Any:
+        """``$final_result`` once the stored state has it; ``_NOT_YET`` once the execution
+        closed without one (the handle then holds its close snapshot). Watches the store: an
+        ``end()`` reached writes the result long before an idle execution auto-closes."""
+        key = runtime.subjects.execution_key(self.flow_name, self.id)
+        async with contextlib.aclosing(runtime.bus.watch(key)) as values:
+            async for data, revision in values:
+                snapshot = decode(snapshot_decoder, data)
+                if snapshot.lifecycle == "closed":
+                    self._on_closed((_closed_from(snapshot), (snapshot, revision)))
+                    return _NOT_YET
+                if snapshot.has_result:
+                    self._refresh((snapshot, revision))
+                    return snapshot.result
+        raise BusError("the watch on the execution's snapshot ended (the connection closed)",
+                       subject=key)  # fmt: skip
 
     def get_result(self, *, timeout: float | None = None) -> Any:
         return run_sync(self.async_get_result(timeout=timeout))
@@ -1056,6 +1085,10 @@ def execution_id_for(idempotency_key: str | None) -> str | None:
     if EXECUTION_ID.fullmatch(idempotency_key):
         return idempotency_key
     return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+_NOT_YET = object()
+"""No result yet: the execution closed without one (the close snapshot is the answer)."""
 
 
 def _closed_from(snapshot: Snapshot) -> ExecutionClosed:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Iterator
 
 import pytest
 
-from triggerbus import ChunkFailedError, Settings, TriggerFlow
-from triggerbus._runtime import close_runtime, configure
-from triggerbus._sync import run_sync
+from triggerbus import ChunkFailedError, TriggerFlow
 from triggerbus.errors import chunk_failed_class
 
 BOUND = 20.0
@@ -132,20 +129,6 @@ class TestThroughTheApi:
         assert type(raised.value) is ChunkFailedError
         assert (raised.value.error_type, raised.value.error_message) == ("MyError", "mine")
 
-
-@pytest.fixture
-def sync_runtime(nats_url: str, prefix: str) -> Iterator[Settings]:
-    """The sync twins run on the process's background loop: point its runtime at this test's
-    server and close it afterwards."""
-    settings = Settings(nats_url=nats_url, prefix=prefix)
-    configure(settings)
-    try:
-        yield settings
-    finally:
-        try:
-            run_sync(close_runtime())
-        finally:
-            configure(None)
 
 
 class TestSyncTwins:

@@ -5,14 +5,10 @@ after yielding what was put before it, as Agently does (observed: the items, the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from triggerbus import ChunkFailedError, TriggerFlow
-from triggerbus._runtime import close_runtime, configure
-from triggerbus._sync import run_sync
-from triggerbus.config import Settings
 
 BOUND = 20.0
 """Upper bound for every await in these tests; a healthy run takes a fraction of a second."""
@@ -60,20 +56,6 @@ async def test_the_handle_stream_of_a_started_execution_still_ends_normally(runt
             "before"
         ]
 
-
-@pytest.fixture
-def sync_runtime(nats_url: str, prefix: str) -> Iterator[Settings]:
-    """The sync twins run on the process's background loop: point its runtime at this
-    test's server and close it afterwards."""
-    settings = Settings(nats_url=nats_url, prefix=prefix)
-    configure(settings)
-    try:
-        yield settings
-    finally:
-        try:
-            run_sync(close_runtime())
-        finally:
-            configure(None)
 
 
 def test_the_sync_flow_stream_yields_the_items_then_raises_the_failure(sync_runtime) -> None:
