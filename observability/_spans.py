@@ -474,6 +474,8 @@ class SpanRecorder:
             queue = self._queue
             batch = self._max_batch
             while len(queue) >= (batch if whole_batches_only else 1):
+                if deadline is None and self._stopping:
+                    return  # the shutdown exports the rest, within its budget
                 if deadline is not None and time.monotonic() >= deadline:
                     self._drop_queued()
                     return
