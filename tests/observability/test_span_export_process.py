@@ -305,6 +305,7 @@ def test_a_collector_that_is_down_neither_blocks_the_process_nor_holds_its_exit(
     if place == "process":
         assert _in_thread(recorder._export_queued, 10), "the pipe to the child filled up"
     assert _in_thread(recorder.shutdown, 2.0 + 10), "the exit waited on a collector that is down"
-    dropped = "span_export_dropped_total" if place == "process" else "spans_dropped_total"
-    captured = capfd.readouterr()
-    assert dropped in captured.out + captured.err  # counted, and said
+    if place == "process":  # counted and said by the child, on the stderr it shares with us
+        assert "span_export_dropped_total" in capfd.readouterr().err
+    else:
+        assert recorder.dropped > 0
