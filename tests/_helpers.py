@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,27 @@ def configure_pure_client(url: str, prefix: str, *, ack_wait: float = 2.0) -> No
             ack_wait=ack_wait,
         )
     )
+
+
+def process_exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def parent_pid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
+def assert_server_gone(server: int, watchdog: int, store_dir: str) -> None:
+    """An embedded nats-server, its watchdog and its temporary store are all gone."""
+    assert process_exited(server, 15), "the nats-server outlived the process that started it"
+    assert process_exited(watchdog, 15), "the server's watchdog did not exit after it"
+    assert not Path(store_dir).exists(), "the temporary store directory was left behind"

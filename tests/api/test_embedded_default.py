@@ -8,17 +8,22 @@ import ast
 import asyncio
 import json
 import os
-import select
 import shutil
 import signal
 import sys
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._helpers import ROOT, run_python, without_triggerbus_settings
+from tests._helpers import (
+    ROOT,
+    assert_server_gone,
+    parent_pid,
+    process_exited,
+    run_python,
+    without_triggerbus_settings,
+)
 
 
 def test_demo_prints_the_stream_then_the_close_snapshot_on_an_embedded_server() -> None:
@@ -103,13 +108,13 @@ async def test_a_sync_script_killed_takes_its_embedded_server_and_store_along(
         async with asyncio.timeout(60):
             started = await _server_started(script.stderr)
             assert await script.stdout.readline() == b"{'$final_result': 1}\n"
-        server_parent = _parent_pid(started["pid"])  # its watchdog (the script, formerly)
+        server_parent = parent_pid(started["pid"])  # its watchdog (the script, formerly)
 
         script.send_signal(signum)
         async with asyncio.timeout(10):
             await script.wait()
 
-        _assert_nothing_left(started["pid"], server_parent, started["store_dir"])
+        assert_server_gone(started["pid"], server_parent, started["store_dir"])
     finally:
         _end_leftovers(script, started)
 
@@ -123,34 +128,16 @@ async def _server_started(stderr: asyncio.StreamReader) -> dict[str, Any]:
     raise AssertionError("the script exited without starting an embedded server")
 
 
-def _assert_nothing_left(server: int, server_parent: int, store_dir: str) -> None:
-    assert _exited(server, 15), "the nats-server outlived the script that started it"
-    assert _exited(server_parent, 15), "the server's watchdog did not exit after it"
-    assert not Path(store_dir).exists(), "the temporary store directory was left behind"
 
 
 def _end_leftovers(script: asyncio.subprocess.Process, started: dict[str, Any]) -> None:
     """Whatever a failed run left behind: the script, the server, its store."""
     if script.returncode is None:
         script.kill()
-    if "pid" in started and not _exited(started["pid"], 0):
+    if "pid" in started and not process_exited(started["pid"], 0):
         os.kill(started["pid"], signal.SIGKILL)
     if "store_dir" in started:
         shutil.rmtree(started["store_dir"], ignore_errors=True)
 
 
-def _exited(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
-
-def _parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
+from tests._helpers import assert_server_gone, parent_pid, process_exited
 from triggerbus.bus import embedded
 from triggerbus.bus.connection import ConnectOptions, connect
 from triggerbus.bus.embedded import EmbeddedServer, find_nats_server
@@ -245,13 +245,13 @@ async def _kill_the_starter_and_check_what_is_left(
             started = json.loads(await _read_started(starter))
         server = started["pid"]
         assert isinstance(server, int)
-        server_parent = _parent_pid(server)  # its watchdog (the starter itself, formerly)
+        server_parent = parent_pid(server)  # its watchdog (the starter itself, formerly)
 
         starter.send_signal(signum)
         async with asyncio.timeout(10):
             await starter.wait()
 
-        _assert_nothing_left(server, server_parent, str(started["store_dir"]))
+        assert_server_gone(server, server_parent, str(started["store_dir"]))
     finally:
         _end_leftovers(starter, started)
 
@@ -264,10 +264,6 @@ async def _read_started(process: asyncio.subprocess.Process) -> str:
     raise AssertionError("the starting process exited without printing what it started")
 
 
-def _assert_nothing_left(server: int, server_parent: int, store_dir: str) -> None:
-    assert _exited(server, 15), "the nats-server outlived the process that started it"
-    assert _exited(server_parent, 15), "the server's watchdog did not exit after it"
-    assert not Path(store_dir).exists(), "the temporary store directory was left behind"
 
 
 def _end_leftovers(starter: asyncio.subprocess.Process, started: dict[str, object]) -> None:
@@ -275,27 +271,14 @@ def _end_leftovers(starter: asyncio.subprocess.Process, started: dict[str, objec
     with contextlib.suppress(ProcessLookupError):
         os.killpg(starter.pid, signal.SIGKILL)
     server = started.get("pid")
-    if isinstance(server, int) and not _exited(server, 0):
+    if isinstance(server, int) and not process_exited(server, 0):
         os.kill(server, signal.SIGKILL)
     if started.get("store_dir"):
         shutil.rmtree(str(started["store_dir"]), ignore_errors=True)
 
 
-def _exited(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
-def _parent_pid(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
 
 
 class TestFindNatsServer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
 import signal
 import socket
 import sys
@@ -21,6 +20,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind
 
+from tests._helpers import process_exited
 from triggerbus.errors import ConfigurationError
 from triggerbus.observability import _span_export, tracing
 from triggerbus.observability._otlp import SpanEncoder
@@ -52,16 +52,6 @@ def _spans(recorder: SpanRecorder, count: int, first_id: int = 1) -> None:
                      False, {"n": span_id}, (), 1_700_000_000_000_000_000).end()  # fmt: skip
 
 
-def _exited(pid: int, timeout: float) -> bool:
-    """Whether process ``pid`` (not our child) ends within ``timeout``: waits on a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 def test_records_that_crossed_the_pipe_encode_to_the_same_bytes() -> None:
@@ -96,7 +86,7 @@ async def test_a_lost_child_loses_no_spans_the_process_exports_them_itself(
             process = recorder._process
             assert process is not None
             os.kill(process.pid, signal.SIGKILL)
-            assert _exited(process.pid, 10)
+            assert process_exited(process.pid, 10)
             _spans(recorder, 30)
             recorder.force_flush(10_000)
             async with asyncio.timeout(10):
@@ -135,7 +125,7 @@ async def test_spans_handed_over_before_the_traced_process_is_killed_are_still_p
                 line = await traced.stdout.readline()  # type: ignore[union-attr]
             child = int(line)
             traced.kill()
-            assert _exited(child, 15)
+            assert process_exited(child, 15)
             async with asyncio.timeout(10):
                 spans = await receiver.wait_for(lambda s: len(s) >= 20)
         finally:
