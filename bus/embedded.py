@@ -14,7 +14,7 @@ ports are chosen by the caller (``triggerbus.testing.nats_cluster`` does it for 
 
 The server never outlives the process that started it: it runs under a small watchdog process
 that stops it, and removes its temporary store, once our end of a pipe closes (see
-``_WATCHDOG``), which the kernel does however this process ends.
+``bus/server_watchdog.py``), which the kernel does however this process ends.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ class EmbeddedServer:
         owned = str(self._store_dir) if self._owns_store_dir else ""
         try:
             watchdog = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WATCHDOG, owned, str(_ORPHAN_GRACE), *command],
+                [sys.executable, "-I", "-S", _WATCHDOG, owned, str(_ORPHAN_GRACE), *command],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -509,105 +509,9 @@ _ORPHAN_GRACE = 10.0
 _WATCHDOG_EXIT_SECONDS = 5.0
 """How long a stop waits for the watchdog to exit once its server was killed."""
 
-_WATCHDOG = r"""# triggerbus: the embedded nats-server's watchdog (bus/embedded.py)
-import _thread, os, signal, sys
-
-store_dir, grace, *command = sys.argv[1:]
-watchdog = os.getpid()
-prctl = None
-if sys.platform.startswith("linux"):  # the server gets SIGTERM should this watchdog die
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    except (ImportError, OSError, AttributeError):
-        prctl = None
-
-failed_r, failed_w = os.pipe()  # close-on-exec: reads empty once the exec has succeeded
-server = os.fork()
-if server == 0:  # stdin and stdout on /dev/null; stderr stays the log pipe our parent reads
-    try:
-        if prctl is not None:
-            prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
-        if os.getppid() == watchdog:
-            for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # as subprocess restores them
-                signal.signal(signum, signal.SIG_DFL)
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
-            os.execv(command[0], command)
-    except BaseException as exc:
-        os.write(failed_w, str(exc).encode())
-    os._exit(127)
-os.close(failed_w)
-failed = os.read(failed_r, 4096)
-if failed:
-    os.waitpid(server, 0)
-    os.write(1, b"error " + failed + b"\n")
-    os._exit(1)
-
-stopping = []
-
-
-def stop(*_):
-    if not stopping:
-        stopping.append(True)
-        os.kill(server, signal.SIGTERM)  # not reaped before the wait below returns
-        signal.setitimer(signal.ITIMER_REAL, float(grace))
-
-
-def watch_parent():
-    try:
-        while os.read(0, 65536):
-            pass
-    finally:
-        stop()
-
-
-for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(signum, stop)
-signal.signal(signal.SIGALRM, lambda *_: os.kill(server, signal.SIGKILL))
-os.write(1, b"%d\n" % server)
-null = os.open(os.devnull, os.O_RDWR)
-os.dup2(null, 1)
-os.dup2(null, 2)  # the server alone holds the log pipe now: its end is the server's end
-os.close(null)
-_thread.start_new_thread(watch_parent, ())
-if store_dir:
-    import shutil  # while the server starts: it takes longer to import than all of the above
-
-code = os.waitstatus_to_exitcode(os.waitpid(server, 0)[1])
-stopping.append(True)  # reaped: its pid is no longer the server's to signal
-signal.setitimer(signal.ITIMER_REAL, 0)
-if store_dir:
-    shutil.rmtree(store_dir, ignore_errors=True)
-os._exit(code if code >= 0 else 128 - code)
-"""
-"""The watchdog, run as ``python -I -S -c _WATCHDOG <owned store dir or ""> <grace> <command>``.
-
-It starts the server, prints its pid, then waits on two things: the server's exit, and the end
-of its stdin, a pipe whose only writer is this process. The kernel closes that pipe however
-this process ends (exit, SIGTERM, SIGKILL, a crash), so then the watchdog sends the server
-SIGTERM (SIGKILL after ``_ORPHAN_GRACE``), and once the server has exited it removes the
-temporary store and exits itself. Our own stop closes the pipe too, so the path taken when we
-die is the one every stop takes. SIGTERM, SIGINT or SIGHUP sent to the watchdog also stop it
-cleanly (a service manager signalling the whole group); only a SIGKILL of the watchdog itself
-can leave a store directory, and on Linux the server then still gets SIGTERM (PDEATHSIG, armed
-from the watchdog's main thread, which lives as long as the watchdog).
-
-Why a process rather than PR_SET_PDEATHSIG on the server alone: Linux sends that signal when
-the *thread* that forked the server ends, so it was armed only for a start from the main
-thread; the sync API starts the server from its loop thread, and a server started there
-outlived a SIGTERM or SIGKILL of the script. That loop thread does not last as long as the
-process either: the exit hooks stop its loop, and the signal would fire in the middle of them.
-Forking from a thread kept alive for the purpose would fix it on Linux only, and still leave
-the store behind (nobody is left to remove it); sweeping stale stores at the next start leaves
-them until a next start, which may never come. The pipe works on any POSIX system, from any
-thread, for any death, and the watchdog outlives the server, so it can clean up after it. It
-costs one small interpreter (``-I -S``: no site, no environment, only ``signal`` and ``ctypes``
-imported before the server starts): about 25 ms more at start, and nothing at stop.
-"""
+_WATCHDOG = str(Path(__file__).with_name("server_watchdog.py"))
+"""The watchdog (:mod:`triggerbus.bus.server_watchdog`), run as a file: ``-I -S`` keep its
+start small (no site, no environment, not this package)."""
 
 _live_servers: set[EmbeddedServer] = set()
 
