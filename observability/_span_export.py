@@ -28,12 +28,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
 import structlog
 
 from triggerbus.observability._records import Record
+
+if TYPE_CHECKING:
+    from triggerbus.observability._spans import ExportersShutdown
 
 log = structlog.get_logger()
 
@@ -171,7 +174,7 @@ def _read_exactly(stream: BinaryIO, size: int, deadline: float | None) -> bytes 
 
 def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     from triggerbus.observability._otlp import SpanEncoder
-    from triggerbus.observability._spans import _otlp_http_client
+    from triggerbus.observability._spans import ExportersShutdown, _otlp_http_client
     from triggerbus.observability.tracing import _span_exporters, bsp_settings
 
     decoder = msgspec.msgpack.Decoder(Frame)
@@ -195,7 +198,7 @@ def _serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         scope_schema_url=hello.scope_schema_url,
     )
     backlog = _Backlog(settings.max_queue, settings.export_timeout)
-    stopper = _Stopper(exporters)
+    stopper = ExportersShutdown(lambda: exporters)
     reader = threading.Thread(target=_read_into, args=(stdin, decoder, backlog, stopper),
                               name="TriggerbusSpanPipe", daemon=True)  # fmt: skip
     reader.start()
@@ -284,29 +287,11 @@ class _Backlog:
         self.dropped += spans
 
 
-class _Stopper:
-    """Shuts the exporters down once, from whichever thread gets there first: at the shutdown
-    deadline that interrupts a post's retries (the client's shutdown ends its backoff)."""
-
-    def __init__(self, exporters: list[Any]) -> None:
-        self._exporters = exporters
-        self._lock = threading.Lock()
-        self._stopped = False
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
-        for exporter in self._exporters:
-            try:
-                exporter.shutdown()
-            except Exception as exc:  # nothing is left to lose at this point
-                log.warning("span_exporter_shutdown_failed", error=str(exc))
-
-
 def _read_into(
-    stdin: BinaryIO, decoder: msgspec.msgpack.Decoder[Any], backlog: _Backlog, stopper: _Stopper
+    stdin: BinaryIO,
+    decoder: msgspec.msgpack.Decoder[Any],
+    backlog: _Backlog,
+    stopper: ExportersShutdown,
 ) -> None:
     broken = False
     while (body := _read_frame(stdin)) is not None:

@@ -316,10 +316,9 @@ class SpanRecorder:
         self._max_batch = max_batch
         self._delay = delay
         self._shutdown_budget = shutdown_budget
-        self._exporters_stopped = False
+        self._stop_exporters = ExportersShutdown(lambda: self._exporters)
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
-        self._stop_lock = threading.Lock()
         self._stopping = False
         self._closed = False
         self._thread = self._start_thread()
@@ -416,7 +415,7 @@ class SpanRecorder:
         self._wake.set()
         interrupt: threading.Timer | None = None
         if self._process is None:
-            interrupt = threading.Timer(self._shutdown_budget, self._stop_exporters)
+            interrupt = threading.Timer(self._shutdown_budget, self._stop_exporters.stop)
             interrupt.daemon = True
             interrupt.start()
         self._thread.join(timeout=_remaining(deadline))
@@ -431,18 +430,8 @@ class SpanRecorder:
             self._process = None
         if interrupt is not None:
             interrupt.cancel()
-        self._stop_exporters()
+        self._stop_exporters.stop()
 
-    def _stop_exporters(self) -> None:
-        with self._stop_lock:
-            if self._exporters_stopped:
-                return
-            self._exporters_stopped = True
-        for exporter in self._exporters:
-            try:
-                exporter.shutdown()
-            except Exception as exc:  # an exporter that fails to close loses nothing queued
-                log.warning("span_exporter_shutdown_failed", error=str(exc))
 
     def _run(self) -> None:
         due = time.monotonic() + self._delay
@@ -510,6 +499,28 @@ class SpanRecorder:
             except Exception as exc:  # one lost batch is not worth the export thread
                 log.warning("span_export_failed", exporter=type(exporter).__name__,
                             spans=len(batch), error=str(exc))  # fmt: skip
+
+
+class ExportersShutdown:
+    """Shuts the exporters down once, from whichever thread gets there first: a shutdown's
+    deadline does it to interrupt a post's retries (the OTLP client's shutdown ends its
+    backoff), and the shutdown's end does it again."""
+
+    def __init__(self, exporters: Callable[[], Sequence[Any]]) -> None:
+        self._exporters = exporters
+        self._lock = threading.Lock()
+        self._done = False
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        for exporter in self._exporters():
+            try:
+                exporter.shutdown()
+            except Exception as exc:  # nothing is left to lose at this point
+                log.warning("span_exporter_shutdown_failed", error=str(exc))
 
 
 _CHILD_EXIT_MARGIN = 5.0
