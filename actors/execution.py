@@ -153,8 +153,6 @@ def apply(
             _on_resume(work, message)
         case _:
             assert_never(message)
-    if work.rejected:
-        return Transition(None, [], rejected=work.rejected)
     if not work.stale_timer:
         _settle_idle(work)
     return Transition(work.freeze(message.id), work.outbox)
@@ -279,7 +277,6 @@ class _Work:
     interrupts: dict[str, Interrupt]
     changes: dict[str, Any] = field(default_factory=dict)
     outbox: list[OutboxCommand] = field(default_factory=list)
-    rejected: str = ""
     stale_timer: bool = False
     resume: ResumeContext | None = None
     """Set while a resume's continuation runs: chunks dispatched meanwhile see it."""
