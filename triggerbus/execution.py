@@ -295,6 +295,8 @@ class Execution:
 
     def start(self, initial_value: Any = None, **options: Any) -> Any:
         """Sync twin of ``async_start``."""
+        if self._close_snapshot is not None:  # answered from memory: no loop to block
+            return dict(self._close_snapshot)
         return run_sync(self.async_start(initial_value, **options))
 
     async def _ensure_started(self, runtime: LocalRuntime) -> Reply:
@@ -451,11 +453,13 @@ class Execution:
             if stored is not None:  # nothing stored yet: nothing written, nothing started
                 self._refresh(stored)
                 state = close_snapshot(stored[0])
-        if key is None:
-            return dict(state)
-        return get_path(state, key, default)
+        return _read_state(state, key, default)
 
     def get_state(self, key: str | None = None, default: Any = None) -> Any:
+        if self._close_snapshot is not None:
+            # Closed: the answer is in memory, so the sync form works inside a running loop
+            # too (``await execution.async_start(...)`` then ``execution.get_state()``).
+            return _read_state(self._close_snapshot, key, default)
         return run_sync(self.async_get_state(key, default))
 
     # Agently's deprecated names for the state.
@@ -570,8 +574,7 @@ class Execution:
                 return None
             if result is not _NOT_YET:
                 return result
-        snapshot = dict(self._close_snapshot or {})
-        return snapshot.get(FINAL_RESULT_KEY, snapshot)
+        return _closed_result(self._close_snapshot or {})
 
     async def _result_or_close(self, runtime: LocalRuntime) -> Any:
         """``$final_result`` once the stored state has it; ``_NOT_YET`` once the execution
@@ -591,6 +594,8 @@ class Execution:
                        subject=key)  # fmt: skip
 
     def get_result(self, *, timeout: float | None = None) -> Any:
+        if self._close_snapshot is not None:  # answered from memory: no loop to block
+            return _closed_result(self._close_snapshot)
         return run_sync(self.async_get_result(timeout=timeout))
 
     # --- seal -----------------------------------------------------------------------------------
@@ -677,6 +682,12 @@ class Execution:
         return dict(snapshot)
 
     def close(self, **options: Any) -> dict[str, Any]:
+        if (
+            self._close_snapshot is not None
+            and set(options) <= {"reason", "pending_interrupts"}
+            and options.get("pending_interrupts", "reject") in ("reject", "cancel")
+        ):  # already closed (idempotent): answered from memory, no loop to block
+            return dict(self._close_snapshot)
         return run_sync(self.async_close(**options))
 
     async def async_get_snapshot(self) -> dict[str, Any]:
@@ -1089,6 +1100,17 @@ def execution_id_for(idempotency_key: str | None) -> str | None:
 
 _NOT_YET = object()
 """No result yet: the execution closed without one (the close snapshot is the answer)."""
+
+
+def _read_state(state: dict[str, Any], key: str | None, default: Any) -> Any:
+    """The whole state (a copy), or one dotted key of it."""
+    return dict(state) if key is None else get_path(state, key, default)
+
+
+def _closed_result(snapshot: dict[str, Any]) -> Any:
+    """A closed execution's result: ``$final_result``, or the close snapshot without one."""
+    snapshot = dict(snapshot)
+    return snapshot.get(FINAL_RESULT_KEY, snapshot)
 
 
 def _closed_from(snapshot: Snapshot) -> ExecutionClosed:
