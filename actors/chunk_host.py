@@ -29,7 +29,7 @@ from triggerbus.bus.jetstream import MSG_ID_HEADER, Bus, Delivery, PipelinedPubl
 from triggerbus.bus.provision import ConsumerPolicy
 from triggerbus.bus.pull import Permits
 from triggerbus.bus.replies import ReplyRouter
-from triggerbus.contracts.codec import NotSerializable, WireError, decode, encode
+from triggerbus.contracts.codec import NotSerializable, WireError, decode, encode, encode_value
 from triggerbus.contracts.messages import (
     ChunkCompleted,
     ChunkFailed,
@@ -411,7 +411,7 @@ async def _call(
                 f"chunk {data.chunk_name!r} did not finish within its timeout of {time_limit} s",
                 "",
             )
-        encode(value)
+        encode_value(value)
     except NotSerializable as exc:
         return _Raised(
             "ValueNotSerializableError",

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from triggerbus.contracts.codec import NotSerializable, encode
-from triggerbus.contracts.messages import EmitEvent, StateWritten, StreamItem
+from triggerbus.contracts.codec import NotSerializable, check_value, encode, encode_value
+from triggerbus.contracts.messages import EmitEvent, PauseForInterrupt, StateWritten, StreamItem
 from triggerbus.errors import ValueNotSerializableError
 
-JSON_ABLE = "dict, list, str, numbers, bool, None, dataclasses, msgspec Structs"
+JSON_ABLE = (
+    "dicts with string keys, lists, str, int, finite floats, bool, None; tuples arrive as "
+    "lists, dataclasses and msgspec Structs as dicts"
+)
+
+_USER_FIELDS = ("value", "result", "payload")
+"""The fields of a message that carry a user's value (``Any`` in the contract)."""
 
 
 def encode_sent(message: Any, *, what: str | None = None, chunk: str | None = None) -> bytes:
@@ -26,9 +32,14 @@ def encode_sent(message: Any, *, what: str | None = None, chunk: str | None = No
             (by default, the message's kind).
     """
     try:
-        return encode(message)
+        payload = encode(message)
+        for name in _USER_FIELDS:
+            value = getattr(message, name, None)
+            if value is not None:
+                check_value(value)
     except NotSerializable as exc:
         raise _refused(what or _described(message), exc, chunk=chunk) from exc
+    return payload
 
 
 def check_sendable(value: Any, what: str, *, chunk: str | None = None) -> None:
@@ -39,7 +50,7 @@ def check_sendable(value: Any, what: str, *, chunk: str | None = None) -> None:
         ValueNotSerializableError: the value is not JSON-able.
     """
     try:
-        encode(value)
+        encode_value(value)
     except NotSerializable as exc:
         raise _refused(what, exc, chunk=chunk) from exc
 
@@ -63,4 +74,6 @@ def _described(message: Any) -> str:
         return f"the value of event {message.event!r}"
     if isinstance(message, StreamItem):
         return "a stream item"
+    if isinstance(message, PauseForInterrupt):
+        return "the payload of pause_for"
     return f"the value of a {type(message).__name__} message"

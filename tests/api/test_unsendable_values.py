@@ -3,8 +3,10 @@ everywhere, and refusing it breaks nothing else.
 
 Every call that sends a user's value (a start, ``set_state``, ``emit``, a stream item, flow
 data; from a handle or inside a chunk) raises ``ValueNotSerializableError`` (also a
-``TypeError``) before anything is sent or changed, for a type JSON does not know and for a
-value that refers to itself. Inside a chunk, a handler that catches the error goes on and its
+``TypeError``) before anything is sent or changed, for a type JSON does not know, for a value
+that refers to itself, and for a value JSON would change on the way (integer dict keys, bytes,
+NaN, datetimes, sets: msgspec encodes them, and the receiver would get strings, lists or null
+without an error). Inside a chunk, a handler that catches the error goes on and its
 execution finishes: the refused write is neither in its own view, nor named as an effect its
 outcome waits for, nor a failed link that fails the attempt.
 """
@@ -12,14 +14,19 @@ outcome waits for, nor a failed link that fails the attempt.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
+import decimal
+import enum
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from triggerbus import ChunkFailedError, TriggerFlow, ValueNotSerializableError
-from triggerbus.contracts.codec import NotSerializable, encode
+from triggerbus.contracts.codec import NotSerializable, encode, encode_value
 
 BOUND = 20.0
 """Upper bound for every await here; a healthy run takes a fraction of a second."""
@@ -34,7 +41,62 @@ def cyclic() -> dict[str, Any]:
 BAD_VALUES = [
     pytest.param(object(), "object", id="unknown-type"),
     pytest.param(cyclic(), "", id="reference-cycle"),
+    pytest.param({1: "a"}, "int", id="int-dict-key"),
+    pytest.param({"blob": [b"ab"]}, "bytes", id="nested-bytes"),
+    pytest.param(float("nan"), "float", id="nan"),
 ]
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 2
+
+
+@dataclasses.dataclass
+class Point:
+    x: Any
+
+
+CHANGED_IN_TRANSIT = [
+    ({1: "a"}, "int", "`$`"),
+    ({"a": {2.5: 1}}, "float", "`$['a']`"),
+    (b"ab", "bytes", "`$`"),
+    (float("inf"), "float", "`$`"),
+    ([1, float("nan")], "float", "`$[1]`"),
+    (datetime.datetime(2024, 1, 2), "datetime", "`$`"),
+    (datetime.date(2024, 1, 2), "date", "`$`"),
+    (decimal.Decimal("1.5"), "Decimal", "`$`"),
+    (uuid.UUID(int=1), "UUID", "`$`"),
+    (Colour.RED, "Colour", "`$`"),
+    ({1, 2}, "set", "`$`"),
+    (frozenset({1}), "frozenset", "`$`"),
+    (Point(x={"when": datetime.time(1, 2)}), "time", "`$.x['when']`"),
+]
+
+
+@pytest.mark.parametrize(("value", "type_name", "path"), CHANGED_IN_TRANSIT)
+def test_the_codec_refuses_what_json_would_change_naming_where(
+    value: Any, type_name: str, path: str
+) -> None:
+    """msgspec encodes these without a word, and they would arrive as something else."""
+    encode(value)  # the plain codec takes it: the check is what refuses it
+    with pytest.raises(NotSerializable) as raised:
+        encode_value(value)
+    assert raised.value.type_name == type_name
+    assert str(raised.value).endswith(f"at {path}")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [(1, "a"), Point(x=[1, 2.5]), Level.HIGH, {"nested": [{"a": None, "b": True}]}, "", 0.1],
+)
+def test_the_codec_takes_what_arrives_as_documented(value: Any) -> None:
+    """Tuples arrive as lists, dataclasses as dicts, int and str enums as the value they
+    equal: documented, and equal where it matters."""
+    assert encode_value(value) == encode(value)
 
 
 def test_the_codec_refuses_a_reference_cycle_as_not_serializable() -> None:
@@ -204,3 +266,22 @@ class TestInsideAChunk:
                 await flow.create_execution(auto_close_timeout=0.0).async_start()
         assert raised.value.error_type == "ValueNotSerializableError"
         assert "refers to itself" in raised.value.error_message
+
+    async def test_a_chunk_returning_what_json_would_change_fails_naming_where(
+        self, runtime
+    ) -> None:
+        """Before, the next chunk got ``{"1": ...}`` for ``{1: ...}`` and failed elsewhere,
+        or did not fail at all."""
+        flow = TriggerFlow(name="changed_result")
+
+        @flow.chunk("maker")
+        async def maker(data):
+            return {"by_id": {1: "a"}}
+
+        flow.to(maker).end()
+        with pytest.raises(ChunkFailedError) as raised:
+            async with asyncio.timeout(BOUND):
+                await flow.create_execution(auto_close_timeout=0.0).async_start()
+        assert raised.value.error_type == "ValueNotSerializableError"
+        assert "the dict key 1 is of type int" in raised.value.error_message
+        assert "at `$['by_id']`" in raised.value.error_message
