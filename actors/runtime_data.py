@@ -11,7 +11,7 @@ retried attempt that does the same things sends the same ids and the actor appli
 from __future__ import annotations
 
 import copy
-from collections.abc import KeysView, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -63,7 +63,43 @@ class ChunkPort(Protocol):
         """True when called from the host's event loop (an async handler)."""
 
 
-class StateView:
+class _ReadsAsMapping:
+    """The mapping reads of Agently's data namespaces (``items()``, ``len()``, iteration,
+    ``dict(view)``, ``[key]``, ``in``), over the view's ``to_dict()`` and ``get()``: flows
+    written for Agently iterate ``data.state`` and index ``data.flow_state``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get(self, key: str | None = None, default: Any = None) -> Any:
+        raise NotImplementedError
+
+    def keys(self) -> KeysView[str]:
+        return self.to_dict().keys()
+
+    def values(self) -> ValuesView[Any]:
+        return self.to_dict().values()
+
+    def items(self) -> ItemsView[str, Any]:
+        return self.to_dict().items()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+
+class StateView(_ReadsAsMapping):
     """``data.state``: reads see dispatch-time state plus this chunk's own writes."""
 
     def __init__(self, data: TriggerFlowRuntimeData) -> None:
@@ -95,23 +131,11 @@ class StateView:
 
     async_del = async_delete
 
-    def keys(self) -> KeysView[str]:
-        return self.to_dict().keys()
-
-    def __getitem__(self, key: str) -> Any:
-        value = self._data.get_state(key, _MISSING)
-        if value is _MISSING:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._data.get_state(key, _MISSING) is not _MISSING
-
     def to_dict(self) -> dict[str, Any]:
         return copy_value(self._data._state)
 
 
-class FlowStateView:
+class FlowStateView(_ReadsAsMapping):
     """``data.flow_state``: the flow data (shared by every execution of the flow) as of this
     chunk's dispatch, plus this chunk's own changes."""
 
