@@ -11,6 +11,7 @@ retried attempt that does the same things sends the same ids and the actor appli
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -63,17 +64,29 @@ class ChunkPort(Protocol):
         """True when called from the host's event loop (an async handler)."""
 
 
-class _ReadsAsMapping:
-    """The mapping reads of Agently's data namespaces (``items()``, ``len()``, iteration,
-    ``dict(view)``, ``[key]``, ``in``), over the view's ``to_dict()`` and ``get()``: flows
-    written for Agently iterate ``data.state`` and index ``data.flow_state``."""
+class _ReadsAsMapping(Mapping[str, Any]):
+    """The reads of Agently's data namespaces, as a real read-only ``Mapping``: flows written
+    for Agently iterate ``data.state``, index ``data.flow_state`` and pass them where a mapping
+    is expected. Every read goes through ``to_dict()`` or ``get()``, which read the chunk's own
+    copy (dispatch-time data plus its writes), never the bus.
 
-    def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+    ``inherit`` is taken where Agently takes it and changes nothing: Agently's execution state
+    and flow data have no parent layer to merge in, and triggerbus's have none either. Unlike
+    Agently's ``inherit=False``, which hands out the live stored object, reads are copies
+    either way: changing one is not a write.
 
-    def get(self, key: str | None = None, default: Any = None) -> Any:
-        raise NotImplementedError
+    Being a ``Mapping``, a view equals any mapping with the same items (two ``data.state``
+    accesses give two views, and they compare equal) and so cannot be hashed."""
 
+    @abstractmethod
+    def to_dict(self, *, inherit: bool = True) -> dict[str, Any]:
+        """A copy of everything the view holds."""
+
+    @abstractmethod
+    def get(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        """A copy of the value at dotted ``key`` (everything for ``None``), else ``default``."""
+
+    # keys/values/items/iteration/len read one copy, not one per key as Mapping's would.
     def keys(self) -> KeysView[str]:
         return self.to_dict().keys()
 
@@ -89,14 +102,14 @@ class _ReadsAsMapping:
     def __len__(self) -> int:
         return len(self.to_dict())
 
-    def __getitem__(self, key: str) -> Any:
+    def __getitem__(self, key: Any) -> Any:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+        return self.get(key, _MISSING) is not _MISSING
 
 
 class StateView(_ReadsAsMapping):
@@ -105,8 +118,8 @@ class StateView(_ReadsAsMapping):
     def __init__(self, data: TriggerFlowRuntimeData) -> None:
         self._data = data
 
-    def get(self, key: str | None = None, default: Any = None) -> Any:
-        return self._data.get_state(key, default)
+    def get(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        return self._data.get_state(key, default, inherit=inherit)
 
     def set(self, key: str, value: Any, *, emit: bool = True) -> None:
         self._data.set_state(key, value, emit=emit)
@@ -117,8 +130,8 @@ class StateView(_ReadsAsMapping):
     def delete(self, key: str, *, emit: bool = True) -> None:
         self._data.del_state(key, emit=emit)
 
-    async def async_get(self, key: str | None = None, default: Any = None) -> Any:
-        return self._data.get_state(key, default)
+    async def async_get(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        return self._data.get_state(key, default, inherit=inherit)
 
     async def async_set(self, key: str, value: Any, *, emit: bool = True) -> None:
         await self._data.async_set_state(key, value, emit=emit)
@@ -131,8 +144,8 @@ class StateView(_ReadsAsMapping):
 
     async_del = async_delete
 
-    def to_dict(self) -> dict[str, Any]:
-        return copy_value(self._data._state)
+    def to_dict(self, *, inherit: bool = True) -> dict[str, Any]:
+        return self._data.get_state(None, inherit=inherit)
 
 
 class FlowStateView(_ReadsAsMapping):
@@ -142,8 +155,8 @@ class FlowStateView(_ReadsAsMapping):
     def __init__(self, data: TriggerFlowRuntimeData) -> None:
         self._data = data
 
-    def get(self, key: str | None = None, default: Any = None) -> Any:
-        return self._data.get_flow_data(key, default)
+    def get(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        return self._data.get_flow_data(key, default, inherit=inherit)
 
     def set(self, key: str, value: Any, *, emit: bool = True) -> None:
         self._data.set_flow_data(key, value, emit=emit)
@@ -154,8 +167,8 @@ class FlowStateView(_ReadsAsMapping):
     def delete(self, key: str, *, emit: bool = True) -> None:
         self._data.del_flow_data(key, emit=emit)
 
-    async def async_get(self, key: str | None = None, default: Any = None) -> Any:
-        return self._data.get_flow_data(key, default)
+    async def async_get(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        return self._data.get_flow_data(key, default, inherit=inherit)
 
     async def async_set(self, key: str, value: Any, *, emit: bool = True) -> None:
         await self._data.async_set_flow_data(key, value, emit=emit)
@@ -168,8 +181,8 @@ class FlowStateView(_ReadsAsMapping):
 
     async_del = async_delete
 
-    def to_dict(self) -> dict[str, Any]:
-        return copy_value(self._data._flow_data)
+    def to_dict(self, *, inherit: bool = True) -> dict[str, Any]:
+        return self._data.get_flow_data(None, inherit=inherit)
 
 
 class TriggerFlowPauseSignal(dict[str, Any]):
@@ -306,11 +319,10 @@ class TriggerFlowRuntimeData:
 
     # --- state ------------------------------------------------------------------------------
 
-    def get_state(self, key: str | None = None, default: Any = None) -> Any:
-        if key is None:
-            return copy_value(self._state)
-        value = get_path(self._state, key, _MISSING)
-        return default if value is _MISSING else copy_value(value)
+    def get_state(self, key: Any = None, default: Any = None, *, inherit: bool = True) -> Any:
+        """The state as of dispatch plus this attempt's writes (a copy); ``inherit`` as in
+        Agently, where it changes nothing for an execution's state (no parent layer)."""
+        return _read(self._state, key, default)
 
     def set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         self._write("set", key, value, emit=emit, wait=False)
@@ -370,12 +382,12 @@ class TriggerFlowRuntimeData:
 
     # --- flow data (shared by every execution of the flow) ------------------------------------
 
-    def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
-        """The flow data as of this chunk's dispatch, plus this chunk's own changes."""
-        if key is None:
-            return copy_value(self._flow_data)
-        value = get_path(self._flow_data, key, _MISSING)
-        return default if value is _MISSING else copy_value(value)
+    def get_flow_data(
+        self, key: Any = None, default: Any = None, *, inherit: bool = True, **_: Any
+    ) -> Any:
+        """The flow data as of this chunk's dispatch, plus this chunk's own changes (a copy);
+        ``inherit`` as in Agently, where the flow data has no parent layer either."""
+        return _read(self._flow_data, key, default)
 
     def set_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
         self._change_flow_data("set", key, value, emit=emit, wait=False)
@@ -588,6 +600,18 @@ def _paused(reply: Reply) -> TriggerFlowPauseSignal:
         reason = reply.error.message if reply.error else "the execution refused the pause"
         raise RuntimeError(reason)
     return TriggerFlowPauseSignal(reply.value or {})
+
+
+def _read(source: dict[str, Any], key: Any, default: Any) -> Any:
+    """A copy of the value at dotted ``key`` in ``source`` (all of it for ``None``), else
+    ``default``. Keys are strings, as JSON's are: any other key names nothing and reads
+    ``default`` (``view[0]`` a ``KeyError``), as in Agently, instead of failing in the split."""
+    if key is None:
+        return copy_value(source)
+    if not isinstance(key, str):
+        return default
+    value = get_path(source, key, _MISSING)
+    return default if value is _MISSING else copy_value(value)
 
 
 async def _change_on_loop(port: ChunkPort, op: str, key: str, value: Any, emit: bool) -> None:
