@@ -274,6 +274,8 @@ class Bus:
         self._kv_prefix = KV_PRE_TEMPLATE.format(bucket=subjects.executions_bucket)
         self._acks = PublishAcks(nc)
         self._readers: set[asyncio.Queue[tuple[int, bytes] | None]] = set()
+        self._watchers: set[KeyValue.KeyWatcher] = set()
+        self._closing = False
 
     @classmethod
     async def open(
@@ -299,6 +301,11 @@ class Bus:
     async def close(self) -> None:
         for reader in self._readers:
             reader.put_nowait(None)  # a stream reader waiting on this connection gives up
+        # A KV watcher's queue is not told when its connection closes: stopped here, a watch
+        # ends (as its callers expect) instead of leaving its task suspended forever. One
+        # still being set up sees ``_closing`` and ends too.
+        self._closing = True
+        await asyncio.gather(*(w.stop() for w in list(self._watchers)), return_exceptions=True)
         if self.nc.is_closed:
             await self._acks.stop()
             return
@@ -448,15 +455,21 @@ class Bus:
         """The value and revision at ``key``, its current one first (when it has one), then
         every later one, for as long as the caller iterates: a change waited on without
         reading the store over and over. Deletes are skipped. The caller closes it
-        (``contextlib.aclosing``), which stops the watch's consumer."""
+        (``contextlib.aclosing``), which stops the watch's consumer; closing the bus ends it."""
         if not _VALID_KEY.fullmatch(key):
             raise BusError(f"invalid KV key {key!r}", subject=self.subjects.executions_bucket)
+        if self._closing:
+            return
         watcher = await call_retrying(lambda: self.kv.watch(key, ignore_deletes=True), key=key)
+        self._watchers.add(watcher)
         try:
+            if self._closing:  # the bus began closing while the watch was being set up
+                return
             async for entry in watcher:
                 if entry is not None and entry.value:  # None: the end of the current values
                     yield entry.value, int(entry.revision or 0)
         finally:
+            self._watchers.discard(watcher)
             with contextlib.suppress(Exception):  # a connection already gone stopped it too
                 await watcher.stop()
 

@@ -13,6 +13,7 @@ import hashlib
 import time
 import uuid
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,9 @@ SAVED_KIND = "triggerbus.execution"
 
 RECHECK_SECONDS = 5.0
 """How long a handle waits on a reply or close notification before consulting the stored
-snapshot, in case the notification was lost during a disconnection."""
+snapshot, in case the notification was lost during a disconnection. Also how long a handle
+whose status watch ended with the execution still open (an error, a closed bus) waits before
+a status read may start another."""
 
 
 class ExecutionResult:
@@ -89,11 +92,12 @@ class ExecutionResult:
         """TriggerFlow's meta keys. ``state_version`` is the revision of the execution's stored
         snapshot as this handle last saw it (0 before start): it grows with every transition."""
         e = self._execution
+        e._keep_fresh()
         return {
             "execution_id": e.id,
             "flow_name": e.flow_name,
-            "status": e.get_status(),
-            "lifecycle_state": e.get_lifecycle_state(),
+            "status": e._status,
+            "lifecycle_state": e._lifecycle,
             "created_at": e._created_at,
             "started_at": e._started_at,
             "closed_at": e._closed_at,
@@ -153,6 +157,11 @@ class Execution:
         self._start_request: asyncio.Future[Reply] | None = None
         self._start_answered = False
         self._started = False
+        self._status_watch: asyncio.Task[None] | None = None
+        self._status_watch_stopped_at = 0.0
+        self._home: (
+            tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[LocalRuntime]] | None
+        ) = None
 
     @property
     def result(self) -> ExecutionResult:
@@ -171,24 +180,128 @@ class Execution:
         return self._flow.name
 
     def get_status(self) -> str:
-        """``created``, ``running``, ``waiting``, ``completed``, ``failed`` or ``cancelled``,
-        as last seen (``async_get_snapshot()`` reads the stored truth)."""
+        """``created``, ``running``, ``waiting``, ``completed``, ``failed`` or ``cancelled``.
+
+        Polled while the execution is open, this follows the stored snapshot (see
+        ``_keep_fresh``): a flow that pauses again after a resume or an emit reads
+        ``waiting`` here, as in TriggerFlow, wherever the execution is hosted. The first read
+        inside a running loop may still be the handle's previous view; ``async_get_snapshot()``
+        reads the stored truth at once."""
+        self._keep_fresh()
         return self._status
 
     def is_waiting(self) -> bool:
+        """Whether an interrupt waits for ``continue_with`` (kept fresh as ``get_status``)."""
+        self._keep_fresh()
         return self._status == "waiting"
 
     def get_lifecycle_state(self) -> str:
+        self._keep_fresh()
         return self._lifecycle
 
     def is_open(self) -> bool:
-        return self._lifecycle == "open"
+        return self.get_lifecycle_state() == "open"
 
     def is_sealed(self) -> bool:
-        return self._lifecycle == "sealed"
+        return self.get_lifecycle_state() == "sealed"
 
     def is_closed(self) -> bool:
-        return self._lifecycle == "closed"
+        return self.get_lifecycle_state() == "closed"
+
+    def _keep_fresh(self) -> None:
+        """Bring the handle's view of an open execution up to the stored snapshot.
+
+        The execution actor may run in another process, so only the store knows when a flow
+        pauses again after a resume or an emit. These reads are sync and are polled from
+        inside the user's running loop, where a store read would block it; there a watch of
+        the snapshot key (``_watch_status``) is started on that loop, once, and keeps the
+        view fresh until the execution or the runtime closes. It starts only when a status is
+        actually read on an open execution this handle started or resumed, so starting
+        thousands of executions never pays for a watch. Outside a running loop (the sync
+        API, whose runtime runs on a background thread) blocking is what the caller asked
+        for: one store read answers there, with nothing left running afterwards.
+        """
+        if not self._started or self._close_snapshot is not None:
+            return  # not started by this handle: "created"; closed: the answer is in memory
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._read_view_sync()
+            return
+        if self._status_watch is not None and not self._status_watch.done():
+            return
+        if time.monotonic() - self._status_watch_stopped_at < RECHECK_SECONDS:
+            return  # a failing or closed bus is not retried at the caller's polling rate
+        home = self._home_of(loop)
+        if home is False:
+            return  # this loop's runtime, the one the handle used, is closed: nothing to watch
+        watch = loop.create_task(self._watch_status(home), name=f"triggerbus-status-{self.id}")
+        watch.add_done_callback(self._status_watch_ended)
+        self._status_watch = watch
+
+    def _read_view_sync(self) -> None:
+        try:
+            run_sync(self._read_view())
+        except BusError as exc:  # a status read answers; the handle's last view will do
+            log.warning("status_read_failed", execution_id=self.id, error=str(exc))
+
+    async def _read_view(self, runtime: LocalRuntime | None = None) -> None:
+        # The bare runtime, not ``_runtime()``: reading a status must not host the flow.
+        stored = await self._load(runtime or await get_runtime())
+        if stored is not None:
+            self._take_view(*stored)
+
+    def _home_of(self, loop: asyncio.AbstractEventLoop) -> LocalRuntime | bool | None:
+        """The runtime this handle last used on ``loop``; ``False`` when that one is gone (it
+        was closed); ``None`` when the handle has used none on this loop.
+
+        The watch task runs after the read that asked for it: had it looked the runtime up
+        then, a runtime closed in between (a shutdown right after a poll) would be replaced
+        by a new one, opened only to be watched and never closed. Bound to the runtime of
+        the read, the watch ends with it (closing the bus ends its watches)."""
+        if self._home is None or self._home[0]() is not loop:
+            return None
+        return self._home[1]() or False
+
+    async def _watch_status(self, runtime: LocalRuntime | None) -> None:
+        """Follow the stored snapshot into the handle's view until the execution closes (or
+        the runtime does: closing the bus ends its watches). A watch that ends otherwise
+        (an error, logged; a closed bus) lets a status read start another after
+        ``RECHECK_SECONDS``."""
+        try:
+            # Watching hosts nothing, as ``_read_view``.
+            runtime = runtime or await get_runtime()
+            key = runtime.subjects.execution_key(self.flow_name, self.id)
+            async with contextlib.aclosing(runtime.bus.watch(key)) as values:
+                async for data, revision in values:
+                    snapshot = decode(snapshot_decoder, data)
+                    self._take_view(snapshot, revision)
+                    if snapshot.lifecycle == "closed":
+                        return
+        except Exception as exc:  # a status watch must never take anything else down
+            log.warning("status_watch_failed", execution_id=self.id, error=repr(exc))
+        self._status_watch_stopped_at = time.monotonic()
+
+    def _status_watch_ended(self, watch: asyncio.Task[None]) -> None:
+        # Dropping the finished task breaks the handle -> task -> coroutine -> handle cycle.
+        if self._status_watch is watch:
+            self._status_watch = None
+
+    def _watched(self) -> bool:
+        return self._status_watch is not None and not self._status_watch.done()
+
+    def _take_view(self, snapshot: Snapshot, revision: int) -> None:
+        """Take a stored snapshot (from a watch or a read) as the handle's view: its status,
+        its lifecycle, and, once closed, its close snapshot, so everything the handle answers
+        from memory after a close agrees with what the status said."""
+        if snapshot.lifecycle == "closed":
+            if self._close_snapshot is None:
+                self._mark_closed(close_snapshot(snapshot), status=snapshot.status, reason=None)
+                if snapshot.status == "failed":
+                    self._error = snapshot.error
+        elif revision >= self._state_version and self._close_snapshot is None:
+            self._lifecycle = snapshot.lifecycle
+        self._refresh((snapshot, revision))
 
     @property
     def started(self) -> bool:
@@ -409,6 +522,10 @@ class Execution:
         reply = await self._answered(runtime, message)
         if reply.ignored:
             self._warn_ignored(f"event {event!r}", reply.ignored)
+        elif self._watched():
+            # The cascade (a pause included) is stored before the reply: a status read right
+            # after the emit says so, instead of waiting for the watch to catch up.
+            await self._read_view(runtime)
         return reply.value
 
     def emit(self, event: str, value: Any = None) -> list[Any] | None:
@@ -747,7 +864,13 @@ class Execution:
         if not reply.ok:
             raise self._interrupt_error(reply.error, interrupt_id)
         self._started = True
-        self._status = "running"
+        if self._watched():
+            # The watch may already have reported the next pause, or may still be behind the
+            # resume: neither "running" nor the watch's word is right for sure, a read made
+            # after the resume was stored is (and the older watch values are then ignored).
+            await self._read_view(runtime)
+        elif self._close_snapshot is None:
+            self._status = "running"
         return dict(reply.value or {})
 
     def continue_with(self, interrupt_id: str, value: Any = None, **options: Any) -> Any:
@@ -946,6 +1069,9 @@ class Execution:
     async def _runtime(self) -> LocalRuntime:
         runtime = await get_runtime()
         await runtime.ensure_flow(self._flow)
+        # Remembered (weakly) for the status watch, which is started from a sync read and so
+        # cannot ask for the runtime itself without risking opening a new one (see _home_of).
+        self._home = (weakref.ref(asyncio.get_running_loop()), weakref.ref(runtime))
         return runtime
 
     async def _publish(self, runtime: LocalRuntime, message: Any) -> None:
@@ -1026,11 +1152,16 @@ class Execution:
         forget_resources(self.id)
 
     def _refresh(self, stored: tuple[Snapshot, int] | None) -> None:
-        """Take the stored snapshot's word for what the handle cannot see by itself."""
+        """Take the stored snapshot's word for what the handle cannot see by itself, unless
+        the handle has seen a later revision already (a read racing a status watch)."""
         if stored is None:
             return
         snapshot, revision = stored
-        if snapshot.status in ("running", "waiting") and self._close_snapshot is None:
+        if (
+            snapshot.status in ("running", "waiting")
+            and self._close_snapshot is None
+            and revision >= self._state_version
+        ):
             self._status = snapshot.status
         closed = snapshot.lifecycle == "closed"
         self._take_meta(revision, snapshot.started_at, snapshot.closed_at if closed else None,
