@@ -31,7 +31,7 @@ from triggerbus._sendable import encode_sent
 from triggerbus._sync import iterate_sync, run_sync
 from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
-from triggerbus.contracts.codec import NotSerializable, decode, encode
+from triggerbus.contracts.codec import NotSerializable, decode, encode, encode_value
 from triggerbus.contracts.messages import (
     CloseExecution,
     EmitEvent,
@@ -1260,11 +1260,15 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 def _serialisable(resources: dict[str, Any]) -> dict[str, Any]:
-    """The resources that can ride in the start message to chunks in other processes."""
+    """The resources that can ride in the start message to chunks in other processes.
+
+    Held to the same rule as every value sent (:func:`encode_value`): a ``datetime`` or a
+    ``set`` would arrive as a string or a list, a different object under the same name, so
+    it stays with the chunks of this process, as a database client does."""
     travelling: dict[str, Any] = {}
     for key, value in resources.items():
         try:
-            encode(value)
+            encode_value(value)
         except NotSerializable:
             continue
         travelling[key] = value

@@ -184,7 +184,9 @@ resourced.del_runtime_resource("doomed")
 
 @resourced.chunk("read_resources")
 async def read_resources(data):
-    return {key: data.get_resource(key) for key in ("host_pid", "shared", "doomed", "starter")}
+    read = {key: data.get_resource(key) for key in ("host_pid", "shared", "doomed", "starter")}
+    # A datetime would arrive as a string: it stays with the chunks of the starting process.
+    return {**read, "started": type(data.get_resource("started")).__name__}
 
 
 resourced.to(read_resources).end()

@@ -4,6 +4,7 @@ stream timeouts, each run with chunks in this process and in a worker process.""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import time
 from typing import Any
@@ -16,6 +17,8 @@ from triggerbus import ChunkFailedError
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 FLOWS_MODULE = "tests.flows.lang_runtime"
+
+STARTED = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 
 
 async def collect_stream(execution: Any, value: Any = None, *, idle: float = 5.0) -> list[Any]:
@@ -221,15 +224,18 @@ class TestFlowResources:
     ) -> None:
         """Flow-level resources (``flow.set_runtime_resource`` and friends) reach the chunks
         of every execution hosted in the process that set them, under the execution's own;
-        they do not travel to other processes, the execution's serialisable ones do."""
+        they do not travel to other processes, the execution's serialisable ones do, and one
+        JSON would change (a datetime) stays in the starting process."""
         flows.resourced.set_runtime_resource("starter", "set by the starting process")
         try:
             execution = flows.resourced.create_execution(
-                runtime_resources={"shared": "execution"}, auto_close_timeout=0.0
+                runtime_resources={"shared": "execution", "started": STARTED},
+                auto_close_timeout=0.0,
             )
             assert execution.get_runtime_resources() == {
                 "host_pid": os.getpid(),
                 "shared": "execution",
+                "started": STARTED,
                 "starter": "set by the starting process",
             }
             async with asyncio.timeout(20):
@@ -242,6 +248,7 @@ class TestFlowResources:
             "shared": "execution",
             "doomed": None,
             "starter": "set by the starting process" if in_process else None,
+            "started": "datetime" if in_process else "NoneType",
         }
         await succeeded_in_worker(hosting, "read_resources")
         assert flows.resourced.get_runtime_resource("starter", "gone") == "gone"
