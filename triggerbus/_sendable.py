@@ -58,7 +58,10 @@ def check_sendable(value: Any, what: str, *, chunk: str | None = None) -> None:
 def _refused(
     what: str, exc: NotSerializable, *, chunk: str | None
 ) -> ValueNotSerializableError:
-    of_type = f" (type {exc.type_name})" if exc.type_name else ""
+    # The reason names the offending type itself where it is not the value's own (a dict's
+    # int key): "(type int)" beside "the state value" would then name the wrong thing.
+    named = not exc.type_name or exc.type_name in str(exc)
+    of_type = "" if named else f" (type {exc.type_name})"
     return ValueNotSerializableError(
         f"{what}{of_type} cannot be sent over the bus: {exc}; send JSON-able data "
         f"({JSON_ABLE})",

@@ -189,6 +189,9 @@ class TestFromAHandle:
         assert error.type_name == type_name
         assert HANDLE_WORDS[call] in str(error)
         assert "JSON-able" in str(error)
+        # The offending type is named once, by the reason, not pinned on the whole value.
+        assert f"(type {type_name})" not in str(error)
+        assert type_name in str(error).split("cannot be sent over the bus: ")[1]
 
     async def test_a_refused_flow_data_value_changes_nothing(self, runtime) -> None:
         flow = listening_flow("refused_flow_data_kept")
