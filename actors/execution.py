@@ -709,6 +709,9 @@ def _run_chunk(
     layers: tuple[str, ...],
     parent: int | None,
     slot: int,
+    *,
+    reply_to: str | None = None,
+    reply_id: str = "",
 ) -> None:
     chunk = str(operator.options["chunk"])
     node = work.new_node(
@@ -719,6 +722,8 @@ def _run_chunk(
         operator=operator.id,
         chunk=chunk,
         layers=layers,
+        reply_to=reply_to,
+        reply_id=reply_id,
     )
     queued = QueuedInvocation(
         node=node.id,
@@ -1298,7 +1303,7 @@ def _on_pause(work: _Work, message: PauseForInterrupt) -> None:
     if existing is not None and existing.source_step == message.step:
         # The same pause again (a redelivered attempt, or a send whose answer was lost):
         # answered with the interrupt as it stands, even if it was resumed meanwhile.
-        work.reply(message.reply_to, Reply(ok=True, value=_record(existing)))
+        work.reply(message.reply_to, Reply(ok=True, value=interrupt_record(existing)))
         return
     node = work.nodes.get(message.step)
     problem = ""
@@ -1346,7 +1351,7 @@ def _on_pause(work: _Work, message: PauseForInterrupt) -> None:
     work.interrupts[interrupt.id] = interrupt
     work.update(node, interrupt=interrupt.id)
     work.set(status="waiting")
-    record = _record(interrupt)
+    record = interrupt_record(interrupt)
     _stream_item(
         work,
         f"{message.id}:pause",
@@ -1384,7 +1389,7 @@ def _on_resume(work: _Work, message: ResumeInterrupt) -> None:
                 f"{request!r} with a different value",
             )
         else:  # the same request again: answered, applied once
-            work.reply(message.reply_to, Reply(ok=True, value=_record(interrupt)))
+            work.reply(message.reply_to, Reply(ok=True, value=interrupt_record(interrupt)))
             return
     elif interrupt.status != "waiting":
         refusal = (
@@ -1423,7 +1428,7 @@ def _on_resume(work: _Work, message: ResumeInterrupt) -> None:
     )
     work.interrupts[interrupt.id] = interrupt
     work.set(status="waiting" if work.waiting else "running")
-    record = _record(interrupt)
+    record = interrupt_record(interrupt)
     _stream_item(
         work,
         f"{message.id}:resume",
@@ -1436,17 +1441,27 @@ def _on_resume(work: _Work, message: ResumeInterrupt) -> None:
         },
     )
     work.observe("execution_resumed", interrupt=interrupt.id, resume_to=str(interrupt.resume_to))
+    if message.settle and message.reply_to:
+        # Answered by the continuation's node when it finishes, as an awaited emit is.
+        _continue_from(work, interrupt, message.value, message.reply_to, message.id)
+        return
     work.reply(message.reply_to, Reply(ok=True, value=record))
     _continue_from(work, interrupt, message.value)
 
 
-def _continue_from(work: _Work, interrupt: Interrupt, value: Any) -> None:
+def _continue_from(
+    work: _Work,
+    interrupt: Interrupt,
+    value: Any,
+    reply_to: str | None = None,
+    reply_id: str = "",
+) -> None:
     signal = interrupt.source_signal or {}
     layers = tuple(str(layer) for layer in signal.get("layers") or ())
     work.resume = ResumeContext(
         interrupt_id=interrupt.id,
         value=value,
-        interrupt=_record(interrupt),
+        interrupt=interrupt_record(interrupt),
         origin_signal=interrupt.source_signal,
         resume_count=interrupt.resume_count,
     )
@@ -1457,12 +1472,15 @@ def _continue_from(work: _Work, interrupt: Interrupt, value: Any) -> None:
             trigger = Signal(
                 type=signal.get("trigger_type", "event"), name=str(signal.get("trigger_event"))
             )
-            _run_chunk(work, operator, trigger, signal.get("value"), layers, None, 0)
+            _run_chunk(work, operator, trigger, signal.get("value"), layers, None, 0,
+                       reply_to=reply_to, reply_id=reply_id)  # fmt: skip
         elif isinstance(resume_to, dict):
-            _emit(work, Signal(type="event", name=resume_to["event"]), value, layers=())
+            _emit(work, Signal(type="event", name=resume_to["event"]), value, layers=(),
+                  reply_to=reply_to, reply_id=reply_id)  # fmt: skip
         else:
             event = interrupt.continuation_event or ""
-            _emit(work, Signal(type="event", name=event), value, layers=layers)
+            _emit(work, Signal(type="event", name=event), value, layers=layers,
+                  reply_to=reply_to, reply_id=reply_id)  # fmt: skip
     finally:
         work.resume = None
 
@@ -1487,7 +1505,7 @@ def _valid_resume_to(resume_to: Any) -> bool:
     return isinstance(resume_to, dict) and isinstance(resume_to.get("event"), str)
 
 
-def _record(interrupt: Interrupt) -> dict[str, Any]:
+def interrupt_record(interrupt: Interrupt) -> dict[str, Any]:
     """The interrupt as callers and stream readers see it (Agently's record keys)."""
     record: dict[str, Any] = msgspec.to_builtins(interrupt)
     record["response"] = interrupt.resume_value

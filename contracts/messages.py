@@ -266,6 +266,11 @@ class ResumeInterrupt(Wire, tag="resume"):
     actor: str | None = None
     reply_to: str | None = None
     sent_at: float = 0.0
+    settle: bool = False
+    """Answer once the continuation's cascade has settled (it paused again, ran to its end,
+    or failed: the failure is the answer), as TriggerFlow's ``continue_with`` returns;
+    otherwise (the default, and what a reader that predates the field does) as soon as the
+    resume is stored. The answer's value is then the cascade's result, not the record."""
 
 
 MailboxMessage = StartExecution | ChunkCompleted | ChunkFailed | EmitEvent | StateWritten | (

@@ -14,7 +14,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,6 +29,7 @@ from triggerbus._runtime import (
 )
 from triggerbus._sendable import encode_sent
 from triggerbus._sync import iterate_sync, run_sync
+from triggerbus.actors.execution import interrupt_record
 from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
 from triggerbus.contracts.codec import NotSerializable, decode, encode, encode_value
@@ -833,10 +834,12 @@ class Execution:
         """Answer a waiting interrupt (``data.pause_for``) with ``value`` and let the flow go on.
 
         Works from any process and any handle of the execution (``flow.create_execution(
-        execution_id=...)``), any time later. Returns the interrupt record once the resume is
-        stored (the downstream cascade runs on). A repeated ``resume_request_id`` with the
-        same value returns the record again and is applied once. On a closed or sealed
-        execution it changes nothing, warns, and returns ``None`` (as TriggerFlow does).
+        execution_id=...)``), any time later. Returns the interrupt record once the
+        continuation has settled, as TriggerFlow's does: it paused again, ran to its end or
+        failed (raised here), so ``is_waiting()`` right after says whether another pause
+        waits. A repeated ``resume_request_id`` with the same value returns the record again
+        and is applied once. On a closed or sealed execution it changes nothing, warns, and
+        returns ``None`` (as TriggerFlow does).
 
         Raises:
             InterruptNotFoundError: the execution has no such interrupt.
@@ -844,6 +847,7 @@ class Execution:
                 ``resume_request_id`` was used before with a different value.
             ResumeLimitError: a ``resume_to="self"`` interrupt used up ``max_resumes``.
             ExecutionNotFoundError: the execution was never started.
+            ChunkFailedError: a chunk of the continuation failed (the execution failed).
         """
         runtime = await self._runtime()
         message = ResumeInterrupt(
@@ -854,24 +858,41 @@ class Execution:
             resume_request_id=resume_request_id,
             actor=actor,
             sent_at=time.time(),
+            settle=True,
         )
         reply = await self._request(
-            runtime, message, what=f"the value for interrupt {interrupt_id!r}"
-        )
+            runtime, message, what=f"the value for interrupt {interrupt_id!r}",
+            recheck=lambda: self._settled(runtime, message.id),
+        )  # fmt: skip
         if reply.ignored:
             self._warn_ignored(f"continue_with({interrupt_id!r})", reply.ignored)
             return None
         if not reply.ok:
             raise self._interrupt_error(reply.error, interrupt_id)
         self._started = True
-        if self._watched():
-            # The watch may already have reported the next pause, or may still be behind the
-            # resume: neither "running" nor the watch's word is right for sure, a read made
-            # after the resume was stored is (and the older watch values are then ignored).
-            await self._read_view(runtime)
-        elif self._close_snapshot is None:
-            self._status = "running"
-        return dict(reply.value or {})
+        # The settled cascade was stored before the answer: this read is the status after it
+        # (waiting again, running on other branches, or closed), and the record as it stands.
+        stored = await self._load(runtime)
+        if stored is None:
+            return dict(reply.value or {})
+        self._take_view(*stored)
+        interrupt = stored[0].interrupts.get(interrupt_id)
+        return interrupt_record(interrupt) if interrupt is not None else None
+
+    async def _settled(self, runtime: LocalRuntime, message_id: str) -> Reply | None:
+        """The answer to a settling resume whose reply was lost (a disconnection), from the
+        stored snapshot: the continuation's answer is remembered there when it settles."""
+        stored = await self._load(runtime)
+        if stored is None:
+            return None
+        snapshot = stored[0]
+        if message_id in snapshot.answers:
+            return Reply(ok=True, value=snapshot.answers[message_id])
+        if snapshot.lifecycle == "closed" and snapshot.error is not None:
+            return Reply(ok=False, error=snapshot.error)
+        if snapshot.lifecycle == "closed" and message_id in snapshot.applied:
+            return Reply(ok=True)
+        return None
 
     def continue_with(self, interrupt_id: str, value: Any = None, **options: Any) -> Any:
         """Sync twin of ``async_continue_with``."""
@@ -906,7 +927,8 @@ class Execution:
             "ResumeConflictError": InterruptNotWaitingError,
             "ResumeLimitError": ResumeLimitError,
         }
-        kind = kinds.get(error.error_type) if error is not None else None
+        # A chunk's own exception of the same name is a chunk failure, not a refusal.
+        kind = kinds.get(error.error_type) if error is not None and not error.chunk else None
         if kind is None or error is None:
             try:
                 self._raise(error)
@@ -1096,12 +1118,14 @@ class Execution:
         *,
         if_duplicate: Reply | None = None,
         what: str | None = None,
+        recheck: Callable[[], Awaitable[Reply | None]] | None = None,
     ) -> Reply:
         """Publish ``message`` and wait for the actor's answer.
 
         A message whose id the stream already holds (another handle sent the same start) was
         handled, or will be, without us: JetStream drops our copy, nobody will answer it, and
-        ``if_duplicate`` is the answer instead.
+        ``if_duplicate`` is the answer instead. ``recheck``, consulted every
+        ``RECHECK_SECONDS`` of waiting, finds an answer in the store when the reply was lost.
         """
         reply_to, future = runtime.replies.open()
         try:
@@ -1122,6 +1146,8 @@ class Execution:
                 except TimeoutError:
                     if if_duplicate is not None and await self._load(runtime) is not None:
                         return if_duplicate
+                    if recheck is not None and (found := await recheck()) is not None:
+                        return found
         finally:
             runtime.replies.discard(reply_to)
 

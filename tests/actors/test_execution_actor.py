@@ -1783,6 +1783,48 @@ class TestPauseAndResume:
         assert driver.closed().snapshot == {"$final_result": "after({'approved': True})"}
         assert driver.closed().status == "completed"
 
+    def test_a_settling_resume_is_answered_when_its_continuation_finishes(self) -> None:
+        """``settle``: the answer waits for the cascade (here ``after``, then the end), and
+        is remembered so a caller whose reply was lost finds it in the snapshot."""
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        transition = resume(driver, "i1", "yes", message_id="r1", settle=True)
+        assert driver.replies("resume-reply") == []
+        [after] = invokes(transition)
+        driver.complete(after.step, "done")
+        assert driver.replies("resume-reply") == [Reply(ok=True, value=["done"])]
+        assert driver.snapshot is not None and driver.snapshot.answers["r1"] == ["done"]
+
+    def test_a_settling_resume_to_self_is_answered_at_the_next_pause(self) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step, resume_to="self")
+        driver.complete(step, None)
+        [again] = invokes(resume(driver, "i1", "answer", settle=True))
+        pause(driver, again.step, interrupt_id="i2")
+        assert driver.replies("resume-reply") == []
+        driver.complete(again.step, {"paused": True})
+        assert driver.replies("resume-reply") == [Reply(ok=True, value={"paused": True})]
+        assert driver.snapshot is not None and driver.snapshot.status == "waiting"
+
+    def test_a_settling_resume_whose_continuation_fails_is_answered_with_the_error(
+        self,
+    ) -> None:
+        driver = Driver(ask_flow())
+        driver.start("q", auto_close=False)
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        [after] = invokes(resume(driver, "i1", "yes", settle=True))
+        driver.fail(after.step, "refused")
+        [reply] = driver.replies("resume-reply")
+        assert not reply.ok and reply.error is not None
+        assert (reply.error.chunk, reply.error.message) == ("after", "refused")
+
     def test_resume_to_self_runs_the_chunk_again_with_its_original_value(self) -> None:
         driver = Driver(ask_flow())
         driver.start("q")
