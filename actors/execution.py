@@ -371,6 +371,7 @@ class _Work:
 
     def reply(self, reply_to: str | None, message: Reply) -> None:
         if reply_to:
+            message = msgspec.structs.replace(message, status=self.get("status"))
             self.outbox.append(SendReply(reply_to=reply_to, message=message))
 
     def remember_answer(self, message_id: str, value: Any) -> None:

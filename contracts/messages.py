@@ -364,6 +364,10 @@ class Reply(Wire, tag="reply"):
     error: ErrorInfo | None = None
     ignored: str = ""
     """Why the request changed nothing (``"sealed"``, ``"closed"``), so the caller can warn."""
+    status: str = ""
+    """The execution's status when the answer was given (``running``, ``waiting``, ...), so
+    the caller knows, without a store read, that an emit's cascade paused; empty in a repeat's
+    answer and from actors that predate the field."""
 
 
 class FlowDataUpdated(Wire, tag="flow_data_updated"):

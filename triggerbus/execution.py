@@ -1109,6 +1109,10 @@ class Execution:
         reply = await self._request(runtime, message)
         if not reply.ok:
             self._raise(reply.error)
+        if reply.status in ("running", "waiting") and self._close_snapshot is None:
+            # The answer comes after the cascade is stored: an emit whose handler paused
+            # leaves the execution waiting, and is_waiting() says so at once, as in TriggerFlow.
+            self._status = reply.status
         return reply
 
     async def _request(

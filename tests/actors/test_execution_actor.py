@@ -191,6 +191,13 @@ class Driver:
         return [c for t in self.transitions for c in t.outbox]
 
     def replies(self, reply_to: str) -> list[Reply]:
+        """The answers sent to ``reply_to``, less the status each carries (``statuses``)."""
+        return [msgspec.structs.replace(r, status="") for r in self.answers(reply_to)]
+
+    def statuses(self, reply_to: str) -> list[str]:
+        return [r.status for r in self.answers(reply_to)]
+
+    def answers(self, reply_to: str) -> list[Reply]:
         return [
             c.message
             for c in self.commands()
@@ -1797,6 +1804,20 @@ class TestPauseAndResume:
         driver.complete(after.step, "done")
         assert driver.replies("resume-reply") == [Reply(ok=True, value=["done"])]
         assert driver.snapshot is not None and driver.snapshot.answers["r1"] == ["done"]
+
+    def test_answers_carry_the_status_they_were_given_in(self) -> None:
+        """An emit from outside whose handler paused is answered ``waiting``."""
+        flow = TriggerFlow(name="asks")
+        flow.when("Ask").to(("ask", noop)).to(("after", noop)).end()
+        driver = Driver(flow)
+        driver.start(None, auto_close=False, reply_to="start")
+        assert driver.statuses("start") == ["running"]
+        driver.emit("Ask", "q", reply_to="emit")
+        step = driver.step_of("ask")
+        pause(driver, step)
+        driver.complete(step, None)
+        assert driver.replies("emit") == [Reply(ok=True, value=[None])]
+        assert driver.statuses("emit") == ["waiting"]
 
     def test_a_settling_resume_to_self_is_answered_at_the_next_pause(self) -> None:
         driver = Driver(ask_flow())

@@ -1,4 +1,5 @@
-"""``continue_with`` returns once the continuation has settled, as TriggerFlow's does.
+"""``continue_with`` returns once the continuation has settled, as TriggerFlow's does, and
+an emit whose cascade paused leaves the handle waiting when it returns.
 
 Agently's ``continue_with`` awaits the cascade the resume dispatches, so the human-in-the-loop
 loop ``while execution.is_waiting(): ... await execution.async_continue_with(...)`` walks
@@ -66,6 +67,23 @@ async def check(data: TriggerFlowRuntimeData) -> Any:
 refused.to(wait).to(check).end()
 
 
+# An event from outside asks a question.
+asks = TriggerFlow(name="settles_asks")
+
+
+@asks.chunk("ask")
+async def ask(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="question", payload=data.value, resume_to="next")
+
+
+@asks.chunk("answered")
+async def answered(data: TriggerFlowRuntimeData) -> Any:
+    return f"answered {data.value}"
+
+
+asks.when("Ask").to(ask).to(answered).end()
+
+
 async def walk_the_pauses(execution: Execution) -> list[tuple[str, str, Any]]:
     """Agently's loop: answer whatever waits while something does, reading no status twice."""
     seen: list[tuple[str, str, Any]] = []
@@ -124,6 +142,21 @@ class TestInThisProcess:
                 await execution.async_continue_with(interrupt_id, "no")
         assert isinstance(raised.value, ValueError)
         assert execution.get_status() == "failed"
+
+
+    async def test_an_emit_whose_cascade_paused_returns_waiting(self, runtime: Any) -> None:
+        execution = asks.create_execution(auto_close=False)
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await execution.async_start(None)
+            # No status read before the emit: nothing watches the snapshot for this handle.
+            [record] = await execution.async_emit("Ask", "why?")  # what the paused chunk returned
+            assert (record["payload"], record["status"]) == ("why?", "waiting")
+            assert (execution.is_waiting(), execution.get_status()) == (True, "waiting")
+            interrupt_id = next(iter(await execution.async_get_pending_interrupts()))
+            await execution.async_continue_with(interrupt_id, "because")
+            assert execution.get_status() == "running"
+            snapshot = await execution.async_close()
+        assert snapshot["$final_result"] == "answered because"
 
 
 def test_the_sync_form_settles_too(sync_runtime: Any) -> None:
