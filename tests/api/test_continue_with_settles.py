@@ -84,6 +84,23 @@ async def answered(data: TriggerFlowRuntimeData) -> Any:
 asks.when("Ask").to(ask).to(answered).end()
 
 
+# Every item of a for_each asks, and its answer runs the rest of the item's chain.
+per_item = TriggerFlow(name="settles_per_item")
+
+
+@per_item.chunk("ask_item")
+async def ask_item(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="item", payload=data.value, resume_to="next")
+
+
+@per_item.chunk("after_item")
+async def after_item(data: TriggerFlowRuntimeData) -> Any:
+    return f"after {data.value}"
+
+
+per_item.for_each().to(ask_item).to(after_item).end_for_each().end()
+
+
 async def walk_the_pauses(execution: Execution) -> list[tuple[str, str, Any]]:
     """Agently's loop: answer whatever waits while something does, reading no status twice."""
     seen: list[tuple[str, str, Any]] = []
@@ -157,6 +174,23 @@ class TestInThisProcess:
             assert execution.get_status() == "running"
             snapshot = await execution.async_close()
         assert snapshot["$final_result"] == "answered because"
+
+
+    async def test_for_each_items_that_pause_are_joined_once_resumed(self, runtime: Any) -> None:
+        """Each answer settles at its own item's end; the for_each's list comes with the
+        last one (Agently closes without a result here: docs/compatibility.md)."""
+        execution = per_item.create_execution(auto_close=False)
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await execution.async_start([1, 2])
+            pending = await execution.async_get_pending_interrupts()
+            by_item = {record["payload"]: key for key, record in pending.items()}
+            assert sorted(by_item) == [1, 2]
+            await execution.async_continue_with(by_item[2], "two")
+            assert execution.is_waiting(), "item 1 still waits"
+            await execution.async_continue_with(by_item[1], "one")
+            assert execution.get_status() == "running"
+            snapshot = await execution.async_close()
+        assert snapshot["$final_result"] == ["after one", "after two"]
 
 
 def test_the_sync_form_settles_too(sync_runtime: Any) -> None:
