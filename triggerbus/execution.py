@@ -79,8 +79,11 @@ SAVED_KIND = "triggerbus.execution"
 RECHECK_SECONDS = 5.0
 """How long a handle waits on a reply or close notification before consulting the stored
 snapshot, in case the notification was lost during a disconnection. Also how long a handle
-whose status watch ended with the execution still open (an error, a closed bus) waits before
-a status read may start another."""
+whose background status read failed (an error, a closed bus) waits before reading again."""
+
+STATUS_REFRESH_SECONDS = 0.05
+"""The least time between two background store reads of one polled handle's status: a loop
+polling ``is_waiting()`` every millisecond costs twenty reads a second, not a thousand."""
 
 
 class ExecutionResult:
@@ -158,8 +161,9 @@ class Execution:
         self._start_request: asyncio.Future[Reply] | None = None
         self._start_answered = False
         self._started = False
-        self._status_watch: asyncio.Task[None] | None = None
-        self._status_watch_stopped_at = 0.0
+        self._status_read: asyncio.Task[None] | None = None
+        self._status_read_due = 0.0
+        self._answers_seen = 0
         self._home: (
             tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[LocalRuntime]] | None
         ) = None
@@ -213,14 +217,16 @@ class Execution:
         """Bring the handle's view of an open execution up to the stored snapshot.
 
         The execution actor may run in another process, so only the store knows when a flow
-        pauses again after a resume or an emit. These reads are sync and are polled from
-        inside the user's running loop, where a store read would block it; there a watch of
-        the snapshot key (``_watch_status``) is started on that loop, once, and keeps the
-        view fresh until the execution or the runtime closes. It starts only when a status is
-        actually read on an open execution this handle started or resumed, so starting
-        thousands of executions never pays for a watch. Outside a running loop (the sync
-        API, whose runtime runs on a background thread) blocking is what the caller asked
-        for: one store read answers there, with nothing left running afterwards.
+        pauses again because of something this handle did not send (another process's
+        resume, an emit_nowait's cascade, a timer). These reads are sync and are polled from
+        inside the user's running loop, where a store read would block it: there a read
+        asked for is one store read in the background (``_refresh_status``), at most one in
+        flight and one per ``STATUS_REFRESH_SECONDS``, whose answer the next poll sees.
+        Nothing outlives it: a watch per polled handle would hold a consumer of the
+        executions' stream each, and polling a few thousand executions ran the stream out of
+        consumers (measured: 2,000 polled, 1,000 refused), starving ``get_result``'s own.
+        Outside a running loop (the sync API, whose runtime runs on a background thread)
+        blocking is what the caller asked for: one store read answers there.
         """
         if not self._started or self._close_snapshot is not None:
             return  # not started by this handle: "created"; closed: the answer is in memory
@@ -229,16 +235,14 @@ class Execution:
         except RuntimeError:
             self._read_view_sync()
             return
-        if self._status_watch is not None and not self._status_watch.done():
+        if self._status_read is not None or time.monotonic() < self._status_read_due:
             return
-        if time.monotonic() - self._status_watch_stopped_at < RECHECK_SECONDS:
-            return  # a failing or closed bus is not retried at the caller's polling rate
         home = self._home_of(loop)
         if home is False:
-            return  # this loop's runtime, the one the handle used, is closed: nothing to watch
-        watch = loop.create_task(self._watch_status(home), name=f"triggerbus-status-{self.id}")
-        watch.add_done_callback(self._status_watch_ended)
-        self._status_watch = watch
+            return  # this loop's runtime, the one the handle used, is closed: nothing to read
+        read = loop.create_task(self._refresh_status(home), name=f"triggerbus-status-{self.id}")
+        read.add_done_callback(self._status_read_ended)
+        self._status_read = read
 
     def _read_view_sync(self) -> None:
         try:
@@ -256,40 +260,32 @@ class Execution:
         """The runtime this handle last used on ``loop``; ``False`` when that one is gone (it
         was closed); ``None`` when the handle has used none on this loop.
 
-        The watch task runs after the read that asked for it: had it looked the runtime up
-        then, a runtime closed in between (a shutdown right after a poll) would be replaced
-        by a new one, opened only to be watched and never closed. Bound to the runtime of
-        the read, the watch ends with it (closing the bus ends its watches)."""
+        The read task runs after the status read that asked for it: had it looked the
+        runtime up then, a runtime closed in between (a shutdown right after a poll) would be
+        replaced by a new one, opened only to be read and never closed."""
         if self._home is None or self._home[0]() is not loop:
             return None
         return self._home[1]() or False
 
-    async def _watch_status(self, runtime: LocalRuntime | None) -> None:
-        """Follow the stored snapshot into the handle's view until the execution closes (or
-        the runtime does: closing the bus ends its watches). A watch that ends otherwise
-        (an error, logged; a closed bus) lets a status read start another after
-        ``RECHECK_SECONDS``."""
+    async def _refresh_status(self, runtime: LocalRuntime | None) -> None:
+        """One store read into the handle's view, unless an answer that arrived meanwhile
+        (an emit's, a resume's) is newer than what the read could have seen."""
+        answers = self._answers_seen
+        pause = STATUS_REFRESH_SECONDS
         try:
-            # Watching hosts nothing, as ``_read_view``.
-            runtime = runtime or await get_runtime()
-            key = runtime.subjects.execution_key(self.flow_name, self.id)
-            async with contextlib.aclosing(runtime.bus.watch(key)) as values:
-                async for data, revision in values:
-                    snapshot = decode(snapshot_decoder, data)
-                    self._take_view(snapshot, revision)
-                    if snapshot.lifecycle == "closed":
-                        return
-        except Exception as exc:  # a status watch must never take anything else down
-            log.warning("status_watch_failed", execution_id=self.id, error=repr(exc))
-        self._status_watch_stopped_at = time.monotonic()
+            stored = await self._load(runtime or await get_runtime())
+            closed = stored is not None and stored[0].lifecycle == "closed"
+            if stored is not None and (closed or answers == self._answers_seen):
+                self._take_view(*stored)
+        except Exception as exc:  # a status read must never take anything else down
+            log.warning("status_read_failed", execution_id=self.id, error=repr(exc))
+            pause = RECHECK_SECONDS  # a failing or closed bus is not read at the polling rate
+        self._status_read_due = time.monotonic() + pause
 
-    def _status_watch_ended(self, watch: asyncio.Task[None]) -> None:
+    def _status_read_ended(self, read: asyncio.Task[None]) -> None:
         # Dropping the finished task breaks the handle -> task -> coroutine -> handle cycle.
-        if self._status_watch is watch:
-            self._status_watch = None
-
-    def _watched(self) -> bool:
-        return self._status_watch is not None and not self._status_watch.done()
+        if self._status_read is read:
+            self._status_read = None
 
     def _take_view(self, snapshot: Snapshot, revision: int) -> None:
         """Take a stored snapshot (from a watch or a read) as the handle's view: its status,
@@ -523,10 +519,6 @@ class Execution:
         reply = await self._answered(runtime, message)
         if reply.ignored:
             self._warn_ignored(f"event {event!r}", reply.ignored)
-        elif self._watched():
-            # The cascade (a pause included) is stored before the reply: a status read right
-            # after the emit says so, instead of waiting for the watch to catch up.
-            await self._read_view(runtime)
         return reply.value
 
     def emit(self, event: str, value: Any = None) -> list[Any] | None:
@@ -1112,7 +1104,9 @@ class Execution:
         if reply.status in ("running", "waiting") and self._close_snapshot is None:
             # The answer comes after the cascade is stored: an emit whose handler paused
             # leaves the execution waiting, and is_waiting() says so at once, as in TriggerFlow.
+            # A background status read begun before it would be older: it is dropped.
             self._status = reply.status
+            self._answers_seen += 1
         return reply
 
     async def _request(

@@ -16,7 +16,7 @@ from typing import Any
 
 from tests._helpers import ROOT, child_env, configure_pure_client
 from triggerbus import Execution, TriggerFlow, TriggerFlowRuntimeData
-from triggerbus._runtime import close_runtime, configure
+from triggerbus._runtime import close_runtime, configure, get_runtime
 from triggerbus.testing import WorkerProcess
 
 POLL_SECONDS = 0.01
@@ -149,23 +149,34 @@ class TestPolledStatusInsideALoop:
                 await execution.async_continue_with(await only_pending(execution), expected)
             await poll(execution.is_closed)
             watches = status_tasks(execution)
-            if watches:  # the watch ends with the execution
+            if watches:  # a background read still in flight ends by itself
                 await asyncio.gather(*watches)
         assert execution.get_status() == "completed"
         assert execution.get_result() == {"approved": "second"}
 
-    async def test_the_status_watch_ends_when_the_runtime_closes(self, runtime: Any) -> None:
-        execution = two_steps.create_execution(auto_close=False)
+    async def test_polling_many_open_executions_holds_nothing_on_the_server(
+        self, runtime: Any
+    ) -> None:
+        """Each poll is at most one store read in flight, never a watch: a watch per polled
+        handle held a consumer of the executions' stream each, and a few thousand polled
+        executions ran the stream out of consumers (get_result's own watch among them)."""
+        executions = [two_steps.create_execution(auto_close=False) for _ in range(40)]
         async with asyncio.timeout(TIMEOUT_SECONDS):
-            await execution.async_start("draft")
-            await poll(execution.is_waiting)
-            watches = status_tasks(execution)
-            assert len(watches) == 1, "a polled open execution is watched, once"
-            await close_runtime()
-            await asyncio.gather(*watches)
-        assert all(task.done() and task.exception() is None for task in watches)
+            await asyncio.gather(*(e.async_start("draft") for e in executions))
+            local = await get_runtime()
+            stream = local.bus.nc.jetstream()
+            bucket = f"KV_{local.subjects.executions_bucket}"
+            before = (await stream.stream_info(bucket)).state.consumer_count
+            for execution in executions:
+                await poll(execution.is_waiting)
+            after = (await stream.stream_info(bucket)).state.consumer_count
+            reads = [task for e in executions for task in status_tasks(e)]
+            await asyncio.gather(*reads)
+            await asyncio.gather(*(e.async_close(pending_interrupts="cancel") for e in executions))
+        assert after == before
+        assert all(not status_tasks(e) for e in executions), "no read outlives its answer"
 
-    async def test_auto_closing_starts_watch_nothing(self, runtime: Any) -> None:
+    async def test_auto_closing_starts_no_status_read(self, runtime: Any) -> None:
         execution = asks.create_execution(auto_close_timeout=0.0)
         async with asyncio.timeout(TIMEOUT_SECONDS):
             await execution.async_start("hello")
