@@ -7,11 +7,13 @@ deployment (or an operator) may depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
@@ -51,6 +53,11 @@ class StoragePolicy:
     dead_letter_max_age: float = 7 * 24 * 3600.0
     duplicate_window: float = 120.0
     memory: bool = False
+    max_consumers: int = 100_000
+    """Consumers each stream and the bucket may hold. nats-server 2.15 caps a stream that sets
+    none at 1,000, and triggerbus makes one per runtime-stream reader and per ``get_result``
+    wait (ephemeral), and one per chunk (durable): a thousand concurrent readers of one
+    deployment's streams would otherwise be refused."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +76,7 @@ def stream_configs(subjects: Subjects, policy: StoragePolicy) -> list[StreamConf
         "storage": storage,
         "num_replicas": policy.replicas,
         "duplicate_window": policy.duplicate_window,
+        "max_consumers": policy.max_consumers,
     }
     return [
         StreamConfig(
@@ -162,6 +170,26 @@ async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> None:
                 # Another process created it between our look and our add: check theirs.
                 info = await js.stream_info(name)
     _check_drift(name, wanted, info.config, _COMPARED_STREAM_FIELDS)
+    await _raise_consumer_limit(js, info.config, wanted.max_consumers or 0)
+
+
+async def _raise_consumer_limit(js: JetStreamContext, config: StreamConfig, wanted: int) -> None:
+    """Raise a stream's consumer limit to ``wanted`` when it is lower: a stream created by an
+    earlier release (or by nats-py's bucket creation, which cannot set it) has the server's
+    default. Never lowered (an operator may have raised it); a server that cannot change it
+    leaves the stream working, with a warning naming the limit."""
+    current = config.max_consumers or 0
+    if current >= wanted:
+        return
+    # Not positive: "no limit" to a server before 2.15, its default of 1,000 to a later one.
+    try:
+        await js.update_stream(dataclasses.replace(config, max_consumers=wanted))
+    except nats.errors.Error as exc:
+        if current > 0:
+            log.warning("stream_consumer_limit_kept", stream=config.name, limit=current,
+                        wanted=wanted, error=str(exc))  # fmt: skip
+        return
+    log.info("stream_consumer_limit_raised", stream=config.name, limit=wanted)
 
 
 async def _ensure_bucket(js: JetStreamContext, subjects: Subjects, policy: StoragePolicy) -> None:
@@ -174,8 +202,9 @@ async def _ensure_bucket(js: JetStreamContext, subjects: Subjects, policy: Stora
         else:
             wanted = StreamConfig(num_replicas=policy.replicas)
             _check_drift(bucket, wanted, status.stream_info.config, ("num_replicas",))
+            await _raise_consumer_limit(js, status.stream_info.config, policy.max_consumers)
             return
-        await js.create_key_value(
+        created = await js.create_key_value(
             KeyValueConfig(
                 bucket=bucket,
                 history=1,
@@ -184,7 +213,10 @@ async def _ensure_bucket(js: JetStreamContext, subjects: Subjects, policy: Stora
                 direct=True,
             )
         )
-    log.info("bucket_created", bucket=bucket)
+        log.info("bucket_created", bucket=bucket)
+        # Each get_result wait watches its key: a consumer of the bucket's stream.
+        info = (await created.status()).stream_info
+        await _raise_consumer_limit(js, info.config, policy.max_consumers)
 
 
 async def ensure_consumer(
