@@ -854,7 +854,7 @@ class Execution:
         )
         reply = await self._request(
             runtime, message, what=f"the value for interrupt {interrupt_id!r}",
-            recheck=lambda: self._settled(runtime, message.id),
+            recheck=lambda: self._stored_answer(runtime, message.id),
         )  # fmt: skip
         if reply.ignored:
             self._warn_ignored(f"continue_with({interrupt_id!r})", reply.ignored)
@@ -871,20 +871,26 @@ class Execution:
         interrupt = stored[0].interrupts.get(interrupt_id)
         return interrupt_record(interrupt) if interrupt is not None else None
 
-    async def _settled(self, runtime: LocalRuntime, message_id: str) -> Reply | None:
-        """The answer to a settling resume whose reply was lost (a disconnection), from the
-        stored snapshot: the continuation's answer is remembered there when it settles."""
+    async def _stored_answer(self, runtime: LocalRuntime, message_id: str) -> Reply | None:
+        """The answer to an awaited request whose reply was lost (replies are core NATS, and
+        a disconnection drops them), from the stored snapshot: an emit's, a state write's or
+        a settling resume's answer is remembered there when its cascade finishes (the last
+        ``ANSWERS_KEPT`` of them), and a closed execution answers everything. None: no
+        answer yet, keep waiting."""
         stored = await self._load(runtime)
         if stored is None:
             return None
         snapshot = stored[0]
+        status = snapshot.status
         if message_id in snapshot.answers:
-            return Reply(ok=True, value=snapshot.answers[message_id])
-        if snapshot.lifecycle == "closed" and snapshot.error is not None:
-            return Reply(ok=False, error=snapshot.error)
-        if snapshot.lifecycle == "closed" and message_id in snapshot.applied:
-            return Reply(ok=True)
-        return None
+            return Reply(ok=True, value=snapshot.answers[message_id], status=status)
+        if snapshot.lifecycle != "closed":
+            return None
+        if message_id not in snapshot.applied:
+            return Reply(ok=True, ignored="closed", status=status)  # closed before it arrived
+        if snapshot.error is not None:
+            return Reply(ok=False, error=snapshot.error, status=status)
+        return Reply(ok=True, status=status)
 
     def continue_with(self, interrupt_id: str, value: Any = None, **options: Any) -> Any:
         """Sync twin of ``async_continue_with``."""
@@ -1098,7 +1104,9 @@ class Execution:
 
     async def _answered(self, runtime: LocalRuntime, message: Any) -> Reply:
         """``_request``, raising the error the actor answered with."""
-        reply = await self._request(runtime, message)
+        reply = await self._request(
+            runtime, message, recheck=lambda: self._stored_answer(runtime, message.id)
+        )
         if not reply.ok:
             self._raise(reply.error)
         if reply.status in ("running", "waiting") and self._close_snapshot is None:

@@ -1,0 +1,95 @@
+"""An awaited request whose reply is lost still gets its answer, from the stored snapshot.
+
+Replies are core NATS: a client disconnected when the actor answers never sees the answer.
+An emit, a state write and a settling ``continue_with`` wait on their cascade, which is
+remembered in the snapshot when it finishes, and the handle consults the snapshot every
+``RECHECK_SECONDS`` of waiting. Here the replies of the request under test are sent to a
+subject nobody subscribes to, as a disconnection would leave them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from triggerbus import TriggerFlow, TriggerFlowRuntimeData
+from triggerbus import execution as execution_module
+from triggerbus.bus.replies import ReplyRouter
+
+TIMEOUT_SECONDS = 30
+
+flow = TriggerFlow(name="lost_answers")
+
+
+@flow.chunk("ask")
+async def ask(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="approval", payload=data.value, resume_to="next")
+
+
+@flow.chunk("double")
+async def double(data: TriggerFlowRuntimeData) -> Any:
+    return data.value * 2
+
+
+@flow.chunk("ask_again")
+async def ask_again(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="approval", payload="again", resume_to="next")
+
+
+flow.to(ask).to(ask_again).end()
+flow.when("Double").to(double)
+
+
+@contextlib.contextmanager
+def replies_lost(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside: the next reply subject opened in this process (the request under test's) is
+    one no subscription matches. Only that one: the chunks here await answers of their own."""
+    opened = ReplyRouter.open
+    lost: list[str] = []
+
+    def open_lost(router: ReplyRouter) -> tuple[str, asyncio.Future[bytes]]:
+        subject, future = opened(router)
+        if lost:
+            return subject, future
+        lost.append(subject)
+        return f"{subject}.lost", future
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ReplyRouter, "open", open_lost)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def quick_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(execution_module, "RECHECK_SECONDS", 0.2)
+
+
+async def test_an_emit_whose_reply_is_lost_returns_its_cascades_results(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(TIMEOUT_SECONDS):
+        await execution.async_start(1)
+        with replies_lost(monkeypatch):
+            assert await execution.async_emit("Double", 21) == [42]
+        await execution.async_close(pending_interrupts="cancel")
+
+
+async def test_a_continue_with_whose_reply_is_lost_returns_once_settled(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(TIMEOUT_SECONDS):
+        await execution.async_start("first")
+        interrupt_id = next(iter(await execution.async_get_pending_interrupts()))
+        with replies_lost(monkeypatch):
+            record = await execution.async_continue_with(interrupt_id, "yes")
+        assert (record["status"], record["response"]) == ("resumed", "yes")
+        assert execution.is_waiting(), "the continuation's own pause, reached before it returned"
+        pending = await execution.async_get_pending_interrupts()
+        assert [r["payload"] for r in pending.values()] == ["again"]
+        await execution.async_close(pending_interrupts="cancel")
