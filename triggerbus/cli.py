@@ -2,7 +2,7 @@
 
 triggerbus worker module:flow [--chunk NAME]... [--concurrency N] [--no-executions]
 triggerbus graph module:flow
-triggerbus resume module:flow EXECUTION_ID INTERRUPT_ID [--value JSON] [--request-id ID]
+triggerbus resume module:flow EXECUTION_ID INTERRUPT_ID [--value JSON] [--request-id ID] [--wait]
 triggerbus dlq list|show|replay
 """
 
@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         help="an idempotency key: the same id with the same value is applied once",
     )
     resume.add_argument("--actor", help="who answers (recorded in the interrupt)")
+    resume.add_argument(
+        "--wait", action="store_true",
+        help="answer once the continuation has settled (paused again, ended or failed), as "
+        "Python's continue_with does, and print its status and result instead of the record",
+    )  # fmt: skip
     resume.add_argument(
         "--timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long to wait for the execution's answer (default 30)",
@@ -359,6 +364,7 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
             actor=args.actor,
             reply_to=inbox,
             sent_at=time.time(),
+            settle=args.wait,
         )
         mailbox = subjects.mailbox(flow.name, args.execution_id)
         fresh = await bus.publish_once(mailbox, encode(message), msg_id=message.id)
@@ -392,9 +398,12 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
                 f"flow {flow.name!r} has no execution {args.execution_id!r} (never started, or "
                 "started under another TRIGGERBUS_PREFIX)"
             )
+        elif error is not None and error.chunk:
+            reason = f"the continuation failed: chunk {error.chunk!r} raised {reason}"
         sys.stderr.write(f"triggerbus: {reason}\n")
         return EXIT_ERROR
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(reply.value)).decode() + "\n")
+    shown = {"status": reply.status, "result": reply.value} if args.wait else reply.value
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(shown)).decode() + "\n")
     return 0
 
 

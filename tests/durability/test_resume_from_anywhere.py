@@ -101,3 +101,28 @@ async def test_cli_resume_answers_and_refuses_clearly(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["resume_value"] == {"by": "cli"}
     assert snapshot["$final_result"]["approved"] == {"by": "cli"}
+
+
+async def test_cli_resume_with_wait_prints_the_settled_continuation(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    """``--wait`` answers after ``publish`` ran (the continuation's end), with its result."""
+    flow = load_module("tests/flows/approval.py", "approval_cli_wait").flow
+    execution = flow.create_execution(auto_close=False)
+    env = {"TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = ["-m", "triggerbus", "resume", "tests.flows.approval:flow", execution.id, "approve"]
+    async with asyncio.timeout(90):
+        await execution.async_start("cli")
+        done = await asyncio.to_thread(_run, *cli, "--value", '"ok"', "--wait", env=env)
+        assert done.returncode == 0, done.stderr
+        # Already stored when the CLI printed: no wait for the close needed to see it.
+        state = await execution.async_get_state()
+        snapshot = await execution.async_close()
+    printed = json.loads(done.stdout)
+    assert printed == {
+        "status": "running",
+        "result": [{"approved": "ok", "is_resume": True, "interrupt_id": "approve"}],
+    }
+    assert state["published"] == ["ok"]
+    assert snapshot["$final_result"]["approved"] == "ok"
