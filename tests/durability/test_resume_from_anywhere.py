@@ -126,3 +126,22 @@ async def test_cli_resume_with_wait_prints_the_settled_continuation(
     }
     assert state["published"] == ["ok"]
     assert snapshot["$final_result"]["approved"] == "ok"
+
+
+async def test_cli_resume_with_wait_reports_a_failing_continuation(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    flows = load_module("tests/flows/approval.py", "approval_cli_refusing")
+    execution = flows.refusing.create_execution(auto_close=False)
+    env = {"TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    cli = ["-m", "triggerbus", "resume", "tests.flows.approval:refusing", execution.id]
+    async with asyncio.timeout(90):
+        await execution.async_start(None)
+        done = await asyncio.to_thread(_run, *cli, "approve", "--value", '"no"', "--wait", env=env)
+        snapshot = await execution.async_get_snapshot()
+    assert done.returncode == 1
+    assert "the continuation failed: chunk 'check' raised ValueError: cannot accept 'no'" in (
+        done.stderr
+    ), done.stderr
+    assert snapshot["status"] == "failed"

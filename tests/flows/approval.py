@@ -54,3 +54,19 @@ def ask_self(data: TriggerFlowRuntimeData) -> Any:
 
 
 survey.to(ask_self).end()
+
+
+refusing = TriggerFlow(name="approval_refusing")
+
+
+@refusing.chunk("ask_first")
+async def ask_first(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="approval", interrupt_id="approve")
+
+
+@refusing.chunk("check")
+async def check(data: TriggerFlowRuntimeData) -> Any:
+    raise ValueError(f"cannot accept {data.value!r}")
+
+
+refusing.to(ask_first).to(check).end()
