@@ -185,9 +185,11 @@ async def _raise_consumer_limit(js: JetStreamContext, config: StreamConfig, want
     try:
         await js.update_stream(dataclasses.replace(config, max_consumers=wanted))
     except nats.errors.Error as exc:
-        if current > 0:
-            log.warning("stream_consumer_limit_kept", stream=config.name, limit=current,
-                        wanted=wanted, error=str(exc))  # fmt: skip
+        # Typically a process without $JS.API.STREAM.UPDATE, or a server that cannot change
+        # the limit: the stream works, with the limit it has (not positive: the server's).
+        log.warning("stream_consumer_limit_kept", stream=config.name,
+                    limit=current if current > 0 else "server default", wanted=wanted,
+                    error=str(exc) or type(exc).__name__)  # fmt: skip
         return
     log.info("stream_consumer_limit_raised", stream=config.name, limit=wanted)
 
