@@ -1,0 +1,122 @@
+"""The NATS permission table of docs/operations.md is enough, and it is the one tested.
+
+The table is read from the document itself, and a nats-server account is given a user holding
+exactly those permissions for prefix ``tb`` and flow ``F``. This process then hosts and drives
+a flow as that user: it provisions, starts an execution, reads a runtime stream long enough to
+need JetStream's flow control, pauses and resumes, writes flow data, waits on ``get_result``
+(a KV watch) and closes by a timer. A permission the table lacks shows as a violation the server
+reports and a request that never gets an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tests._helpers import ROOT
+from triggerbus import TriggerFlow, TriggerFlowRuntimeData
+from triggerbus._runtime import close_runtime, configure
+from triggerbus.bus.embedded import EmbeddedServer
+from triggerbus.config import Settings
+
+ITEMS = 1500
+"""Stream items of 2 KB: past the point (about 2 MB) where the reader must answer flow control."""
+
+flow = TriggerFlow(name="F")
+
+
+@flow.chunk("produce")
+async def produce(data: TriggerFlowRuntimeData) -> Any:
+    for n in range(ITEMS):
+        await data.async_put_into_stream({"n": n, "pad": "x" * 2000})
+    await data.async_set_flow_data("produced", ITEMS)
+    return data.value
+
+
+@flow.chunk("approve")
+async def approve(data: TriggerFlowRuntimeData) -> Any:
+    return await data.async_pause_for(type="approval", payload=data.value, resume_to="next")
+
+
+@flow.chunk("publish")
+async def publish(data: TriggerFlowRuntimeData) -> Any:
+    return {"approved": data.value, "produced": data.get_flow_data("produced")}
+
+
+flow.to(produce).to(approve).to(publish).end()
+
+
+def documented_permissions() -> tuple[list[str], list[str]]:
+    """(publish, subscribe) subjects from the table under "## NATS permissions"."""
+    document = (ROOT / "docs" / "operations.md").read_text()
+    section = document.split("## NATS permissions", 1)[1].split("\n## ", 1)[0]
+    publish: list[str] = []
+    subscribe: list[str] = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[1].startswith("`"):
+            continue
+        kind, subjects = cells[0], _subjects(cells[1])
+        if kind == "subscribe":
+            subscribe += subjects
+        elif kind.startswith("JetStream, for each stream"):
+            streams = [name for name in _subjects(kind) if name != "S"]
+            publish += [_per_stream(subject, stream) for subject in subjects for stream in streams]
+        else:
+            publish += subjects
+    return publish, subscribe
+
+
+def _subjects(cell: str) -> list[str]:
+    return [s for s in re.findall(r"`([^`]+)`", cell) if "." in s or "_" in s]
+
+
+def _per_stream(subject: str, stream: str) -> str:
+    return ".".join(stream if token == "S" else token for token in subject.split("."))
+
+
+def server_config(directory: Path, publish: list[str], subscribe: list[str]) -> Path:
+    user = {
+        "user": "worker",
+        "password": "worker-secret",
+        "permissions": {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}},
+    }
+    config = {"accounts": {"APP": {"jetstream": "enabled", "users": [user]}}}
+    path = directory / "nats.conf"
+    path.write_text(json.dumps(config))  # JSON is a valid nats-server configuration
+    return path
+
+
+async def run_the_flow() -> tuple[int, dict[str, Any], Any]:
+    execution = flow.create_execution(auto_close_timeout=0.2)  # closed by a timer
+    start = asyncio.create_task(execution.async_start("draft"))
+    read = 0
+    async for item in execution.get_async_runtime_stream(timeout=20):
+        if "n" in item:
+            read += 1
+        elif item.get("action") == "pause":
+            await execution.async_continue_with(item["interrupt"]["id"], "yes")
+    snapshot = await start
+    return read, snapshot, await execution.async_get_result()
+
+
+async def test_a_user_holding_the_documented_permissions_runs_a_flow(tmp_path: Path) -> None:
+    publish, subscribe = documented_permissions()
+    assert "$JS.FC.tb_stream.>" in publish and "tb.F.flow_data" in subscribe, "table not read"
+    config = server_config(tmp_path, publish, subscribe)
+    store = str(tmp_path / "store")
+    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
+        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+        configure(Settings(nats_url=url, prefix="tb"))
+        try:
+            async with asyncio.timeout(60):
+                read, snapshot, result = await run_the_flow()
+        finally:
+            await close_runtime()
+            configure(None)
+    assert read == ITEMS
+    assert snapshot["$final_result"] == {"approved": "yes", "produced": ITEMS}
+    assert result == {"approved": "yes", "produced": ITEMS}
