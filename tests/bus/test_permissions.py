@@ -16,11 +16,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests._helpers import ROOT
+from tests._helpers import ROOT, child_env, configure_pure_client
 from triggerbus import TriggerFlow, TriggerFlowRuntimeData
 from triggerbus._runtime import close_runtime, configure
 from triggerbus.bus.embedded import EmbeddedServer
 from triggerbus.config import Settings
+from triggerbus.testing import WorkerProcess
 
 ITEMS = 1500
 """Stream items of 2 KB: past the point (about 2 MB) where the reader must answer flow control."""
@@ -114,6 +115,31 @@ async def test_a_user_holding_the_documented_permissions_runs_a_flow(tmp_path: P
         try:
             async with asyncio.timeout(60):
                 read, snapshot, result = await run_the_flow()
+        finally:
+            await close_runtime()
+            configure(None)
+    assert read == ITEMS
+    assert snapshot["$final_result"] == {"approved": "yes", "produced": ITEMS}
+    assert result == {"approved": "yes", "produced": ITEMS}
+
+
+async def test_a_worker_and_a_client_holding_the_documented_permissions(tmp_path: Path) -> None:
+    """The same, with the chunks and the execution actors in a ``triggerbus worker`` process
+    and this process a pure client: both hold only the table."""
+    publish, subscribe = documented_permissions()
+    config = server_config(tmp_path, publish, subscribe)
+    store = str(tmp_path / "store")
+    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
+        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+        worker = WorkerProcess(
+            "tests.bus.test_permissions:flow", nats_url=url, prefix="tb", cwd=str(ROOT),
+            env=child_env(),
+        )  # fmt: skip
+        configure_pure_client(url, "tb")
+        try:
+            async with asyncio.timeout(90), worker:
+                read, snapshot, result = await run_the_flow()
+                assert await worker.wait_for("chunk_attempt_succeeded"), "the worker ran them"
         finally:
             await close_runtime()
             configure(None)
