@@ -4,6 +4,7 @@ execution, telemetry off and on.
     python bench/count_instructions.py [--flow fanout] [--counts 20 120] [--in-flight 10]
         [--keep DIR]
     python bench/count_instructions.py --opcodes [--flow fanout] [--top 40]
+    python bench/count_instructions.py --simulate-caches --in-flight 100   # misses, mispredictions
 
 Why: on this 2-core machine a throughput ratio drifts by ±10 % between runs of the same code
 (benchmark 7 reads 0.61-1.15 for single rounds), so a change worth 3 % of tracing's cost cannot
@@ -112,26 +113,37 @@ class _OpcodeCounter:
         return result
 
 
-def _run_child(args: list[str], *, valgrind_out: Path | None) -> None:
+SIMULATION = ("--cache-sim=yes", "--branch-sim=yes")
+"""Callgrind's cache and branch-predictor model: misses and mispredictions as counts."""
+
+
+def _run_child(args: list[str], *, valgrind_out: Path | None, simulate: bool = False) -> None:
     command = [sys.executable, "-m", "bench.count_instructions", "--child", *args]
     if valgrind_out is not None:
-        command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={valgrind_out}",
-                   *command]  # fmt: skip
+        command = ["valgrind", "--tool=callgrind", *(SIMULATION if simulate else ()),
+                   f"--callgrind-out-file={valgrind_out}", *command]  # fmt: skip
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1800)
     if completed.returncode != 0:
         raise SystemExit(f"child {args} failed:\n{completed.stderr[-3000:]}")
 
 
-def _total_instructions(path: Path) -> int:
+def _totals(path: Path) -> dict[str, int]:
+    """Callgrind's totals by event (``Ir`` instructions; with the simulation also ``D1mr``
+    L1 data read misses, ``Bcm`` conditional branches mispredicted, and so on)."""
+    events: list[str] = []
     for line in path.read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            return dict(zip(events, map(int, line.split()[1:]), strict=True))
     raise SystemExit(f"no totals in {path}")
 
 
 def count_instructions(flow: str, counts: tuple[int, int], url: str, endpoint: str,
-                       scratch: Path, in_flight: int) -> dict[str, Any]:  # fmt: skip
-    """Instructions per execution of each mode: the difference between two counts."""
+                       scratch: Path, in_flight: int,
+                       simulate: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Instructions (and, simulated, every cache and branch event) per execution of each mode:
+    the difference between two counts."""
     low, high = counts
     report: dict[str, Any] = {}
     for mode in MODES:
@@ -139,11 +151,19 @@ def count_instructions(flow: str, counts: tuple[int, int], url: str, endpoint: s
         for count in (low, high):
             out = scratch / f"callgrind.{mode}.{count}"
             _run_child([mode, str(count), flow, url, endpoint, "", str(in_flight)],
-                       valgrind_out=out)
-            totals[count] = _total_instructions(out)
-        report[mode] = {"instructions": totals,
-                        "per_execution": (totals[high] - totals[low]) / (high - low)}  # fmt: skip
+                       valgrind_out=out, simulate=simulate)  # fmt: skip
+            totals[count] = _totals(out)
+        per_event = {event: (totals[high][event] - totals[low][event]) / (high - low)
+                     for event in totals[high]}  # fmt: skip
+        report[mode] = {"instructions": {count: t["Ir"] for count, t in totals.items()},
+                        "per_execution": per_event["Ir"]}  # fmt: skip
+        if simulate:
+            report[mode]["events_per_execution"] = per_event
     report["ratio"] = report["tracing"]["per_execution"] / report["off"]["per_execution"]
+    if simulate:
+        off, on = report["off"]["events_per_execution"], report["tracing"]["events_per_execution"]
+        report["event_ratios"] = {event: round(on[event] / off[event], 3)
+                                  for event in off if off[event] > 0}  # fmt: skip
     return report
 
 
@@ -188,6 +208,9 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT,
                         help="executions in flight (benchmarks 2, 3 and 7 run 100; collector "
                         "costs grow with it)")
+    parser.add_argument("--simulate-caches", action="store_true",
+                        help="also simulate the caches and branch predictor (callgrind "
+                        "--cache-sim --branch-sim, ~3x slower) and report every event's ratio")
     parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -208,7 +231,8 @@ def main() -> int:
                                    Path(scratch), args.top, args.in_flight)  # fmt: skip
         else:
             report = count_instructions(args.flow, tuple(args.counts), server.url,
-                                        sink.endpoint, Path(scratch), args.in_flight)  # fmt: skip
+                                        sink.endpoint, Path(scratch), args.in_flight,
+                                        args.simulate_caches)  # fmt: skip
     report = {"flow": args.flow, "mode": "opcodes" if args.opcodes else "instructions",
               "in_flight": args.in_flight, **report}  # fmt: skip
     out = Path(args.out)
