@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -90,6 +91,15 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         coroutine.close()
         raise
     return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+
+
+def future_of(task: asyncio.Task[T]) -> concurrent.futures.Future[T]:
+    """A task of the background loop as a future sync code can wait on (``result(timeout)``)."""
+
+    async def outcome() -> T:
+        return await task
+
+    return asyncio.run_coroutine_threadsafe(outcome(), task.get_loop())
 
 
 def iterate_sync(iterator: AsyncIterator[T]) -> Iterator[T]:

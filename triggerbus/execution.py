@@ -8,6 +8,7 @@ reply subjects, the runtime stream and the close notification.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import time
@@ -15,7 +16,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 import structlog
@@ -28,7 +29,7 @@ from triggerbus._runtime import (
     register_resources,
 )
 from triggerbus._sendable import encode_sent
-from triggerbus._sync import iterate_sync, run_sync
+from triggerbus._sync import future_of, iterate_sync, run_sync
 from triggerbus.actors.execution import interrupt_record
 from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
@@ -53,6 +54,7 @@ from triggerbus.contracts.messages import (
 from triggerbus.contracts.snapshot import Snapshot, snapshot_decoder
 from triggerbus.errors import (
     BusError,
+    ChunkFailedError,
     ExecutionClosedError,
     ExecutionError,
     ExecutionNotFoundError,
@@ -524,15 +526,63 @@ class Execution:
     def emit(self, event: str, value: Any = None) -> list[Any] | None:
         return run_sync(self.async_emit(event, value))
 
-    async def async_emit_nowait(self, event: str, value: Any = None) -> None:
+    async def async_emit_nowait(
+        self, event: str, value: Any = None
+    ) -> asyncio.Task[list[Any] | None] | None:
+        """Emit ``event`` and return once it is stored, without waiting for its cascade.
+
+        Returns a task that ends as ``async_emit`` would (the direct handlers' results, or the
+        handler's failure), as TriggerFlow's does; awaiting it is optional. ``None`` when the
+        execution is closed.
+        """
+        if self._close_snapshot is not None:
+            log.warning("emit_ignored", event_name=event, reason="execution closed")
+            return None
         runtime = await self._runtime()
         message = EmitEvent(
             id=f"{self.id}:emit:{uuid.uuid4().hex}", execution_id=self.id, event=event, value=value
         )
-        await self._publish(runtime, message)
+        sent = await self._send_request(runtime, message)
+        answer = asyncio.get_running_loop().create_task(
+            self._emit_answer(runtime, message, sent), name=f"triggerbus-emit-{message.id}"
+        )
+        answer.add_done_callback(_unawaited_failure_logged)
+        return answer
 
-    def emit_nowait(self, event: str, value: Any = None) -> None:
-        run_sync(self.async_emit_nowait(event, value))
+    async def _emit_answer(
+        self, runtime: LocalRuntime, message: EmitEvent, sent: _SentRequest
+    ) -> list[Any] | None:
+        try:
+            reply = await self._reply(
+                runtime, sent, recheck=lambda: self._stored_answer(runtime, message.id)
+            )
+        finally:
+            runtime.replies.discard(sent.reply_to)
+        reply = self._accepted(reply)
+        if reply.ignored:
+            self._warn_ignored(f"event {message.event!r}", reply.ignored)
+        return reply.value
+
+    async def _emit_nowait_answered(self, event: str, value: Any) -> list[Any] | None:
+        answer = await self.async_emit_nowait(event, value)
+        return None if answer is None else await answer
+
+    def emit_nowait(
+        self, event: str, value: Any = None
+    ) -> asyncio.Task[list[Any] | None] | concurrent.futures.Future[list[Any] | None] | None:
+        """The sync form. Inside a running event loop it does not block: the emit is sent by
+        a task on that loop, which it returns (as TriggerFlow does), ending with the
+        cascade's results. Outside one it returns once the emit is stored, with a
+        ``concurrent.futures.Future`` of those results (``None`` when closed)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            answer = run_sync(self.async_emit_nowait(event, value))
+            return None if answer is None else future_of(answer)
+        task = loop.create_task(self._emit_nowait_answered(event, value),
+                                name=f"triggerbus-emit-nowait-{self.id}")  # fmt: skip
+        task.add_done_callback(_unawaited_failure_logged)
+        return task
 
     async def async_set_state(self, key: str, value: Any, *, emit: bool = True) -> None:
         await self._state("set", key, value, emit=emit)
@@ -1094,19 +1144,15 @@ class Execution:
         self._home = (weakref.ref(asyncio.get_running_loop()), weakref.ref(runtime))
         return runtime
 
-    async def _publish(self, runtime: LocalRuntime, message: Any) -> None:
-        subject = runtime.subjects.mailbox(self.flow_name, self.id)
-        # The caller's current span (if any) travels with the message.
-        with telemetry().publish(PublishInput(self.flow_name, subject, message)) as headers:
-            await runtime.bus.publish(
-                subject, encode_sent(message), msg_id=message.id, headers=headers
-            )
-
     async def _answered(self, runtime: LocalRuntime, message: Any) -> Reply:
         """``_request``, raising the error the actor answered with."""
         reply = await self._request(
             runtime, message, recheck=lambda: self._stored_answer(runtime, message.id)
         )
+        return self._accepted(reply)
+
+    def _accepted(self, reply: Reply) -> Reply:
+        """``reply``, once its error is raised and its status taken."""
         if not reply.ok:
             self._raise(reply.error)
         if reply.status in ("running", "waiting") and self._close_snapshot is None:
@@ -1133,6 +1179,20 @@ class Execution:
         ``if_duplicate`` is the answer instead. ``recheck``, consulted every
         ``RECHECK_SECONDS`` of waiting, finds an answer in the store when the reply was lost.
         """
+        sent = await self._send_request(runtime, message, what=what)
+        try:
+            if not sent.fresh and if_duplicate is not None:
+                return if_duplicate
+            return await self._reply(runtime, sent, if_duplicate=if_duplicate, recheck=recheck)
+        finally:
+            runtime.replies.discard(sent.reply_to)
+
+    async def _send_request(
+        self, runtime: LocalRuntime, message: Any, *, what: str | None = None
+    ) -> _SentRequest:
+        """Publish ``message`` addressed for an answer; the answer's subscription is open
+        before the publish, so no answer can come before anyone waits for it. The caller
+        discards ``reply_to`` once answered; a failed publish discards it here."""
         reply_to, future = runtime.replies.open()
         try:
             addressed = msgspec.structs.replace(message, reply_to=reply_to)
@@ -1141,21 +1201,31 @@ class Execution:
                 fresh = await runtime.bus.publish_once(
                     subject, encode_sent(addressed, what=what), msg_id=message.id, headers=headers
                 )
-            if not fresh and if_duplicate is not None:
-                return if_duplicate
-            while True:
-                # Replies are core NATS and can be lost while this process is disconnected;
-                # a start can be confirmed from the stored snapshot instead.
-                try:
-                    async with asyncio.timeout(RECHECK_SECONDS):
-                        return decode(reply_decoder, await asyncio.shield(future))
-                except TimeoutError:
-                    if if_duplicate is not None and await self._load(runtime) is not None:
-                        return if_duplicate
-                    if recheck is not None and (found := await recheck()) is not None:
-                        return found
-        finally:
+        except BaseException:
             runtime.replies.discard(reply_to)
+            raise
+        return _SentRequest(reply_to, future, fresh)
+
+    async def _reply(
+        self,
+        runtime: LocalRuntime,
+        sent: _SentRequest,
+        *,
+        if_duplicate: Reply | None = None,
+        recheck: Callable[[], Awaitable[Reply | None]] | None = None,
+    ) -> Reply:
+        """The actor's answer to a sent request."""
+        while True:
+            # Replies are core NATS and can be lost while this process is disconnected;
+            # a start can be confirmed from the stored snapshot instead.
+            try:
+                async with asyncio.timeout(RECHECK_SECONDS):
+                    return decode(reply_decoder, await asyncio.shield(sent.future))
+            except TimeoutError:
+                if if_duplicate is not None and await self._load(runtime) is not None:
+                    return if_duplicate
+                if recheck is not None and (found := await recheck()) is not None:
+                    return found
 
     def _on_closed(
         self, outcome: tuple[ExecutionClosed, tuple[Snapshot, int] | None]
@@ -1259,6 +1329,26 @@ def execution_id_for(idempotency_key: str | None) -> str | None:
     if EXECUTION_ID.fullmatch(idempotency_key):
         return idempotency_key
     return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+class _SentRequest(NamedTuple):
+    """A request published, its answer not yet taken."""
+
+    reply_to: str
+    future: asyncio.Future[bytes]
+    fresh: bool
+    """False when the stream already held the message's id (a duplicate, dropped)."""
+
+
+def _unawaited_failure_logged(task: asyncio.Task[Any]) -> None:
+    """An emit_nowait's task that nobody awaits must not fail in silence, nor in asyncio's
+    "exception was never retrieved" at collection: a handler's failure is the execution's
+    own (it fails or skips it, and says so); anything else (the bus, a refusal) is logged."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None and not isinstance(error, ChunkFailedError):
+        log.warning("emit_nowait_failed", task=task.get_name(), error=repr(error))
 
 
 _NOT_YET = object()

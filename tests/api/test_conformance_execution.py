@@ -8,6 +8,8 @@ asserts ours and says so in its docstring.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import gc
 import time
 
 import pytest
@@ -302,6 +304,124 @@ class TestOutsideEmit:
             assert await execution.async_emit(first.trigger, "manual2") == ["o", "n"]
             assert await execution.async_close() == {}
         assert seen == [("outside", 42, "event")]
+
+
+class TestEmitNowait:
+    """TriggerFlow's ``emit_nowait`` hands back the task of the emit's cascade: awaiting it
+    gives what ``emit`` would have returned, not awaiting it is fine too."""
+
+    @staticmethod
+    def gated_flow(name: str) -> tuple[TriggerFlow, asyncio.Event]:
+        flow = TriggerFlow(name=name)
+        gate = asyncio.Event()
+
+        async def on_go(data):
+            await gate.wait()
+            data.state.set("went", data.value)
+            return f"went({data.value})"
+
+        async def boom(data):
+            raise ValueError(f"no {data.value}")
+
+        flow.to(lambda data: "begun")
+        flow.when("Go").to(on_go)
+        flow.when("Boom").to(boom)
+        return flow, gate
+
+    async def test_the_async_form_returns_before_the_cascade_with_its_task(self, runtime) -> None:
+        flow, gate = self.gated_flow("t_en_async")
+        execution = flow.create_execution(auto_close=False)
+        async with asyncio.timeout(BOUND):
+            await execution.async_start()
+            answer = await execution.async_emit_nowait("Go", 1)
+            assert isinstance(answer, asyncio.Task)
+            assert not answer.done()  # the handler waits on the gate: nothing waited for it
+            gate.set()
+            assert await answer == ["went(1)"]
+            assert await (await execution.async_emit_nowait("NobodyListens")) is None
+            assert await execution.async_close() == {"went": 1}
+            assert await execution.async_emit_nowait("Go", 2) is None  # closed
+
+    async def test_the_sync_form_inside_a_loop_does_not_block_and_returns_the_task(
+        self, runtime
+    ) -> None:
+        """It used to refuse (a sync form inside a running loop); TriggerFlow schedules it."""
+        flow, gate = self.gated_flow("t_en_sync_in_loop")
+        execution = flow.create_execution(auto_close=False)
+        async with asyncio.timeout(BOUND):
+            await execution.async_start()
+            answer = execution.emit_nowait("Go", 3)
+            assert isinstance(answer, asyncio.Task) and not answer.done()
+            gate.set()
+            assert await answer == ["went(3)"]
+            assert await execution.async_get_state("went") == 3
+            await execution.async_close()
+
+    async def test_a_failing_handler_fails_the_task_and_an_unawaited_one_stays_quiet(
+        self, runtime
+    ) -> None:
+        flow, _ = self.gated_flow("t_en_fail")
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict] = []
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+        try:
+            async with asyncio.timeout(BOUND):
+                awaited_here = flow.create_execution(auto_close=False)
+                await awaited_here.async_start()
+                awaited = await awaited_here.async_emit_nowait("Boom", 1)
+                with pytest.raises(ChunkFailedError) as raised:
+                    await awaited
+                assert raised.value.chunk == "boom" and isinstance(raised.value, ValueError)
+                left_alone = flow.create_execution(auto_close=False)
+                await left_alone.async_start()
+                ignored = await left_alone.async_emit_nowait("Boom", 2)
+                await asyncio.wait([ignored])
+                del ignored
+                gc.collect()  # a task whose exception nobody retrieved complains when collected
+                assert left_alone.get_status() == "failed"
+        finally:
+            loop.set_exception_handler(previous)
+        assert [c for c in unhandled if "never retrieved" in c.get("message", "")] == []
+
+    async def test_an_unawaited_task_that_could_not_reach_the_bus_is_logged(self) -> None:
+        """A handler's failure is the execution's to report; any other failure of an emit
+        nobody awaits is logged, not lost."""
+        from structlog.testing import capture_logs
+
+        from triggerbus.errors import BusError
+        from triggerbus.execution import _unawaited_failure_logged
+
+        async def lost() -> None:
+            raise BusError("the connection closed", subject="tb.x")
+
+        async def failed() -> None:
+            raise ChunkFailedError("boom", chunk="c", error_type="ValueError",
+                                   error_message="no")  # fmt: skip
+
+        with capture_logs() as logs:
+            for work in (lost, failed):
+                task = asyncio.get_running_loop().create_task(work())
+                task.add_done_callback(_unawaited_failure_logged)
+                # Done callbacks run in the order added: ours before the one that ends wait.
+                await asyncio.wait([task], timeout=BOUND)
+        assert [(entry["event"], "BusError" in entry["error"]) for entry in logs] == [
+            ("emit_nowait_failed", True)
+        ]
+
+    def test_the_sync_form_outside_a_loop_returns_a_future_of_the_results(
+        self, sync_runtime
+    ) -> None:
+        flow = TriggerFlow(name="t_en_sync")
+        flow.to(lambda data: "begun")
+        flow.when("Go").to(lambda data: f"went({data.value})")
+        execution = flow.create_execution(auto_close=False)
+        execution.start()
+        answer = execution.emit_nowait("Go", 4)
+        assert isinstance(answer, concurrent.futures.Future)
+        assert answer.result(timeout=BOUND) == ["went(4)"]
+        execution.close()
+        assert execution.emit_nowait("Go", 5) is None
 
 
 class TestOutsideState:
