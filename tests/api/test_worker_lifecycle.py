@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+
+import pytest
 
 from tests._helpers import ROOT, child_env, load_module
 from triggerbus._runtime import close_runtime, configure
@@ -37,3 +40,33 @@ async def test_sigterm_mid_chunk_finishes_the_chunk_then_exits_zero(
     assert snapshot == {"$final_result": "done:job"}
     assert events.index("worker_draining") < events.index("chunk_attempt_succeeded")
     assert events.index("chunk_attempt_succeeded") < events.index("worker_stopped")
+
+
+async def test_signalling_a_worker_never_polls_it_behind_asyncios_back(
+    nats_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill()`` and ``terminate()`` signal the pid. ``Process.send_signal`` would go through
+    ``Popen.send_signal``, which polls first: a worker that had just died (an injected fault)
+    was reaped by that poll before asyncio's child watcher got to it, and its exit code read
+    255 instead of -9 (the crash tests' rare ``assert 255 == -9``)."""
+    polled: list[int] = []
+    poll = subprocess.Popen.poll
+
+    def recorded(process: subprocess.Popen[bytes]) -> int | None:
+        polled.append(process.pid)
+        return poll(process)
+
+    monkeypatch.setattr(subprocess.Popen, "poll", recorded)
+    worker = WorkerProcess(
+        "tests.flows.slow:flow",
+        nats_url=nats_url,
+        prefix=prefix,
+        no_executions=True,
+        cwd=str(ROOT),
+        env=child_env(),
+    )
+    async with asyncio.timeout(60):
+        await worker.start()
+        worker.kill()
+        assert await worker.terminate() == -9
+    assert worker.pid not in polled
