@@ -13,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import nats
 
 from tests._helpers import ROOT, child_env, configure_pure_client
 from triggerbus import TriggerFlow, TriggerFlowRuntimeData
 from triggerbus._runtime import close_runtime, configure
 from triggerbus.bus.embedded import EmbeddedServer
+from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
+from triggerbus.contracts.codec import encode
+from triggerbus.contracts.messages import DeadLetter, EmitEvent
 from triggerbus.testing import WorkerProcess
 
 ITEMS = 1500
@@ -146,3 +153,49 @@ async def test_a_worker_and_a_client_holding_the_documented_permissions(tmp_path
     assert read == ITEMS
     assert snapshot["$final_result"] == {"approved": "yes", "produced": ITEMS}
     assert result == {"approved": "yes", "produced": ITEMS}
+
+
+def _dlq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**child_env(), "TRIGGERBUS_NATS_URL": url, "TRIGGERBUS_PREFIX": "tb"}
+    return subprocess.run([sys.executable, "-m", "triggerbus", "dlq", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+async def test_the_dlq_command_holding_the_documented_permissions(tmp_path: Path) -> None:
+    """An operator's ``triggerbus dlq`` (list, show, replay ``--delete``) as that user."""
+    publish, subscribe = documented_permissions()
+    config = server_config(tmp_path, publish, subscribe)
+    store = str(tmp_path / "store")
+    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
+        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+        configure(Settings(nats_url=url, prefix="tb"))
+        execution = flow.create_execution(auto_close=False)
+        emit = EmitEvent(id=f"{execution.id}:emit:1", execution_id=execution.id, event="none")
+        letter = DeadLetter(
+            subject=Subjects("tb").mailbox("F", execution.id),
+            reason="retries exhausted (test)",
+            data=encode(emit).decode(),
+            execution_id=execution.id,
+        )
+        try:
+            async with asyncio.timeout(90):
+                await execution.async_set_state("provisioned", True)  # streams made, as the user
+                connection = await nats.connect(url)
+                try:
+                    ack = await connection.jetstream().publish(
+                        Subjects("tb").dead_letter("F", "__mailbox__"), encode(letter)
+                    )
+                finally:
+                    await connection.drain()
+                listed = await asyncio.to_thread(_dlq, url, "list")
+                shown = await asyncio.to_thread(_dlq, url, "show", str(ack.seq))
+                replayed = await asyncio.to_thread(_dlq, url, "replay", str(ack.seq), "--delete")
+                after = await asyncio.to_thread(_dlq, url, "list")
+        finally:
+            await close_runtime()
+            configure(None)
+    for done in (listed, shown, replayed, after):
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{ack.seq}\t" in listed.stdout
+    assert json.loads(shown.stdout)["reason"] == "retries exhausted (test)"
+    assert f"{ack.seq}\t" not in after.stdout
