@@ -8,6 +8,8 @@ the bus layer and callers above it catch only the tree in :mod:`triggerbus.error
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -48,6 +50,28 @@ _UNAVAILABLE = (
     nats.errors.ConnectionReconnectingError,
     nats.errors.StaleConnectionError,
 )
+
+
+DENIAL_MEMORY = 30.0
+"""Seconds a permissions violation the server reported stays the likely cause of a timeout."""
+
+_denials: deque[tuple[float, str]] = deque(maxlen=8)
+
+
+def note_denial(error: str) -> None:
+    """Remember a permissions violation the server reported (asynchronously: the request it
+    refused gets no answer, only a timeout, so the timeout's error must name it)."""
+    _denials.append((time.monotonic(), error))
+
+
+def is_denial(error: BaseException) -> bool:
+    return "permissions violation" in str(error).lower()
+
+
+def _recent_denial() -> str | None:
+    if _denials and time.monotonic() - _denials[-1][0] <= DENIAL_MEMORY:
+        return _denials[-1][1]
+    return None
 
 
 @contextmanager
@@ -161,6 +185,14 @@ def _translate(
             f"message too large{where}: larger than the server's max_payload", subject=subject
         )
     if isinstance(exc, nats.errors.TimeoutError):
+        denial = _recent_denial()
+        if denial is not None:
+            return BusError(
+                f"NATS did not answer in time{where}: the server refused a request just "
+                f"before ({denial}); the NATS user lacks a permission (docs/operations.md, "
+                "\"NATS permissions\", lists what each role needs)",
+                subject=subject,
+            )
         return BusError(f"NATS did not answer in time{where}: {exc}", subject=subject)
     return BusError(f"NATS call failed{where}: {exc}", subject=subject)
 

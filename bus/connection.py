@@ -20,6 +20,7 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
+from triggerbus.bus._errors import is_denial, note_denial
 from triggerbus.bus.client import BusClient
 from triggerbus.errors import (
     BusError,
@@ -212,6 +213,12 @@ class _Callbacks:
         if not self.connected:
             self.first_connect_error = exc
             self._log("debug", "nats_connect_attempt_failed", error=repr(exc))
+            return
+        if is_denial(exc):
+            note_denial(str(exc))
+            self._log("warning", "nats_permission_denied", error=str(exc),
+                      hint="the NATS user lacks this permission; docs/operations.md, "
+                      "\"NATS permissions\", lists what each role needs")  # fmt: skip
             return
         self._log("warning", "nats_async_error", error=repr(exc))
 

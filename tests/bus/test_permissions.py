@@ -199,3 +199,35 @@ async def test_the_dlq_command_holding_the_documented_permissions(tmp_path: Path
     assert f"{ack.seq}\t" in listed.stdout
     assert json.loads(shown.stdout)["reason"] == "retries exhausted (test)"
     assert f"{ack.seq}\t" not in after.stdout
+
+
+async def test_a_missing_permission_is_named_not_just_timed_out(tmp_path: Path) -> None:
+    """The server refuses a request asynchronously and never answers it: the timeout's error
+    names the refusal, so an operator learns which permission is missing."""
+    publish, subscribe = documented_permissions()
+    lacking = [s for s in publish if not s.startswith("$JS.API.STREAM.MSG.DELETE.")]
+    config = server_config(tmp_path, lacking, subscribe)
+    store = str(tmp_path / "store")
+    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
+        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+        configure(Settings(nats_url=url, prefix="tb"))
+        try:
+            async with asyncio.timeout(60):
+                await flow.create_execution(auto_close=False).async_set_state("made", True)
+                connection = await nats.connect(url)
+                try:
+                    ack = await connection.jetstream().publish(
+                        Subjects("tb").dead_letter("F", "__mailbox__"),
+                        encode(DeadLetter(subject="tb.F.exec.x", reason="test", data="{}")),
+                    )
+                finally:
+                    await connection.drain()
+                refused = await asyncio.to_thread(_dlq, url, "replay", str(ack.seq), "--delete")
+        finally:
+            await close_runtime()
+            configure(None)
+    error = refused.stderr.strip().splitlines()[-1].lower()  # the command's own message
+    assert refused.returncode == 1
+    assert error.startswith("triggerbus: nats did not answer in time"), error
+    assert 'permissions violation for publish to "$js.api.stream.msg.delete.tb_dlq"' in error
+    assert "nats_permission_denied" in refused.stderr  # and the log says so as it happens
