@@ -3,6 +3,7 @@
 triggerbus worker module:flow [--chunk NAME]... [--concurrency N] [--no-executions]
 triggerbus graph module:flow
 triggerbus resume module:flow EXECUTION_ID INTERRUPT_ID [--value JSON] [--request-id ID] [--wait]
+triggerbus status module:flow|FLOW_NAME EXECUTION_ID
 triggerbus dlq list|show|replay
 """
 
@@ -183,6 +184,18 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
     resume.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
 
+    status = commands.add_parser(
+        "status",
+        help="print an execution's status, waiting interrupts and state as JSON",
+        description="Read an execution's stored snapshot: its status and lifecycle, the "
+        "interrupts waiting for `triggerbus resume` (with their ids), its error if it failed, "
+        "and its state. Reads only; any process may do this.",
+    )
+    status.add_argument("target", help="the flow, as module:variable or by its name")
+    status.add_argument("execution_id", help="the execution")
+    status.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    status.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+
     dlq = commands.add_parser(
         "dlq",
         help="inspect and replay dead letters",
@@ -233,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_dead_letters(args, settings))
         if args.command == "resume":
             return asyncio.run(_resume(args, settings))
+        if args.command == "status":
+            return asyncio.run(_status(args, settings))
     except TriggerbusError as exc:
         print(f"triggerbus: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -403,6 +418,55 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.write(f"triggerbus: {reason}\n")
         return EXIT_ERROR
     shown = {"status": reply.status, "result": reply.value} if args.wait else reply.value
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(shown)).decode() + "\n")
+    return 0
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from triggerbus.actors.execution import interrupt_record
+    from triggerbus.actors.state_paths import close_snapshot
+    from triggerbus.contracts.codec import decode
+    from triggerbus.contracts.snapshot import snapshot_decoder
+
+    if settings.nats_url is None:
+        raise ConfigurationError(
+            "executions live on a shared NATS server: set TRIGGERBUS_NATS_URL or --nats-url"
+        )
+    name = load_flow(args.target).name if ":" in args.target else args.target
+    subjects = Subjects(settings.prefix)
+    bus = await Bus.open(
+        ConnectOptions.from_settings(settings, settings.nats_url),
+        subjects,
+        storage=StoragePolicy(replicas=settings.replicas),
+    )
+    try:
+        loaded = await bus.load(subjects.execution_key(name, args.execution_id))
+    finally:
+        await bus.close()
+    if loaded is None:
+        sys.stderr.write(
+            f"triggerbus: flow {name!r} has no execution {args.execution_id!r} (never started, "
+            "or started under another TRIGGERBUS_PREFIX)\n"
+        )
+        return EXIT_ERROR
+    snapshot, revision = decode(snapshot_decoder, loaded[0]), loaded[1]
+    shown = {
+        "execution_id": snapshot.execution_id,
+        "flow": name,
+        "status": snapshot.status,
+        "lifecycle_state": snapshot.lifecycle,
+        "started_at": snapshot.started_at or None,
+        "closed_at": snapshot.closed_at or None,
+        "close_reason": snapshot.close_reason or None,
+        "state_version": revision,
+        "error": msgspec.to_builtins(snapshot.error) if snapshot.error is not None else None,
+        "waiting_interrupts": {
+            key: interrupt_record(interrupt)
+            for key, interrupt in snapshot.interrupts.items()
+            if interrupt.status == "waiting"
+        },
+        "state": close_snapshot(snapshot),
+    }
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(shown)).decode() + "\n")
     return 0
 

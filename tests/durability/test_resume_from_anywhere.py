@@ -145,3 +145,39 @@ async def test_cli_resume_with_wait_reports_a_failing_continuation(
         done.stderr
     ), done.stderr
     assert snapshot["status"] == "failed"
+
+
+async def test_cli_status_shows_the_waiting_interrupt_then_the_close(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    """``triggerbus status`` tells an operator what ``resume`` needs: the waiting interrupt's
+    id, type and payload; by module:variable or by the flow's name."""
+    flow = load_module("tests/flows/approval.py", "approval_cli_status").flow
+    execution = flow.create_execution(auto_close=False)
+    env = {"TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    status = ["-m", "triggerbus", "status"]
+    async with asyncio.timeout(90):
+        await execution.async_start("doc-7")
+        waiting = await asyncio.to_thread(
+            _run, *status, "tests.flows.approval:flow", execution.id, env=env
+        )
+        await execution.async_continue_with("approve", "yes")
+        await execution.async_close()
+        closed = await asyncio.to_thread(_run, *status, "approval", execution.id, env=env)
+        missing = await asyncio.to_thread(_run, *status, "approval", "never-started", env=env)
+    assert waiting.returncode == 0, waiting.stderr
+    shown = json.loads(waiting.stdout)
+    assert (shown["status"], shown["lifecycle_state"]) == ("waiting", "open")
+    assert list(shown["waiting_interrupts"]) == ["approve"]
+    interrupt = shown["waiting_interrupts"]["approve"]
+    assert (interrupt["type"], interrupt["payload"]) == ("approval", {"draft": "doc-7"})
+    assert closed.returncode == 0, closed.stderr
+    after = json.loads(closed.stdout)
+    assert (after["status"], after["lifecycle_state"], after["waiting_interrupts"]) == (
+        "completed", "closed", {},
+    )  # fmt: skip
+    assert after["state"]["$final_result"]["approved"] == "yes"
+    assert after["state_version"] > shown["state_version"]
+    assert missing.returncode == 1
+    assert "has no execution 'never-started'" in missing.stderr
