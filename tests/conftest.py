@@ -6,12 +6,13 @@ parallel under pytest-xdist without seeing each other's streams.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from triggerbus._runtime import close_runtime, configure
-from triggerbus._sync import run_sync
+from triggerbus._sync import close_background_runtime, run_sync
 from triggerbus.config import Settings
 from triggerbus.testing import NatsServerHandle, unique_prefix
 from triggerbus.testing import nats_server as start_nats_server
@@ -45,6 +46,8 @@ async def runtime(nats_url: str, prefix: str) -> AsyncIterator[Settings]:
         yield settings
     finally:
         await close_runtime()
+        # A sync read inside the loop opened the background loop's runtime on this server.
+        await asyncio.to_thread(close_background_runtime)
         configure(None)
 
 

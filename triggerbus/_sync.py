@@ -63,6 +63,18 @@ def _close_at_exit(loop: asyncio.AbstractEventLoop) -> None:
     loop.call_soon_threadsafe(loop.stop)
 
 
+def close_background_runtime(timeout: float = EXIT_CLOSE_SECONDS) -> None:
+    """Close the background loop's runtime, if it has one, and leave the loop running: the
+    next sync call opens a new runtime with the settings configured then (a test suite
+    pointing each case at its own server needs that)."""
+    loop = _loop
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+    from triggerbus._runtime import close_runtime
+
+    asyncio.run_coroutine_threadsafe(close_runtime(), loop).result(timeout)
+
+
 def _refuse_inside_loop(what: str) -> None:
     try:
         asyncio.get_running_loop()
@@ -91,6 +103,27 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
         coroutine.close()
         raise
     return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+
+
+def run_read(coroutine: Coroutine[Any, Any, T]) -> T:
+    """A sync *read*: ``run_sync``, but also inside a running event loop, as TriggerFlow's sync
+    reads work there. It runs on the background loop, with that loop's own connection, and the
+    caller's thread (and its loop) waits for the store's answer, a round trip, as TriggerFlow
+    holds its loop for a sync call.
+
+    Only for a coroutine that needs nothing from the caller's loop: a store read. One that
+    waited on work hosted on that loop (an emit's cascade, a result not yet reached) would
+    wait for a loop that waits for it.
+    """
+    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+
+
+def in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def future_of(task: asyncio.Task[T]) -> concurrent.futures.Future[T]:

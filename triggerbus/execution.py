@@ -16,7 +16,7 @@ import uuid
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 import structlog
@@ -29,7 +29,7 @@ from triggerbus._runtime import (
     register_resources,
 )
 from triggerbus._sendable import encode_sent
-from triggerbus._sync import future_of, iterate_sync, run_sync
+from triggerbus._sync import future_of, in_running_loop, iterate_sync, run_read, run_sync
 from triggerbus.actors.execution import interrupt_record
 from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
@@ -62,6 +62,7 @@ from triggerbus.errors import (
     InterruptError,
     InterruptNotFoundError,
     InterruptNotWaitingError,
+    LifecycleError,
     PendingInterruptsError,
     ResumeLimitError,
     chunk_failed_class,
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     from triggerbus.flow import TriggerFlow
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 SAVED_KIND = "triggerbus.execution"
@@ -605,11 +607,14 @@ class Execution:
     async def async_get_state(self, key: str | None = None, default: Any = None) -> Any:
         """The execution's state as last stored (``$final_result`` included once set), or
         one dotted key of it."""
+        return await self._state_read(await self._runtime(), key, default)
+
+    async def _state_read(self, runtime: LocalRuntime, key: str | None, default: Any) -> Any:
         state: dict[str, Any] = {}
         if self._close_snapshot is not None:
             state = self._close_snapshot
         else:
-            stored = await self._load(await self._runtime())
+            stored = await self._load(runtime)
             if stored is not None:  # nothing stored yet: nothing written, nothing started
                 self._refresh(stored)
                 state = close_snapshot(stored[0])
@@ -617,9 +622,10 @@ class Execution:
 
     def get_state(self, key: str | None = None, default: Any = None) -> Any:
         if self._close_snapshot is not None:
-            # Closed: the answer is in memory, so the sync form works inside a running loop
-            # too (``await execution.async_start(...)`` then ``execution.get_state()``).
+            # Closed: the answer is in memory, no store read.
             return _read_state(self._close_snapshot, key, default)
+        if in_running_loop():  # a store read on the sync API's own connection
+            return run_read(self._reading(lambda runtime: self._state_read(runtime, key, default)))
         return run_sync(self.async_get_state(key, default))
 
     # Agently's deprecated names for the state.
@@ -672,7 +678,7 @@ class Execution:
         await self._flow.async_del_flow_data(key, emit=emit)
 
     def get_flow_data(self, key: str | None = None, default: Any = None) -> Any:
-        return run_sync(self.async_get_flow_data(key, default))
+        return self._flow.get_flow_data(key, default)
 
     def set_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
         run_sync(self.async_set_flow_data(key, value, emit=emit))
@@ -756,7 +762,31 @@ class Execution:
     def get_result(self, *, timeout: float | None = None) -> Any:
         if self._close_snapshot is not None:  # answered from memory: no loop to block
             return _closed_result(self._close_snapshot)
+        if in_running_loop():
+            found = run_read(self._reading(self._stored_result))
+            if found is not _NOT_YET:
+                return found
+            raise LifecycleError(
+                f"Execution.get_result() inside a running event loop answers only a result "
+                f"already stored, and execution {self.id!r} of flow {self.flow_name!r} has "
+                "none yet: waiting would block the loop its work may run on; use "
+                "`await execution.async_get_result()`"
+            )
         return run_sync(self.async_get_result(timeout=timeout))
+
+    async def _stored_result(self, runtime: LocalRuntime) -> Any:
+        """``$final_result`` or the close's answer if the store has one, else ``_NOT_YET``."""
+        stored = await self._load(runtime)
+        if stored is None:
+            return _NOT_YET
+        snapshot = stored[0]
+        if snapshot.lifecycle == "closed":
+            self._on_closed((_closed_from(snapshot), stored))
+            return _closed_result(self._close_snapshot or {})
+        if snapshot.has_result:
+            self._refresh(stored)
+            return snapshot.result
+        return _NOT_YET
 
     # --- seal -----------------------------------------------------------------------------------
 
@@ -948,7 +978,10 @@ class Execution:
 
     async def async_get_interrupts(self) -> dict[str, dict[str, Any]]:
         """Every interrupt of the execution by id, as stored."""
-        snapshot = await self._stored()
+        return await self._interrupts_read(await self._runtime())
+
+    async def _interrupts_read(self, runtime: LocalRuntime) -> dict[str, dict[str, Any]]:
+        snapshot = await self._stored(runtime)
         return {key: msgspec.to_builtins(i) for key, i in snapshot.interrupts.items()}
 
     async def async_get_pending_interrupts(self) -> dict[str, dict[str, Any]]:
@@ -960,13 +993,15 @@ class Execution:
         return (await self.async_get_interrupts()).get(interrupt_id)
 
     def get_interrupts(self) -> dict[str, dict[str, Any]]:
+        if in_running_loop():  # a store read on the sync API's own connection
+            return run_read(self._reading(self._interrupts_read))
         return run_sync(self.async_get_interrupts())
 
     def get_pending_interrupts(self) -> dict[str, dict[str, Any]]:
-        return run_sync(self.async_get_pending_interrupts())
+        return {key: i for key, i in self.get_interrupts().items() if i["status"] == "waiting"}
 
     def get_interrupt(self, interrupt_id: str) -> dict[str, Any] | None:
-        return run_sync(self.async_get_interrupt(interrupt_id))
+        return self.get_interrupts().get(interrupt_id)
 
     def _interrupt_error(self, error: ErrorInfo | None, interrupt_id: str) -> ExecutionError:
         kinds: dict[str, type[InterruptError]] = {
@@ -992,7 +1027,7 @@ class Execution:
     async def async_save(self) -> dict[str, Any]:
         """The execution's stored snapshot as JSON-able data; ``load()`` restores it, in this
         store or another one."""
-        snapshot = await self._stored()
+        snapshot = await self._stored(await self._runtime())
         return {
             "kind": SAVED_KIND,
             "v": 1,
@@ -1069,8 +1104,7 @@ class Execution:
             self._close_snapshot = close_snapshot(snapshot)
         self._refresh((snapshot, revision))
 
-    async def _stored(self) -> Snapshot:
-        runtime = await self._runtime()
+    async def _stored(self, runtime: LocalRuntime) -> Snapshot:
         stored = await self._load(runtime)
         if stored is None:
             raise ExecutionNotFoundError(
@@ -1135,6 +1169,11 @@ class Execution:
                     pass
 
     # --- plumbing -------------------------------------------------------------------------------
+
+    async def _reading(self, read: Callable[[LocalRuntime], Awaitable[T]]) -> T:
+        """``read`` with the running loop's runtime, without hosting the flow on it: for a sync
+        read sent to the sync API's loop from inside another running loop."""
+        return await read(await get_runtime())
 
     async def _runtime(self) -> LocalRuntime:
         runtime = await get_runtime()

@@ -741,10 +741,11 @@ class TriggerFlow:
         return data if key is None else get_path(data, key, default)
 
     def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
-        """Sync twin of ``async_get_flow_data``."""
-        from triggerbus._sync import run_sync
+        """Sync twin of ``async_get_flow_data``; inside a running loop too (a store read on the
+        sync API's own connection, as TriggerFlow's sync reads work there)."""
+        from triggerbus._sync import run_read
 
-        return run_sync(self.async_get_flow_data(key, default))
+        return run_read(self.async_get_flow_data(key, default))
 
     async def async_set_flow_data(
         self, key: str, value: Any, *, emit: bool = True, **_: Any

@@ -1,7 +1,8 @@
-"""A closed execution answers its sync reads from memory, so they work inside a running event
-loop, as Agently's do: ``await execution.async_start(...)`` then ``execution.get_state()`` is
-how flows written for Agently read their state. An open execution's reads still need the
-store, and are still refused there (they would block the loop that serves the connection)."""
+"""Sync reads work inside a running event loop, as Agently's do: ``await
+execution.async_start(...)`` then ``execution.get_state()`` is how flows written for Agently
+read their state. A closed execution answers from memory; an open one's reads go to the store
+on the sync API's own connection, the caller's loop waiting for the answer. Sync calls that
+would wait on work this loop runs (a write's answer, a result not yet reached) are refused."""
 
 from __future__ import annotations
 
@@ -41,17 +42,53 @@ async def test_a_closed_execution_answers_sync_reads_inside_the_loop(runtime) ->
             execution.close(pending_interrupts="bogus")  # not an answer from memory
 
 
-async def test_an_open_execution_still_refuses_sync_reads_inside_the_loop(runtime) -> None:
+async def test_an_open_execution_answers_sync_reads_inside_the_loop_from_the_store(
+    runtime,
+) -> None:
     execution = _flow("open_reads").create_execution(auto_close=False)
     async with asyncio.timeout(BOUND):
         await execution.async_start(1)
         try:
-            with pytest.raises(LifecycleError, match=r"get_state\(\) is the sync form"):
-                execution.get_state()
-            with pytest.raises(LifecycleError, match=r"get_result\(\) is the sync form"):
-                execution.get_result(timeout=1.0)
+            assert execution.get_state() == {"seen": {"value": 1}, "$final_result": 2}
+            assert execution.get_state("seen.value") == 1
+            assert execution.get_result() == 2  # end() reached: stored before the close
+            assert execution.get_pending_interrupts() == execution.get_interrupts() == {}
+            assert execution.get_flow_data("nothing", "none") == "none"
+            assert not execution.is_closed()
             with pytest.raises(LifecycleError, match=r"close\(\) is the sync form"):
-                execution.close()
+                execution.close()  # a write: its answer comes from work this loop may run
         finally:
             await execution.async_close()
-        assert execution.get_state("seen") == {"value": 1}
+
+
+async def test_a_result_not_reached_yet_is_refused_not_waited_for_inside_the_loop(
+    runtime,
+) -> None:
+    """Waiting inside the loop could wait for the loop itself: the chunk that would reach
+    ``end()`` runs on it."""
+    flow = TriggerFlow(name="result_not_yet")
+
+    async def ask(data):
+        return await data.async_pause_for(type="approval", payload=data.value)
+
+    flow.to(ask).to(lambda data: f"approved {data.value}").end()
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(BOUND):
+        await execution.async_start("doc")
+        try:
+            (waiting,) = execution.get_pending_interrupts().values()
+            assert (waiting["type"], waiting["payload"]) == ("approval", "doc")
+            with pytest.raises(LifecycleError, match=r"get_result\(\) inside a running event"):
+                execution.get_result()
+            await execution.async_continue_with(waiting["id"], "yes")
+            assert execution.get_result() == "approved yes"
+        finally:
+            await execution.async_close()
+
+
+async def test_flow_data_reads_inside_the_loop(runtime) -> None:
+    flow = _flow("flow_data_in_loop")
+    async with asyncio.timeout(BOUND):
+        await flow.async_set_flow_data("limits", {"daily": 3})
+        assert flow.get_flow_data("limits.daily") == 3
+        assert flow.get_flow_data() == {"limits": {"daily": 3}}
