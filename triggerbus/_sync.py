@@ -105,15 +105,14 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
 
 
-def run_read(coroutine: Coroutine[Any, Any, T]) -> T:
-    """A sync *read*: ``run_sync``, but also inside a running event loop, as TriggerFlow's sync
-    reads work there. It runs on the background loop, with that loop's own connection, and the
-    caller's thread (and its loop) waits for the store's answer, a round trip, as TriggerFlow
-    holds its loop for a sync call.
+def run_detached(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``run_sync``, but also inside a running event loop, as TriggerFlow's sync calls work
+    there: on the background loop, with that loop's own connection, the caller's thread (and
+    its loop) waiting for the answer, as TriggerFlow holds its loop for a sync call.
 
-    Only for a coroutine that needs nothing from the caller's loop: a store read. One that
-    waited on work hosted on that loop (an emit's cascade, a result not yet reached) would
-    wait for a loop that waits for it.
+    Only for a coroutine that needs nothing from the caller's loop: a store read, an append
+    to a runtime stream. One that waited on work hosted on that loop (an emit's cascade, a
+    result not yet reached) would wait for a loop that waits for it.
     """
     return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
 

@@ -29,7 +29,7 @@ from triggerbus._runtime import (
     register_resources,
 )
 from triggerbus._sendable import encode_sent
-from triggerbus._sync import future_of, in_running_loop, iterate_sync, run_read, run_sync
+from triggerbus._sync import future_of, in_running_loop, iterate_sync, run_detached, run_sync
 from triggerbus.actors.execution import interrupt_record
 from triggerbus.actors.state_paths import FINAL_RESULT_KEY, close_snapshot, get_path
 from triggerbus.bus.subjects import EXECUTION_ID
@@ -625,7 +625,8 @@ class Execution:
             # Closed: the answer is in memory, no store read.
             return _read_state(self._close_snapshot, key, default)
         if in_running_loop():  # a store read on the sync API's own connection
-            return run_read(self._reading(lambda runtime: self._state_read(runtime, key, default)))
+            read = self._reading(lambda runtime: self._state_read(runtime, key, default))
+            return run_detached(read)
         return run_sync(self.async_get_state(key, default))
 
     # Agently's deprecated names for the state.
@@ -697,24 +698,38 @@ class Execution:
         if self._close_snapshot is not None:
             log.warning("stream_item_ignored", reason="execution closed", execution_id=self.id)
             return
-        await self._put_stream(
-            StreamItem(id=f"{self.id}:stream:{uuid.uuid4().hex}", execution_id=self.id,
-                       value=item)
-        )  # fmt: skip
+        await self._append_stream(await self._runtime(), self._stream_item(item))
 
     def put_into_stream(self, item: Any) -> None:
+        if in_running_loop() and self._close_snapshot is None:
+            # A stream append needs no actor: done on the sync API's own connection.
+            message = self._stream_item(item)
+            run_detached(self._reading(lambda runtime: self._append_stream(runtime, message)))
+            return
         run_sync(self.async_put_into_stream(item))
 
     async def async_stop_stream(self) -> None:
         """End the runtime stream: readers stop after the items before it."""
-        await self._put_stream(StreamEnded(id=f"{self.id}:stream:end", execution_id=self.id))
+        await self._append_stream(await self._runtime(), self._stream_end())
 
     def stop_stream(self) -> None:
+        if in_running_loop():
+            end = self._stream_end()
+            run_detached(self._reading(lambda runtime: self._append_stream(runtime, end)))
+            return
         run_sync(self.async_stop_stream())
 
-    async def _put_stream(self, message: StreamItem | StreamEnded) -> None:
+    def _stream_item(self, item: Any) -> StreamItem:
+        return StreamItem(id=f"{self.id}:stream:{uuid.uuid4().hex}", execution_id=self.id,
+                          value=item)  # fmt: skip
+
+    def _stream_end(self) -> StreamEnded:
+        return StreamEnded(id=f"{self.id}:stream:end", execution_id=self.id)
+
+    async def _append_stream(
+        self, runtime: LocalRuntime, message: StreamItem | StreamEnded
+    ) -> None:
         payload = encode_sent(message, what=f"a stream item of flow {self.flow_name!r}")
-        runtime = await self._runtime()
         subject = runtime.subjects.stream(self.flow_name, self.id)
         await runtime.bus.publish(subject, payload, msg_id=message.id)
 
@@ -763,7 +778,7 @@ class Execution:
         if self._close_snapshot is not None:  # answered from memory: no loop to block
             return _closed_result(self._close_snapshot)
         if in_running_loop():
-            found = run_read(self._reading(self._stored_result))
+            found = run_detached(self._reading(self._stored_result))
             if found is not _NOT_YET:
                 return found
             raise LifecycleError(
@@ -994,7 +1009,7 @@ class Execution:
 
     def get_interrupts(self) -> dict[str, dict[str, Any]]:
         if in_running_loop():  # a store read on the sync API's own connection
-            return run_read(self._reading(self._interrupts_read))
+            return run_detached(self._reading(self._interrupts_read))
         return run_sync(self.async_get_interrupts())
 
     def get_pending_interrupts(self) -> dict[str, dict[str, Any]]:

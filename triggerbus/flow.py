@@ -743,9 +743,9 @@ class TriggerFlow:
     def get_flow_data(self, key: str | None = None, default: Any = None, **_: Any) -> Any:
         """Sync twin of ``async_get_flow_data``; inside a running loop too (a store read on the
         sync API's own connection, as TriggerFlow's sync reads work there)."""
-        from triggerbus._sync import run_read
+        from triggerbus._sync import run_detached
 
-        return run_read(self.async_get_flow_data(key, default))
+        return run_detached(self.async_get_flow_data(key, default))
 
     async def async_set_flow_data(
         self, key: str, value: Any, *, emit: bool = True, **_: Any

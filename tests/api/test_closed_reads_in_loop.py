@@ -86,6 +86,22 @@ async def test_a_result_not_reached_yet_is_refused_not_waited_for_inside_the_loo
             await execution.async_close()
 
 
+async def test_stream_appends_from_the_handle_inside_the_loop(runtime) -> None:
+    """A stream append needs no actor, so the sync form works inside the loop too, in order
+    with the async one."""
+    flow = TriggerFlow(name="stream_in_loop")
+    flow.to(lambda data: data.value)
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(BOUND):
+        await execution.async_start("go")
+        await execution.async_put_into_stream("first")
+        execution.put_into_stream("second")
+        execution.stop_stream()
+        items = [item async for item in execution.get_async_runtime_stream(timeout=BOUND)]
+        await execution.async_close()
+    assert items == ["first", "second"]
+
+
 async def test_flow_data_reads_inside_the_loop(runtime) -> None:
     flow = _flow("flow_data_in_loop")
     async with asyncio.timeout(BOUND):
