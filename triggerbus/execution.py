@@ -682,13 +682,13 @@ class Execution:
         return self._flow.get_flow_data(key, default)
 
     def set_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        run_sync(self.async_set_flow_data(key, value, emit=emit))
+        self._flow.set_flow_data(key, value, emit=emit)
 
     def append_flow_data(self, key: str, value: Any, *, emit: bool = True) -> None:
-        run_sync(self.async_append_flow_data(key, value, emit=emit))
+        self._flow.append_flow_data(key, value, emit=emit)
 
     def del_flow_data(self, key: str, *, emit: bool = True) -> None:
-        run_sync(self.async_del_flow_data(key, emit=emit))
+        self._flow.del_flow_data(key, emit=emit)
 
     # --- the runtime stream, from outside ---------------------------------------------------------
 

@@ -763,19 +763,21 @@ class TriggerFlow:
         await self._change_flow_data("delete", key, None, emit=emit)
 
     def set_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
-        from triggerbus._sync import run_sync
+        """Sync twin of ``async_set_flow_data``; inside a running loop too: a change is stored
+        and announced, with no actor to wait for."""
+        from triggerbus._sync import run_detached
 
-        run_sync(self.async_set_flow_data(key, value, emit=emit))
+        run_detached(self.async_set_flow_data(key, value, emit=emit))
 
     def append_flow_data(self, key: str, value: Any, *, emit: bool = True, **_: Any) -> None:
-        from triggerbus._sync import run_sync
+        from triggerbus._sync import run_detached
 
-        run_sync(self.async_append_flow_data(key, value, emit=emit))
+        run_detached(self.async_append_flow_data(key, value, emit=emit))
 
     def del_flow_data(self, key: str, *, emit: bool = True, **_: Any) -> None:
-        from triggerbus._sync import run_sync
+        from triggerbus._sync import run_detached
 
-        run_sync(self.async_del_flow_data(key, emit=emit))
+        run_detached(self.async_del_flow_data(key, emit=emit))
 
     async def _change_flow_data(self, op: str, key: str, value: Any, *, emit: bool) -> None:
         from triggerbus._runtime import get_runtime

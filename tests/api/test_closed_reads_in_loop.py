@@ -102,9 +102,26 @@ async def test_stream_appends_from_the_handle_inside_the_loop(runtime) -> None:
     assert items == ["first", "second"]
 
 
-async def test_flow_data_reads_inside_the_loop(runtime) -> None:
-    flow = _flow("flow_data_in_loop")
+async def test_flow_data_reads_and_writes_inside_the_loop(runtime) -> None:
+    """Flow data is the flow's store key and a broadcast: no actor answers a change, so the
+    sync forms work inside the loop, and a listening execution still hears them."""
+    flow = TriggerFlow(name="flow_data_in_loop")
+    flow.to(lambda data: data.value)
+
+    async def hear(data):
+        await data.async_put_into_stream({"heard": data.get_flow_data("limits")})
+
+    flow.when({"flow_data": "limits"}).to(hear)
+    execution = flow.create_execution(auto_close=False)
     async with asyncio.timeout(BOUND):
-        await flow.async_set_flow_data("limits", {"daily": 3})
+        await execution.async_start("go")
+        flow.set_flow_data("limits", {"daily": 3})
         assert flow.get_flow_data("limits.daily") == 3
+        execution.append_flow_data("log", "one")
+        assert execution.get_flow_data() == {"limits": {"daily": 3}, "log": ["one"]}
+        execution.del_flow_data("log")
         assert flow.get_flow_data() == {"limits": {"daily": 3}}
+        async for item in execution.get_async_runtime_stream(timeout=BOUND):
+            assert item == {"heard": {"daily": 3}}
+            break
+        await execution.async_close()
