@@ -260,12 +260,22 @@ def _replace(settings: Settings, **changes: object) -> Settings:
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
-async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+async def _shared_bus(settings: Settings, what: str) -> Bus:
+    """The bus of a command that works on a deployment's NATS: ``what`` lives there, and the
+    embedded server, private to one process, cannot hold it for another."""
     if settings.nats_url is None:
         raise ConfigurationError(
-            "a worker needs a shared NATS server: set TRIGGERBUS_NATS_URL or pass --nats-url "
+            f"{what} live on a shared NATS server: set TRIGGERBUS_NATS_URL or pass --nats-url "
             "(the embedded server is private to one process)"
         )
+    return await Bus.open(
+        ConnectOptions.from_settings(settings, settings.nats_url),
+        Subjects(settings.prefix),
+        storage=StoragePolicy(replicas=settings.replicas),
+    )
+
+
+async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     flows: dict[str, TriggerFlow] = {}
     for target in args.target:
         for each in load_flow(target).hosted_flows():
@@ -273,12 +283,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     chunks: list[str] | None = [] if args.no_chunks else args.chunks
     hosted, *more = [HostedFlow(f.graph(), f.handlers(), flow_resources=f.runtime_resources)
                      for f in flows.values()]  # fmt: skip
-    subjects = Subjects(settings.prefix)
-    bus = await Bus.open(
-        ConnectOptions.from_settings(settings, settings.nats_url),
-        subjects,
-        storage=StoragePolicy(replicas=settings.replicas),
-    )
+    bus = await _shared_bus(settings, "a worker's chunks and executions")
     try:
         worker = Worker(
             bus,
@@ -304,16 +309,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _dead_letters(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.nats_url is None:
-        raise ConfigurationError(
-            "dead letters live on a shared NATS server: set TRIGGERBUS_NATS_URL or --nats-url"
-        )
-    subjects = Subjects(settings.prefix)
-    bus = await Bus.open(
-        ConnectOptions.from_settings(settings, settings.nats_url),
-        subjects,
-        storage=StoragePolicy(replicas=settings.replicas),
-    )
+    bus = await _shared_bus(settings, "dead letters")
     try:
         if args.dlq_command == "list":
             letters = await list_dead_letters(bus, flow=args.flow, limit=args.limit)
@@ -351,22 +347,13 @@ async def _resume(args: argparse.Namespace, settings: Settings) -> int:
         reply_decoder,
     )
 
-    if settings.nats_url is None:
-        raise ConfigurationError(
-            "waiting executions live on a shared NATS server: set TRIGGERBUS_NATS_URL or "
-            "--nats-url"
-        )
     try:
         value = msgspec.json.decode(args.value.encode())
     except msgspec.DecodeError as exc:
         raise ConfigurationError(f"--value must be JSON ({exc}); e.g. --value '\"yes\"'") from exc
     flow = load_flow(args.target)
-    subjects = Subjects(settings.prefix)
-    bus = await Bus.open(
-        ConnectOptions.from_settings(settings, settings.nats_url),
-        subjects,
-        storage=StoragePolicy(replicas=settings.replicas),
-    )
+    bus = await _shared_bus(settings, "waiting executions")
+    subjects = bus.subjects
     try:
         inbox = bus.new_inbox()
         answers = await bus.subscribe(inbox)
@@ -428,19 +415,10 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
     from triggerbus.contracts.codec import decode
     from triggerbus.contracts.snapshot import snapshot_decoder
 
-    if settings.nats_url is None:
-        raise ConfigurationError(
-            "executions live on a shared NATS server: set TRIGGERBUS_NATS_URL or --nats-url"
-        )
     name = load_flow(args.target).name if ":" in args.target else args.target
-    subjects = Subjects(settings.prefix)
-    bus = await Bus.open(
-        ConnectOptions.from_settings(settings, settings.nats_url),
-        subjects,
-        storage=StoragePolicy(replicas=settings.replicas),
-    )
+    bus = await _shared_bus(settings, "executions")
     try:
-        loaded = await bus.load(subjects.execution_key(name, args.execution_id))
+        loaded = await bus.load(bus.subjects.execution_key(name, args.execution_id))
     finally:
         await bus.close()
     if loaded is None:
