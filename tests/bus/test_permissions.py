@@ -11,10 +11,12 @@ reports and a request that never gets an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,24 @@ def server_config(directory: Path, publish: list[str], subscribe: list[str]) -> 
     return path
 
 
+@contextlib.asynccontextmanager
+async def restricted_user(
+    tmp_path: Path, publish: list[str], subscribe: list[str]
+) -> AsyncIterator[str]:
+    """A server whose one user holds exactly ``publish`` and ``subscribe``, and this process's
+    runtime pointed at it as that user; yields the user's URL."""
+    config = server_config(tmp_path, publish, subscribe)
+    store = str(tmp_path / "store")
+    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
+        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+        configure(Settings(nats_url=url, prefix="tb"))
+        try:
+            yield url
+        finally:
+            await close_runtime()
+            configure(None)
+
+
 async def run_the_flow() -> tuple[int, dict[str, Any], Any]:
     execution = flow.create_execution(auto_close_timeout=0.2)  # closed by a timer
     start = asyncio.create_task(execution.async_start("draft"))
@@ -114,17 +134,8 @@ async def run_the_flow() -> tuple[int, dict[str, Any], Any]:
 async def test_a_user_holding_the_documented_permissions_runs_a_flow(tmp_path: Path) -> None:
     publish, subscribe = documented_permissions()
     assert "$JS.FC.tb_stream.>" in publish and "tb.F.flow_data" in subscribe, "table not read"
-    config = server_config(tmp_path, publish, subscribe)
-    store = str(tmp_path / "store")
-    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
-        url = server.url.replace("nats://", "nats://worker:worker-secret@")
-        configure(Settings(nats_url=url, prefix="tb"))
-        try:
-            async with asyncio.timeout(60):
-                read, snapshot, result = await run_the_flow()
-        finally:
-            await close_runtime()
-            configure(None)
+    async with restricted_user(tmp_path, publish, subscribe), asyncio.timeout(60):
+        read, snapshot, result = await run_the_flow()
     assert read == ITEMS
     assert snapshot["$final_result"] == {"approved": "yes", "produced": ITEMS}
     assert result == {"approved": "yes", "produced": ITEMS}
@@ -134,22 +145,15 @@ async def test_a_worker_and_a_client_holding_the_documented_permissions(tmp_path
     """The same, with the chunks and the execution actors in a ``triggerbus worker`` process
     and this process a pure client: both hold only the table."""
     publish, subscribe = documented_permissions()
-    config = server_config(tmp_path, publish, subscribe)
-    store = str(tmp_path / "store")
-    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
-        url = server.url.replace("nats://", "nats://worker:worker-secret@")
+    async with restricted_user(tmp_path, publish, subscribe) as url:
         worker = WorkerProcess(
             "tests.bus.test_permissions:flow", nats_url=url, prefix="tb", cwd=str(ROOT),
             env=child_env(),
         )  # fmt: skip
         configure_pure_client(url, "tb")
-        try:
-            async with asyncio.timeout(90), worker:
-                read, snapshot, result = await run_the_flow()
-                assert await worker.wait_for("chunk_attempt_succeeded"), "the worker ran them"
-        finally:
-            await close_runtime()
-            configure(None)
+        async with asyncio.timeout(90), worker:
+            read, snapshot, result = await run_the_flow()
+            assert await worker.wait_for("chunk_attempt_succeeded"), "the worker ran them"
     assert read == ITEMS
     assert snapshot["$final_result"] == {"approved": "yes", "produced": ITEMS}
     assert result == {"approved": "yes", "produced": ITEMS}
@@ -161,44 +165,36 @@ def _dlq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
 
+async def _dead_letter(url: str, letter: DeadLetter) -> int:
+    """Store ``letter`` as the user, once this process has provisioned the streams as it;
+    returns its sequence."""
+    await flow.create_execution(auto_close=False).async_set_state("provisioned", True)
+    connection = await nats.connect(url)
+    try:
+        subject = Subjects("tb").dead_letter("F", "__mailbox__")
+        return (await connection.jetstream().publish(subject, encode(letter))).seq
+    finally:
+        await connection.drain()
+
+
 async def test_the_dlq_command_holding_the_documented_permissions(tmp_path: Path) -> None:
     """An operator's ``triggerbus dlq`` (list, show, replay ``--delete``) as that user."""
     publish, subscribe = documented_permissions()
-    config = server_config(tmp_path, publish, subscribe)
-    store = str(tmp_path / "store")
-    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
-        url = server.url.replace("nats://", "nats://worker:worker-secret@")
-        configure(Settings(nats_url=url, prefix="tb"))
-        execution = flow.create_execution(auto_close=False)
-        emit = EmitEvent(id=f"{execution.id}:emit:1", execution_id=execution.id, event="none")
-        letter = DeadLetter(
-            subject=Subjects("tb").mailbox("F", execution.id),
-            reason="retries exhausted (test)",
-            data=encode(emit).decode(),
-            execution_id=execution.id,
-        )
-        try:
-            async with asyncio.timeout(90):
-                await execution.async_set_state("provisioned", True)  # streams made, as the user
-                connection = await nats.connect(url)
-                try:
-                    ack = await connection.jetstream().publish(
-                        Subjects("tb").dead_letter("F", "__mailbox__"), encode(letter)
-                    )
-                finally:
-                    await connection.drain()
-                listed = await asyncio.to_thread(_dlq, url, "list")
-                shown = await asyncio.to_thread(_dlq, url, "show", str(ack.seq))
-                replayed = await asyncio.to_thread(_dlq, url, "replay", str(ack.seq), "--delete")
-                after = await asyncio.to_thread(_dlq, url, "list")
-        finally:
-            await close_runtime()
-            configure(None)
+    emit = EmitEvent(id="e1:emit:1", execution_id="e1", event="none")
+    letter = DeadLetter(subject=Subjects("tb").mailbox("F", "e1"), data=encode(emit).decode(),
+                        reason="retries exhausted (test)", execution_id="e1")  # fmt: skip
+    async with restricted_user(tmp_path, publish, subscribe) as url, asyncio.timeout(90):
+        seq = await _dead_letter(url, letter)
+        listed = await asyncio.to_thread(_dlq, url, "list")
+        shown = await asyncio.to_thread(_dlq, url, "show", str(seq))
+        replayed = await asyncio.to_thread(_dlq, url, "replay", str(seq), "--delete")
+        after = await asyncio.to_thread(_dlq, url, "list")
     for done in (listed, shown, replayed, after):
         assert done.returncode == 0, done.stderr[-2000:]
-    assert f"{ack.seq}\t" in listed.stdout
+    sequences = [[line.split("\t")[0] for line in done.stdout.splitlines()]
+                 for done in (listed, after)]  # fmt: skip
+    assert str(seq) in sequences[0] and str(seq) not in sequences[1]
     assert json.loads(shown.stdout)["reason"] == "retries exhausted (test)"
-    assert f"{ack.seq}\t" not in after.stdout
 
 
 async def test_a_missing_permission_is_named_not_just_timed_out(tmp_path: Path) -> None:
@@ -206,26 +202,10 @@ async def test_a_missing_permission_is_named_not_just_timed_out(tmp_path: Path) 
     names the refusal, so an operator learns which permission is missing."""
     publish, subscribe = documented_permissions()
     lacking = [s for s in publish if not s.startswith("$JS.API.STREAM.MSG.DELETE.")]
-    config = server_config(tmp_path, lacking, subscribe)
-    store = str(tmp_path / "store")
-    with EmbeddedServer(store_dir=store, extra_args=["-c", str(config)]) as server:
-        url = server.url.replace("nats://", "nats://worker:worker-secret@")
-        configure(Settings(nats_url=url, prefix="tb"))
-        try:
-            async with asyncio.timeout(60):
-                await flow.create_execution(auto_close=False).async_set_state("made", True)
-                connection = await nats.connect(url)
-                try:
-                    ack = await connection.jetstream().publish(
-                        Subjects("tb").dead_letter("F", "__mailbox__"),
-                        encode(DeadLetter(subject="tb.F.exec.x", reason="test", data="{}")),
-                    )
-                finally:
-                    await connection.drain()
-                refused = await asyncio.to_thread(_dlq, url, "replay", str(ack.seq), "--delete")
-        finally:
-            await close_runtime()
-            configure(None)
+    letter = DeadLetter(subject="tb.F.exec.x", reason="test", data="{}")
+    async with restricted_user(tmp_path, lacking, subscribe) as url, asyncio.timeout(60):
+        seq = await _dead_letter(url, letter)
+        refused = await asyncio.to_thread(_dlq, url, "replay", str(seq), "--delete")
     error = refused.stderr.strip().splitlines()[-1].lower()  # the command's own message
     assert refused.returncode == 1
     assert error.startswith("triggerbus: nats did not answer in time"), error
