@@ -473,6 +473,25 @@ class Bus:
             with contextlib.suppress(Exception):  # a connection already gone stopped it too
                 await watcher.stop()
 
+    async def scan(self, key_filter: str) -> AsyncIterator[tuple[str, bytes, int]]:
+        """Every key matching ``key_filter`` (KV wildcards) with its current value and
+        revision, once each, then the end: one ordered consumer over the bucket, not a read
+        per key. For an operator's listing: values written during the scan may or may not be
+        in it."""
+        watcher = await call_retrying(
+            lambda: self.kv.watch(key_filter, ignore_deletes=True), key=key_filter
+        )
+        try:
+            with translate_nats_errors(key=key_filter):
+                async for entry in watcher:
+                    if entry is None:  # the end of the current values
+                        return
+                    if entry.value:
+                        yield entry.key, entry.value, int(entry.revision or 0)
+        finally:
+            with contextlib.suppress(Exception):  # a connection already gone stopped it too
+                await watcher.stop()
+
     # --- consuming ----------------------------------------------------------------------------
 
     async def pull_consumer(

@@ -120,6 +120,10 @@ class Subjects:
     def execution_key(self, flow: str, execution_id: str) -> str:
         return f"{flow}.{execution_id}"
 
+    def execution_keys(self, flow: str) -> str:
+        """Every key of ``flow`` in the executions bucket (its flow data's too: skip ``=``)."""
+        return f"{flow}.*"
+
     def flow_data_key(self, flow: str) -> str:
         """The flow data shared by every execution of ``flow``. ``=`` cannot appear in an
         execution id, so this key never meets an execution's (KV keys refuse ``$``)."""

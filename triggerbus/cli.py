@@ -4,6 +4,7 @@ triggerbus worker module:flow [--chunk NAME]... [--concurrency N] [--no-executio
 triggerbus graph module:flow
 triggerbus resume module:flow EXECUTION_ID INTERRUPT_ID [--value JSON] [--request-id ID] [--wait]
 triggerbus status module:flow|FLOW_NAME EXECUTION_ID
+triggerbus list module:flow|FLOW_NAME [--status waiting] [--limit N]
 triggerbus dlq list|show|replay
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import importlib
 import os
 import sys
+import typing
 from collections.abc import Sequence
 
 import msgspec
@@ -29,12 +31,16 @@ from triggerbus.bus.jetstream import Bus
 from triggerbus.bus.provision import ConsumerPolicy, StoragePolicy
 from triggerbus.bus.subjects import Subjects
 from triggerbus.config import Settings
+from triggerbus.contracts.snapshot import Status
 from triggerbus.errors import ConfigurationError, TriggerbusError
 from triggerbus.flow import TriggerFlow
 from triggerbus.observability.logging import configure_logging
 from triggerbus.observability.telemetry import configure_telemetry, shutdown_telemetry
 
 log = structlog.get_logger()
+
+STATUSES: tuple[str, ...] = typing.get_args(Status)
+"""An execution's statuses, as its snapshot stores them."""
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -196,6 +202,23 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
     status.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
 
+    listing = commands.add_parser(
+        "list",
+        help="one line per execution of a flow (e.g. the ones waiting for an answer)",
+        description="List a flow's executions from the store: id, status, lifecycle, start "
+        "time and the ids of the interrupts each waits on, tab-separated, oldest write first. "
+        "Reads only, in one pass over the store.",
+    )
+    listing.add_argument("target", help="the flow, as module:variable or by its name")
+    listing.add_argument(
+        "--status", choices=STATUSES, help="only executions with this status"
+    )
+    listing.add_argument(
+        "--limit", type=_at_least_one, default=1000, help="at most this many (1000)"
+    )
+    listing.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    listing.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+
     dlq = commands.add_parser(
         "dlq",
         help="inspect and replay dead letters",
@@ -248,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_resume(args, settings))
         if args.command == "status":
             return asyncio.run(_status(args, settings))
+        if args.command == "list":
+            return asyncio.run(_list(args, settings))
     except TriggerbusError as exc:
         print(f"triggerbus: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -446,6 +471,47 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
         "state": close_snapshot(snapshot),
     }
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(shown)).decode() + "\n")
+    return 0
+
+
+async def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime
+
+    from triggerbus.contracts.codec import WireError, decode
+    from triggerbus.contracts.snapshot import snapshot_decoder
+
+    name = load_flow(args.target).name if ":" in args.target else args.target
+    bus = await _shared_bus(settings, "executions")
+    shown = 0
+    try:
+        async for key, value, _ in bus.scan(bus.subjects.execution_keys(name)):
+            if key.rpartition(".")[2].startswith("="):
+                continue  # the flow's data, kept beside its executions
+            try:
+                snapshot = decode(snapshot_decoder, value)
+            except WireError as exc:  # say so and go on: one bad entry hides no other
+                sys.stderr.write(f"triggerbus: unreadable snapshot at {key!r}: {exc.reason}\n")
+                continue
+            if args.status and snapshot.status != args.status:
+                continue
+            started = (
+                datetime.fromtimestamp(snapshot.started_at, UTC).isoformat(timespec="seconds")
+                if snapshot.started_at
+                else "-"
+            )
+            waiting = ",".join(k for k, i in snapshot.interrupts.items() if i.status == "waiting")
+            sys.stdout.write(f"{snapshot.execution_id}\t{snapshot.status}\t"
+                             f"{snapshot.lifecycle}\t{started}\t{waiting or '-'}\n")  # fmt: skip
+            shown += 1
+            if shown >= args.limit:
+                break
+    finally:
+        await bus.close()
+    if not shown:  # said on stderr: a script counting stdout lines still counts 0
+        which = f" with status {args.status!r}" if args.status else ""
+        sys.stderr.write(
+            f"triggerbus: no executions of flow {name!r}{which} under prefix {settings.prefix!r}\n"
+        )
     return 0
 
 

@@ -181,3 +181,36 @@ async def test_cli_status_shows_the_waiting_interrupt_then_the_close(
     assert after["state_version"] > shown["state_version"]
     assert missing.returncode == 1
     assert "has no execution 'never-started'" in missing.stderr
+
+
+async def test_cli_list_finds_the_executions_waiting_for_an_answer(
+    runtime: Any, nats_url: str, prefix: str
+) -> None:
+    """An operator's question, "what waits for an approval?", answered from the store."""
+    flow = load_module("tests/flows/approval.py", "approval_cli_list").flow
+    env = {"TRIGGERBUS_NATS_URL": nats_url, "TRIGGERBUS_PREFIX": prefix,
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    listing = ["-m", "triggerbus", "list"]
+    executions = [flow.create_execution(auto_close=False) for _ in range(3)]
+    async with asyncio.timeout(90):
+        for n, execution in enumerate(executions):
+            await execution.async_start(f"doc-{n}")
+        await executions[1].async_continue_with("approve", "yes")
+        await executions[1].async_close()
+        await flow.async_set_flow_data("reviewers", ["ana"])  # kept beside the executions
+        waiting = await asyncio.to_thread(_run, *listing, "approval", "--status", "waiting",
+                                          env=env)  # fmt: skip
+        every = await asyncio.to_thread(_run, *listing, "tests.flows.approval:flow", env=env)
+        one = await asyncio.to_thread(_run, *listing, "approval", "--limit", "1", env=env)
+        none = await asyncio.to_thread(_run, *listing, "nobody", env=env)
+        for execution in (executions[0], executions[2]):
+            await execution.async_close(pending_interrupts="cancel")
+    rows = [line.split("\t") for line in waiting.stdout.splitlines()]
+    assert waiting.returncode == 0, waiting.stderr
+    assert sorted(row[0] for row in rows) == sorted([executions[0].id, executions[2].id])
+    assert all(row[1:3] == ["waiting", "open"] and row[4] == "approve" for row in rows)
+    assert len(every.stdout.splitlines()) == 3
+    assert f"{executions[1].id}\tcompleted\tclosed\t" in every.stdout
+    assert len(one.stdout.splitlines()) == 1
+    assert (none.returncode, none.stdout) == (0, "")
+    assert "no executions of flow 'nobody'" in none.stderr
