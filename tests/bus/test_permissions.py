@@ -159,16 +159,20 @@ async def test_a_worker_and_a_client_holding_the_documented_permissions(tmp_path
     assert result == {"approved": "yes", "produced": ITEMS}
 
 
-def _dlq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**child_env(), "TRIGGERBUS_NATS_URL": url, "TRIGGERBUS_PREFIX": "tb"}
-    return subprocess.run([sys.executable, "-m", "triggerbus", "dlq", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "triggerbus", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def _dlq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return _cli(url, "dlq", *args)
 
 
 async def _dead_letter(url: str, letter: DeadLetter) -> int:
     """Store ``letter`` as the user, once this process has provisioned the streams as it;
     returns its sequence."""
-    await flow.create_execution(auto_close=False).async_set_state("provisioned", True)
+    await flow.create_execution(execution_id="p1", auto_close=False).async_set_state("k", 1)
     connection = await nats.connect(url)
     try:
         subject = Subjects("tb").dead_letter("F", "__mailbox__")
@@ -177,8 +181,9 @@ async def _dead_letter(url: str, letter: DeadLetter) -> int:
         await connection.drain()
 
 
-async def test_the_dlq_command_holding_the_documented_permissions(tmp_path: Path) -> None:
-    """An operator's ``triggerbus dlq`` (list, show, replay ``--delete``) as that user."""
+async def test_the_operator_commands_holding_the_documented_permissions(tmp_path: Path) -> None:
+    """An operator's ``triggerbus dlq`` (list, show, replay ``--delete``), ``list`` and
+    ``status`` as that user."""
     publish, subscribe = documented_permissions()
     emit = EmitEvent(id="e1:emit:1", execution_id="e1", event="none")
     letter = DeadLetter(subject=Subjects("tb").mailbox("F", "e1"), data=encode(emit).decode(),
@@ -189,12 +194,16 @@ async def test_the_dlq_command_holding_the_documented_permissions(tmp_path: Path
         shown = await asyncio.to_thread(_dlq, url, "show", str(seq))
         replayed = await asyncio.to_thread(_dlq, url, "replay", str(seq), "--delete")
         after = await asyncio.to_thread(_dlq, url, "list")
-    for done in (listed, shown, replayed, after):
+        executions = await asyncio.to_thread(_cli, url, "list", "F")
+        status = await asyncio.to_thread(_cli, url, "status", "F", "p1")
+    for done in (listed, shown, replayed, after, executions, status):
         assert done.returncode == 0, done.stderr[-2000:]
     sequences = [[line.split("\t")[0] for line in done.stdout.splitlines()]
                  for done in (listed, after)]  # fmt: skip
     assert str(seq) in sequences[0] and str(seq) not in sequences[1]
     assert json.loads(shown.stdout)["reason"] == "retries exhausted (test)"
+    assert executions.stdout.startswith("p1\tcreated\topen\t")
+    assert json.loads(status.stdout)["state"] == {"k": 1}
 
 
 async def test_a_missing_permission_is_named_not_just_timed_out(tmp_path: Path) -> None:
