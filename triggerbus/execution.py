@@ -15,7 +15,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
@@ -84,6 +84,17 @@ RECHECK_SECONDS = 5.0
 """How long a handle waits on a reply or close notification before consulting the stored
 snapshot, in case the notification was lost during a disconnection. Also how long a handle
 whose background status read failed (an error, a closed bus) waits before reading again."""
+RECHECK_MAX_SECONDS = 60.0
+"""The longest pause between those store reads: each pause doubles from ``RECHECK_SECONDS``.
+A lost notification is rare and a long cascade (a model call, a person's answer) is not; a
+thousand handles waiting on long work read the store about 17 times a second, not 200."""
+
+
+def _recheck_pauses() -> Iterator[float]:
+    pause = RECHECK_SECONDS
+    while True:
+        yield pause
+        pause = min(pause * 2, RECHECK_MAX_SECONDS)
 
 STATUS_REFRESH_SECONDS = 0.05
 """The least time between two background store reads of one polled handle's status: a loop
@@ -448,11 +459,11 @@ class Execution:
             stored = await self._load(runtime)
             if stored is not None and stored[0].lifecycle == "closed":
                 return _closed_from(stored[0]), stored
-        while True:
+        for pause in _recheck_pauses():
             # The notification is core NATS: it is lost if it is sent while this process is
             # disconnected (a server restart). KV is the truth, so look there now and then.
             try:
-                async with asyncio.timeout(RECHECK_SECONDS):
+                async with asyncio.timeout(pause):
                     data, _ = await closed_sub.next()
                 closed = decode(closed_decoder, data)
                 # A notice from a host that knew the stored revision carries all the meta the
@@ -1269,11 +1280,11 @@ class Execution:
         recheck: Callable[[], Awaitable[Reply | None]] | None = None,
     ) -> Reply:
         """The actor's answer to a sent request."""
-        while True:
+        for pause in _recheck_pauses():
             # Replies are core NATS and can be lost while this process is disconnected;
             # a start can be confirmed from the stored snapshot instead.
             try:
-                async with asyncio.timeout(RECHECK_SECONDS):
+                async with asyncio.timeout(pause):
                     return decode(reply_decoder, await asyncio.shield(sent.future))
             except TimeoutError:
                 if if_duplicate is not None and await self._load(runtime) is not None:

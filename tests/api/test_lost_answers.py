@@ -93,3 +93,13 @@ async def test_a_continue_with_whose_reply_is_lost_returns_once_settled(
         pending = await execution.async_get_pending_interrupts()
         assert [r["payload"] for r in pending.values()] == ["again"]
         await execution.async_close(pending_interrupts="cancel")
+
+
+def test_the_store_is_read_less_often_the_longer_a_wait_lasts() -> None:
+    """5 s, then doubling to a minute: a lost answer is found at the first read, and a
+    thousand handles waiting on long cascades do not read the store 200 times a second."""
+    import itertools
+
+    from triggerbus.execution import _recheck_pauses
+
+    assert list(itertools.islice(_recheck_pauses(), 7)) == [5, 10, 20, 40, 60, 60, 60]
