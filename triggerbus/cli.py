@@ -91,6 +91,12 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _where(command: argparse.ArgumentParser) -> None:
+    """The options naming the deployment a command works on."""
+    command.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
+    command.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triggerbus",
@@ -133,8 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not host execution actors (another process does)",
     )
-    worker.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
-    worker.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    _where(worker)
     worker.add_argument(
         "--gc",
         choices=WORKER_GC,
@@ -187,8 +192,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=30.0, metavar="SECONDS",
         help="how long to wait for the execution's answer (default 30)",
     )
-    resume.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
-    resume.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    _where(resume)
 
     status = commands.add_parser(
         "status",
@@ -199,8 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("target", help="the flow, as module:variable or by its name")
     status.add_argument("execution_id", help="the execution")
-    status.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
-    status.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    _where(status)
 
     listing = commands.add_parser(
         "list",
@@ -216,16 +219,14 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=_at_least_one, default=1000, help="at most this many (1000)"
     )
-    listing.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
-    listing.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    _where(listing)
 
     dlq = commands.add_parser(
         "dlq",
         help="inspect and replay dead letters",
         description="Dead letters are messages that could not be handled, kept with the reason.",
     )
-    dlq.add_argument("--nats-url", help="NATS server URL(s); overrides TRIGGERBUS_NATS_URL")
-    dlq.add_argument("--prefix", help="subject prefix; overrides TRIGGERBUS_PREFIX")
+    _where(dlq)
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = dlq_commands.add_parser("list", help="one line per dead letter, oldest first")
     dlq_list.add_argument("--flow", default="*", help="only this flow's dead letters")
