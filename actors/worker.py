@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from triggerbus._hosting_loops import mark_hosting
 from triggerbus.actors.chunk_host import ChunkHost, ChunkHostStatistics
 from triggerbus.actors.execution_host import ExecutionHost, ExecutionHostStatistics
 from triggerbus.actors.hosted import HostedFlow
@@ -124,6 +125,7 @@ class Worker:
         if self._started:
             raise LifecycleError("Worker.run() was already called; create a new worker")
         self._started = True
+        mark_hosting(asyncio.get_running_loop())
         await self._replies.start()
         hosts: list[ChunkHost | ExecutionHost] = [
             h for h in (self._execution_host, self._chunk_host) if h is not None

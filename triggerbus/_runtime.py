@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from triggerbus._hosting_loops import mark_hosting, unmark_hosting
 from triggerbus.actors.chunk_host import ChunkHost
 from triggerbus.actors.execution_host import ExecutionHost
 from triggerbus.actors.hosted import HostedFlow
@@ -265,6 +266,8 @@ class LocalRuntime:
                     executions=executions,
                 )
             )
+        if hosts:
+            mark_hosting(asyncio.get_running_loop())
         for host in hosts:
             self._group.create_task(host.run())
         for host in hosts:
@@ -274,6 +277,7 @@ class LocalRuntime:
         return hosts
 
     async def close(self) -> None:
+        unmark_hosting(asyncio.get_running_loop())
         for host in self._hosts:
             host.shutdown()
         if self._supervisor is not None:

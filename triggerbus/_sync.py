@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from triggerbus._hosting_loops import hosts_actors
 from triggerbus.errors import LifecycleError
 
 T = TypeVar("T")
@@ -76,14 +77,34 @@ def close_background_runtime(timeout: float = EXIT_CLOSE_SECONDS) -> None:
 
 
 def _refuse_inside_loop(what: str) -> None:
+    """Refuse a sync call that would hold a running loop hosting actors; let one through
+    (it runs on the background loop, holding the caller's) when the loop hosts nothing.
+
+    A loop that runs this process's execution actors or chunks would never answer a call
+    that holds it. One that hosts nothing can be held, as TriggerFlow's sync calls hold theirs:
+    the call's flow is then hosted on the background loop. A warning says so, once per
+    process: a server's loop held for a whole execution serves nobody meanwhile.
+    """
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    raise LifecycleError(
-        f"{what} is the sync form and would block the running event loop; "
-        "use its async_ twin with await"
-    )
+    if hosts_actors(loop):
+        raise LifecycleError(
+            f"{what} is the sync form and this event loop hosts this process's actors or "
+            "chunks (an async call started them here): holding it for their answer would "
+            "wait forever; use its async_ twin with await"
+        )
+    if not _warned:
+        _warned.append(what)
+        log.warning("sync_call_holds_event_loop", call=what,
+                    hint="sync calls inside a running event loop run on triggerbus's own "
+                    "loop while this one waits; in async code prefer the async_ twins "
+                    "(said once)")  # fmt: skip
+
+
+_warned: list[str] = []
+"""The first sync call that held a running loop (the warning is given once)."""
 
 
 def _sync_name(coroutine: Coroutine[Any, Any, Any]) -> str:

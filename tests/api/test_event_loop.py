@@ -73,21 +73,40 @@ async def test_the_worker_tunes_its_garbage_collector_unless_told_not_to(
         assert (ready["gc_thresholds"], ready["gc_frozen"]) == (defaults, 0)
 
 
-async def test_a_sync_call_inside_a_running_loop_is_refused_naming_what_was_called() -> None:
-    """Before anything connects: the sync form would block the loop it is called from. The
-    error names the method the caller wrote, not the ``async_`` twin it wraps."""
-    from triggerbus import TriggerFlow
+async def test_a_sync_call_holds_a_loop_that_hosts_nothing_and_refuses_one_that_hosts(
+    runtime,
+) -> None:
+    """Agently code calls the sync forms inside ``async def``. While this loop hosts no actors
+    they run on the background loop, holding this one for their answer (warned once). Once an
+    async call has hosted the flow here, holding the loop would wait for itself: refused,
+    naming the method the caller wrote, not the ``async_`` twin it wraps."""
+    from structlog.testing import capture_logs
+
+    from triggerbus import TriggerFlow, _sync
     from triggerbus.errors import LifecycleError
 
-    flow = TriggerFlow(name="refused_inside_loop")
+    flow = TriggerFlow(name="sync_inside_loop")
 
     @flow.chunk("step")
     async def step(data):
         return data.value
 
     flow.to(step).end()
-    with pytest.raises(LifecycleError, match=r"^TriggerFlow\.start\(\) is the sync form"):
-        flow.start(1)
-    execution = flow.create_execution()
-    with pytest.raises(LifecycleError, match=r"\.set_state\(\) is the sync form.*async_ twin"):
-        execution.set_state("k", 1)
+    flow.when("Go").to(lambda data: f"went {data.value}")
+    _sync._warned.clear()
+    async with asyncio.timeout(20):
+        with capture_logs() as logs:
+            assert flow.start(1) == {"$final_result": 1}
+            held = flow.create_execution(auto_close=False)
+            assert held.start(2) is held
+            assert held.emit("Go", 3) == ["went 3"]
+            held.set_state("k", 4)
+            assert held.close() == {"k": 4, "$final_result": 2}
+        assert [entry["call"] for entry in logs if
+                entry["event"] == "sync_call_holds_event_loop"] == ["TriggerFlow.start()"]
+        assert await flow.async_start(5) == {"$final_result": 5}  # hosted on this loop too
+        execution = flow.create_execution(auto_close=False)
+        with pytest.raises(LifecycleError, match=r"^TriggerFlow\.start\(\) is the sync form"):
+            flow.start(6)
+        with pytest.raises(LifecycleError, match=r"\.set_state\(\) is the sync form.*async_ twin"):
+            execution.set_state("k", 1)
