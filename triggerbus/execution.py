@@ -96,6 +96,9 @@ def _recheck_pauses() -> Iterator[float]:
         yield pause
         pause = min(pause * 2, RECHECK_MAX_SECONDS)
 
+RECHECK_SHARE_SECONDS = 1.0
+"""How long one recheck's store read serves the other requests of the same handle."""
+
 STATUS_REFRESH_SECONDS = 0.05
 """The least time between two background store reads of one polled handle's status: a loop
 polling ``is_waiting()`` every millisecond costs twenty reads a second, not a thousand."""
@@ -179,6 +182,9 @@ class Execution:
         self._status_read: asyncio.Task[None] | None = None
         self._status_read_due = 0.0
         self._answers_seen = 0
+        self._recheck_read: tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], float] | None = (
+            None
+        )
         self._home: (
             tuple[weakref.ref[asyncio.AbstractEventLoop], weakref.ref[LocalRuntime]] | None
         ) = None
@@ -877,7 +883,7 @@ class Execution:
             reason=reason,
             pending_interrupts=pending_interrupts,  # type: ignore[arg-type]
         )
-        reply = await self._request(runtime, message)
+        reply = await self._request(runtime, message, recheck=lambda: self._stored_close(runtime))
         if not reply.ok:
             if reply.error and reply.error.error_type == "PendingInterruptsError":
                 self._status = "waiting"
@@ -983,7 +989,7 @@ class Execution:
         a settling resume's answer is remembered there when its cascade finishes (the last
         ``ANSWERS_KEPT`` of them), and a closed execution answers everything. None: no
         answer yet, keep waiting."""
-        stored = await self._load(runtime)
+        stored = await self._shared_load(runtime)
         if stored is None:
             return None
         snapshot = stored[0]
@@ -997,6 +1003,31 @@ class Execution:
         if snapshot.error is not None:
             return Reply(ok=False, error=snapshot.error, status=status)
         return Reply(ok=True, status=status)
+
+    async def _stored_close(self, runtime: LocalRuntime) -> Reply | None:
+        """A close request's answer when its reply was lost: the close snapshot, once the
+        store says closed. None: not closed yet, keep waiting. (A close refused because
+        interrupts wait is not remembered: its lost refusal is waited for.)"""
+        stored = await self._shared_load(runtime)
+        if stored is None or stored[0].lifecycle != "closed":
+            return None
+        snapshot = stored[0]
+        return Reply(ok=True, value=close_snapshot(snapshot), status=snapshot.status)
+
+    async def _shared_load(self, runtime: LocalRuntime) -> tuple[Snapshot, int] | None:
+        """The stored snapshot for a recheck: one read, shared by every request of this
+        handle that rechecks within ``RECHECK_SHARE_SECONDS`` of its start.
+
+        Why: two thousand ``emit_nowait`` answers waiting on one execution all recheck after
+        the same five seconds; two thousand reads of its snapshot at once (measured: a few
+        hundred KB each, with its remembered answers and ids) overran the connection, and
+        the server cut it as a slow consumer, again at every reconnect."""
+        loop = asyncio.get_running_loop()
+        shared = self._recheck_read
+        now = time.monotonic()
+        if shared is None or shared[0] is not loop or now - shared[2] > RECHECK_SHARE_SECONDS:
+            shared = self._recheck_read = (loop, asyncio.ensure_future(self._load(runtime)), now)
+        return await asyncio.shield(shared[1])
 
     def continue_with(self, interrupt_id: str, value: Any = None, **options: Any) -> Any:
         """Sync twin of ``async_continue_with``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +96,20 @@ async def test_a_continue_with_whose_reply_is_lost_returns_once_settled(
         await execution.async_close(pending_interrupts="cancel")
 
 
+async def test_a_close_whose_reply_is_lost_returns_the_close_snapshot(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It waited forever: a close's answer was looked for nowhere but in its reply."""
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(TIMEOUT_SECONDS):
+        await execution.async_start("first")
+        await execution.async_set_state("note", "kept")
+        with replies_lost(monkeypatch):
+            closed = await execution.async_close(pending_interrupts="cancel")
+    assert closed == {"note": "kept"}
+    assert (execution.get_status(), execution.is_closed()) == ("cancelled", True)
+
+
 def test_the_store_is_read_less_often_the_longer_a_wait_lasts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -108,3 +123,45 @@ def test_the_store_is_read_less_often_the_longer_a_wait_lasts(
     pauses = list(itertools.islice(execution._recheck_pauses(), 7))
     assert pauses == [5, 10, 20, 40, 60, 60, 60]
     assert execution.RECHECK_MAX_SECONDS == 60
+
+
+async def test_requests_of_one_handle_waiting_together_share_their_store_reads(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forty emits whose replies are all lost are all answered from the store, by a few
+    shared reads: one read per request, of a snapshot that holds their answers, is what
+    overran the connection when two thousand ``emit_nowait`` answers rechecked together."""
+    opened = ReplyRouter.open
+    sending = contextvars.ContextVar("sending", default=False)
+    send = execution_module.Execution._send_request
+
+    async def sent_by_the_handle(handle: Any, *args: Any, **kwargs: Any) -> Any:
+        token = sending.set(True)  # the chunks here open reply subjects of their own
+        try:
+            return await send(handle, *args, **kwargs)
+        finally:
+            sending.reset(token)
+
+    def open_lost(router: ReplyRouter) -> tuple[str, asyncio.Future[bytes]]:
+        subject, future = opened(router)
+        return (f"{subject}.lost" if sending.get() else subject), future
+
+    loads = 0
+    load = execution_module.Execution._load
+
+    async def counted(handle: Any, runtime: Any) -> Any:
+        nonlocal loads
+        loads += 1
+        return await load(handle, runtime)
+
+    execution = flow.create_execution(auto_close=False)
+    async with asyncio.timeout(TIMEOUT_SECONDS):
+        await execution.async_start(1)
+        monkeypatch.setattr(ReplyRouter, "open", open_lost)
+        monkeypatch.setattr(execution_module.Execution, "_send_request", sent_by_the_handle)
+        monkeypatch.setattr(execution_module.Execution, "_load", counted)
+        results = await asyncio.gather(*(execution.async_emit("Double", n) for n in range(40)))
+        monkeypatch.undo()
+        await execution.async_close(pending_interrupts="cancel")
+    assert results == [[2 * n] for n in range(40)]
+    assert 1 <= loads <= 8, loads
