@@ -21,12 +21,17 @@ Lifecycle = Literal["open", "sealed", "closed"]
 NodeKind = Literal["emission", "chunk", "operator"]
 
 
-class Node(msgspec.Struct, frozen=True, kw_only=True):
+class Node(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One unit of in-flight work.
 
     ``slots`` holds the results of finished children in handler order; ``pending`` counts the
     children still running. ``ready`` is false while a chunk node waits for its chunk to return,
     and while a fan-out operator still has branches to release.
+
+    Stored without its default fields (``omit_defaults``): every node in flight is in every
+    snapshot write, and a burst of outside emits leaves hundreds in flight at once; written
+    whole, an emission's node took about 330 bytes, two thirds of them defaults. Readers fill
+    the defaults back in, older releases' included.
     """
 
     id: int
