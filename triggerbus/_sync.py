@@ -116,24 +116,26 @@ def _sync_name(coroutine: Coroutine[Any, Any, Any]) -> str:
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on the background loop and wait for its result."""
+    """Run ``coroutine`` on the background loop and wait for its result, unless it would
+    hold a running loop that hosts actors (``_refuse_inside_loop``)."""
     try:
         # Named as the caller wrote it: the sync method, not the async twin it wraps.
         _refuse_inside_loop(_sync_name(coroutine))
     except LifecycleError:
         coroutine.close()
         raise
-    return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+    return run_detached(coroutine)
 
 
 def run_detached(coroutine: Coroutine[Any, Any, T]) -> T:
-    """``run_sync``, but also inside a running event loop, as TriggerFlow's sync calls work
-    there: on the background loop, with that loop's own connection, the caller's thread (and
-    its loop) waiting for the answer, as TriggerFlow holds its loop for a sync call.
+    """Run ``coroutine`` on the background loop, with that loop's own connection, and wait
+    for its result, inside a running event loop too: the caller's thread (and its loop) wait,
+    as TriggerFlow holds its loop for a sync call.
 
-    Only for a coroutine that needs nothing from the caller's loop: a store read, an append
-    to a runtime stream. One that waited on work hosted on that loop (an emit's cascade, a
-    result not yet reached) would wait for a loop that waits for it.
+    Called directly only for a coroutine that needs nothing from the caller's loop, whatever
+    that loop hosts: a store read, an append to a runtime stream. One that waited on work
+    hosted on that loop (an emit's cascade, a result not yet reached) would wait for a loop
+    that waits for it; ``run_sync`` refuses those there.
     """
     return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
 

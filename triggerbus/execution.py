@@ -89,13 +89,6 @@ RECHECK_MAX_SECONDS = 60.0
 A lost notification is rare and a long cascade (a model call, a person's answer) is not; a
 thousand handles waiting on long work read the store about 17 times a second, not 200."""
 
-
-def _recheck_pauses() -> Iterator[float]:
-    pause = RECHECK_SECONDS
-    while True:
-        yield pause
-        pause = min(pause * 2, RECHECK_MAX_SECONDS)
-
 RECHECK_SHARE_SECONDS = 1.0
 """How long one recheck's store read serves the other requests of the same handle."""
 
@@ -531,16 +524,8 @@ class Execution:
             log.warning("emit_ignored", event_name=event, reason="execution closed")
             return None
         runtime = await self._runtime()
-        message = EmitEvent(
-            id=f"{self.id}:emit:{uuid.uuid4().hex}",
-            execution_id=self.id,
-            event=event,
-            value=value,
-        )
-        reply = await self._answered(runtime, message)
-        if reply.ignored:
-            self._warn_ignored(f"event {event!r}", reply.ignored)
-        return reply.value
+        message = self._emit_message(event, value)
+        return await self._emit_answer(runtime, message, await self._send_request(runtime, message))
 
     def emit(self, event: str, value: Any = None) -> list[Any] | None:
         return run_sync(self.async_emit(event, value))
@@ -558,9 +543,7 @@ class Execution:
             log.warning("emit_ignored", event_name=event, reason="execution closed")
             return None
         runtime = await self._runtime()
-        message = EmitEvent(
-            id=f"{self.id}:emit:{uuid.uuid4().hex}", execution_id=self.id, event=event, value=value
-        )
+        message = self._emit_message(event, value)
         sent = await self._send_request(runtime, message)
         answer = asyncio.get_running_loop().create_task(
             self._emit_answer(runtime, message, sent), name=f"triggerbus-emit-{message.id}"
@@ -568,15 +551,18 @@ class Execution:
         answer.add_done_callback(_unawaited_failure_logged)
         return answer
 
+    def _emit_message(self, event: str, value: Any) -> EmitEvent:
+        return EmitEvent(
+            id=f"{self.id}:emit:{uuid.uuid4().hex}", execution_id=self.id, event=event, value=value
+        )
+
     async def _emit_answer(
         self, runtime: LocalRuntime, message: EmitEvent, sent: _SentRequest
     ) -> list[Any] | None:
-        try:
-            reply = await self._reply(
-                runtime, sent, recheck=lambda: self._stored_answer(runtime, message.id)
-            )
-        finally:
-            runtime.replies.discard(sent.reply_to)
+        """The cascade's results, once the actor answers the sent emit."""
+        reply = await self._reply(
+            runtime, sent, recheck=lambda: self._stored_answer(runtime, message.id)
+        )
         reply = self._accepted(reply)
         if reply.ignored:
             self._warn_ignored(f"event {message.event!r}", reply.ignored)
@@ -642,8 +628,7 @@ class Execution:
             # Closed: the answer is in memory, no store read.
             return _read_state(self._close_snapshot, key, default)
         if in_running_loop():  # a store read on the sync API's own connection
-            read = self._reading(lambda runtime: self._state_read(runtime, key, default))
-            return run_detached(read)
+            return run_detached(self._without_hosting(self._state_read, key, default))
         return run_sync(self.async_get_state(key, default))
 
     # Agently's deprecated names for the state.
@@ -721,7 +706,7 @@ class Execution:
         if in_running_loop() and self._close_snapshot is None:
             # A stream append needs no actor: done on the sync API's own connection.
             message = self._stream_item(item)
-            run_detached(self._reading(lambda runtime: self._append_stream(runtime, message)))
+            run_detached(self._without_hosting(self._append_stream, message))
             return
         run_sync(self.async_put_into_stream(item))
 
@@ -732,7 +717,7 @@ class Execution:
     def stop_stream(self) -> None:
         if in_running_loop():
             end = self._stream_end()
-            run_detached(self._reading(lambda runtime: self._append_stream(runtime, end)))
+            run_detached(self._without_hosting(self._append_stream, end))
             return
         run_sync(self.async_stop_stream())
 
@@ -775,19 +760,15 @@ class Execution:
         return _closed_result(self._close_snapshot or {})
 
     async def _result_or_close(self, runtime: LocalRuntime) -> Any:
-        """``$final_result`` once the stored state has it; ``_NOT_YET`` once the execution
-        closed without one (the handle then holds its close snapshot). Watches the store: an
-        ``end()`` reached writes the result long before an idle execution auto-closes."""
+        """``$final_result`` once the stored state has it, or the close's answer once closed.
+        Watches the store: an ``end()`` reached writes the result long before an idle
+        execution auto-closes."""
         key = runtime.subjects.execution_key(self.flow_name, self.id)
         async with contextlib.aclosing(runtime.bus.watch(key)) as values:
             async for data, revision in values:
-                snapshot = decode(snapshot_decoder, data)
-                if snapshot.lifecycle == "closed":
-                    self._on_closed((_closed_from(snapshot), (snapshot, revision)))
-                    return _NOT_YET
-                if snapshot.has_result:
-                    self._refresh((snapshot, revision))
-                    return snapshot.result
+                found = self._result_of((decode(snapshot_decoder, data), revision))
+                if found is not _NOT_YET:
+                    return found
         raise BusError("the watch on the execution's snapshot ended (the connection closed)",
                        subject=key)  # fmt: skip
 
@@ -795,7 +776,7 @@ class Execution:
         if self._close_snapshot is not None:  # answered from memory: no loop to block
             return _closed_result(self._close_snapshot)
         if in_running_loop():
-            found = run_detached(self._reading(self._stored_result))
+            found = run_detached(self._without_hosting(self._stored_result))
             if found is not _NOT_YET:
                 return found
             raise LifecycleError(
@@ -807,10 +788,12 @@ class Execution:
         return run_sync(self.async_get_result(timeout=timeout))
 
     async def _stored_result(self, runtime: LocalRuntime) -> Any:
-        """``$final_result`` or the close's answer if the store has one, else ``_NOT_YET``."""
         stored = await self._load(runtime)
-        if stored is None:
-            return _NOT_YET
+        return _NOT_YET if stored is None else self._result_of(stored)
+
+    def _result_of(self, stored: tuple[Snapshot, int]) -> Any:
+        """``$final_result`` or the close's answer (the handle takes the close), as the
+        snapshot has them; ``_NOT_YET`` while it has neither."""
         snapshot = stored[0]
         if snapshot.lifecycle == "closed":
             self._on_closed((_closed_from(snapshot), stored))
@@ -1051,7 +1034,7 @@ class Execution:
 
     def get_interrupts(self) -> dict[str, dict[str, Any]]:
         if in_running_loop():  # a store read on the sync API's own connection
-            return run_detached(self._reading(self._interrupts_read))
+            return run_detached(self._without_hosting(self._interrupts_read))
         return run_sync(self.async_get_interrupts())
 
     def get_pending_interrupts(self) -> dict[str, dict[str, Any]]:
@@ -1227,10 +1210,13 @@ class Execution:
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    async def _reading(self, read: Callable[[LocalRuntime], Awaitable[T]]) -> T:
-        """``read`` with the running loop's runtime, without hosting the flow on it: for a sync
-        read sent to the sync API's loop from inside another running loop."""
-        return await read(await get_runtime())
+    async def _without_hosting(
+        self, work: Callable[..., Awaitable[T]], *arguments: Any
+    ) -> T:
+        """``work(runtime, *arguments)`` with the running loop's runtime, without hosting the
+        flow on it: for a read or an append sent to the sync API's loop from inside another
+        running loop."""
+        return await work(await get_runtime(), *arguments)
 
     async def _runtime(self) -> LocalRuntime:
         runtime = await get_runtime()
@@ -1276,19 +1262,17 @@ class Execution:
         ``RECHECK_SECONDS`` of waiting, finds an answer in the store when the reply was lost.
         """
         sent = await self._send_request(runtime, message, what=what)
-        try:
-            if not sent.fresh and if_duplicate is not None:
-                return if_duplicate
-            return await self._reply(runtime, sent, if_duplicate=if_duplicate, recheck=recheck)
-        finally:
+        if not sent.fresh and if_duplicate is not None:
             runtime.replies.discard(sent.reply_to)
+            return if_duplicate
+        return await self._reply(runtime, sent, if_duplicate=if_duplicate, recheck=recheck)
 
     async def _send_request(
         self, runtime: LocalRuntime, message: Any, *, what: str | None = None
     ) -> _SentRequest:
         """Publish ``message`` addressed for an answer; the answer's subscription is open
         before the publish, so no answer can come before anyone waits for it. The caller
-        discards ``reply_to`` once answered; a failed publish discards it here."""
+        waits with ``_reply``, which discards ``reply_to``; a failed publish discards it here."""
         reply_to, future = runtime.replies.open()
         try:
             addressed = msgspec.structs.replace(message, reply_to=reply_to)
@@ -1310,18 +1294,22 @@ class Execution:
         if_duplicate: Reply | None = None,
         recheck: Callable[[], Awaitable[Reply | None]] | None = None,
     ) -> Reply:
-        """The actor's answer to a sent request."""
-        for pause in _recheck_pauses():
-            # Replies are core NATS and can be lost while this process is disconnected;
-            # a start can be confirmed from the stored snapshot instead.
-            try:
-                async with asyncio.timeout(pause):
-                    return decode(reply_decoder, await asyncio.shield(sent.future))
-            except TimeoutError:
-                if if_duplicate is not None and await self._load(runtime) is not None:
-                    return if_duplicate
-                if recheck is not None and (found := await recheck()) is not None:
-                    return found
+        """The actor's answer to a sent request; its reply subject is discarded after."""
+        try:
+            for pause in _recheck_pauses():
+                # Replies are core NATS and can be lost while this process is disconnected;
+                # a start can be confirmed from the stored snapshot instead.
+                try:
+                    async with asyncio.timeout(pause):
+                        return decode(reply_decoder, await asyncio.shield(sent.future))
+                except TimeoutError:
+                    if if_duplicate is not None and await self._load(runtime) is not None:
+                        return if_duplicate
+                    if recheck is not None and (found := await recheck()) is not None:
+                        return found
+            raise AssertionError("unreachable: the recheck pauses never end")
+        finally:
+            runtime.replies.discard(sent.reply_to)
 
     def _on_closed(
         self, outcome: tuple[ExecutionClosed, tuple[Snapshot, int] | None]
@@ -1425,6 +1413,14 @@ def execution_id_for(idempotency_key: str | None) -> str | None:
     if EXECUTION_ID.fullmatch(idempotency_key):
         return idempotency_key
     return "k" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def _recheck_pauses() -> Iterator[float]:
+    """``RECHECK_SECONDS``, then doubling up to ``RECHECK_MAX_SECONDS``."""
+    pause = RECHECK_SECONDS
+    while True:
+        yield pause
+        pause = min(pause * 2, RECHECK_MAX_SECONDS)
 
 
 class _SentRequest(NamedTuple):
