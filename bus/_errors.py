@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -55,13 +54,14 @@ _UNAVAILABLE = (
 DENIAL_MEMORY = 30.0
 """Seconds a permissions violation the server reported stays the likely cause of a timeout."""
 
-_denials: deque[tuple[float, str]] = deque(maxlen=8)
+_last_denial: list[tuple[float, str]] = []
+"""The last permissions violation the server reported, and when (one at most)."""
 
 
 def note_denial(error: str) -> None:
     """Remember a permissions violation the server reported (asynchronously: the request it
     refused gets no answer, only a timeout, so the timeout's error must name it)."""
-    _denials.append((time.monotonic(), error))
+    _last_denial[:] = [(time.monotonic(), error)]
 
 
 def is_denial(error: BaseException) -> bool:
@@ -69,8 +69,8 @@ def is_denial(error: BaseException) -> bool:
 
 
 def _recent_denial() -> str | None:
-    if _denials and time.monotonic() - _denials[-1][0] <= DENIAL_MEMORY:
-        return _denials[-1][1]
+    if _last_denial and time.monotonic() - _last_denial[0][0] <= DENIAL_MEMORY:
+        return _last_denial[0][1]
     return None
 
 

@@ -286,6 +286,11 @@ def _replace(settings: Settings, **changes: object) -> Settings:
     return dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
 
 
+def _flow_name(target: str) -> str:
+    """A flow named as ``module:variable`` (imported for its name) or by its name."""
+    return load_flow(target).name if ":" in target else target
+
+
 async def _shared_bus(settings: Settings, what: str) -> Bus:
     """The bus of a command that works on a deployment's NATS: ``what`` lives there, and the
     embedded server, private to one process, cannot hold it for another."""
@@ -441,7 +446,7 @@ async def _status(args: argparse.Namespace, settings: Settings) -> int:
     from triggerbus.contracts.codec import decode
     from triggerbus.contracts.snapshot import snapshot_decoder
 
-    name = load_flow(args.target).name if ":" in args.target else args.target
+    name = _flow_name(args.target)
     bus = await _shared_bus(settings, "executions")
     try:
         loaded = await bus.load(bus.subjects.execution_key(name, args.execution_id))
@@ -481,7 +486,7 @@ async def _list(args: argparse.Namespace, settings: Settings) -> int:
     from triggerbus.contracts.codec import WireError, decode
     from triggerbus.contracts.snapshot import snapshot_decoder
 
-    name = load_flow(args.target).name if ":" in args.target else args.target
+    name = _flow_name(args.target)
     bus = await _shared_bus(settings, "executions")
     shown = 0
     try:

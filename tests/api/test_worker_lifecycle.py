@@ -13,19 +13,18 @@ from triggerbus.config import Settings
 from triggerbus.testing import WorkerProcess
 
 
+def slow_chunks_worker(nats_url: str, prefix: str, **env: str) -> WorkerProcess:
+    """A worker hosting ``tests.flows.slow``'s chunks, no execution actors."""
+    return WorkerProcess("tests.flows.slow:flow", nats_url=nats_url, prefix=prefix,
+                         no_executions=True, cwd=str(ROOT), env={**child_env(), **env})  # fmt: skip
+
+
 async def test_sigterm_mid_chunk_finishes_the_chunk_then_exits_zero(
     nats_url: str, prefix: str
 ) -> None:
     flow = load_module("tests/flows/slow.py", "slow_lifecycle").flow
     configure(Settings(nats_url=nats_url, prefix=prefix, local_chunks=frozenset()))
-    worker = WorkerProcess(
-        "tests.flows.slow:flow",
-        nats_url=nats_url,
-        prefix=prefix,
-        no_executions=True,
-        cwd=str(ROOT),
-        env={**child_env(), "TRIGGERBUS_LOG_LEVEL": "debug"},
-    )
+    worker = slow_chunks_worker(nats_url, prefix, TRIGGERBUS_LOG_LEVEL="debug")
     try:
         async with asyncio.timeout(60), worker:
             started = asyncio.create_task(flow.async_start("job"))
@@ -57,14 +56,7 @@ async def test_signalling_a_worker_never_polls_it_behind_asyncios_back(
         return poll(process)
 
     monkeypatch.setattr(subprocess.Popen, "poll", recorded)
-    worker = WorkerProcess(
-        "tests.flows.slow:flow",
-        nats_url=nats_url,
-        prefix=prefix,
-        no_executions=True,
-        cwd=str(ROOT),
-        env=child_env(),
-    )
+    worker = slow_chunks_worker(nats_url, prefix)
     async with asyncio.timeout(60):
         await worker.start()
         worker.kill()
